@@ -1,0 +1,93 @@
+//! The envbuild trainer: a small CNN for MNIST-format data on libtorch (tch-rs), with a
+//! validating IDX reader, resumable checkpoints and per-epoch metrics.
+
+pub mod cli;
+pub mod device;
+pub mod idx;
+pub mod model;
+pub mod output;
+pub mod train;
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Everything that can stop a training run, each naming the file or flag involved.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("--data: {0}")]
+    Data(#[from] idx::IdxError),
+    #[error("--data: images are {rows}x{cols}; the network needs at least {min}x{min}")]
+    TooSmall { rows: usize, cols: usize, min: usize },
+    #[error("--device cuda: {0}")]
+    NoCuda(String),
+    #[error("--output {}: {problem}", path.display())]
+    Output { path: PathBuf, problem: String },
+    #[error("--resume: checkpoint {}: {problem}", path.display())]
+    Checkpoint { path: PathBuf, problem: String },
+    #[error("libtorch failed while {what}: {source}")]
+    Torch {
+        what: &'static str,
+        #[source]
+        source: tch::TchError,
+    },
+}
+
+impl Error {
+    fn torch(what: &'static str, source: tch::TchError) -> Error {
+        Error::Torch { what, source }
+    }
+
+    /// A next step for the user, where there is an obvious one.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            Error::Data(idx::IdxError::NoDir(_) | idx::IdxError::Missing { .. }) => Some(
+                "on Debian, `apt-get install dataset-fashion-mnist` puts Fashion-MNIST in /usr/share/datasets/fashion-mnist",
+            ),
+            Error::NoCuda(_) => Some("use --device cpu, or put libtorch's lib directory on LD_LIBRARY_PATH on a GPU host"),
+            _ => None,
+        }
+    }
+}
+
+/// Parses nothing, prints only through `log`: the binary's whole job, testable in-process.
+pub fn run(args: &cli::Args, mut log: impl FnMut(&str)) -> Result<output::Summary, Error> {
+    let mut data = idx::load_dir(&args.data)?;
+    if data.train.rows < model::Net::MIN_SIDE || data.train.cols < model::Net::MIN_SIDE {
+        return Err(Error::TooSmall { rows: data.train.rows, cols: data.train.cols, min: model::Net::MIN_SIDE });
+    }
+    if let Some(n) = args.limit_train {
+        data.train.truncate(n as usize);
+    }
+    if let Some(n) = args.limit_test {
+        data.test.truncate(n as usize);
+    }
+    let device = device::resolve(args.device)?;
+    let threads = match args.threads {
+        Some(t) => t as i32,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get() as i32),
+    };
+    tch::set_num_threads(threads);
+    let out = output::OutputDir::prepare(&args.output, args.resume)?;
+    log(&format!(
+        "trainer: {} training / {} test images of {}x{} from {}; device {}, {} threads; output {}",
+        data.train.len(),
+        data.test.len(),
+        data.train.rows,
+        data.train.cols,
+        args.data.display(),
+        device::name(device),
+        threads,
+        args.output.display()
+    ));
+    let cfg = train::Config {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        seed: args.seed,
+        device,
+        threads,
+        resume: args.resume,
+    };
+    train::train(&data, &cfg, &out, |m| log(&m.line(args.epochs)))
+}

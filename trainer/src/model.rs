@@ -1,0 +1,202 @@
+//! The CNN (pytorch/examples MNIST shape: two 3x3 convolutions, max-pool, two linear layers)
+//! with all parameters in one flat tensor, so that zeroing gradients and the Adam step are a
+//! handful of kernels per batch whatever the number of layers, and the optimizer state is
+//! three flat tensors that a checkpoint saves exactly.
+
+use tch::{Device, Kind, Tensor};
+
+/// Name and shape of one parameter, in PyTorch `state_dict` order and naming.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub shape: Vec<i64>,
+    /// Fan-in for PyTorch's default initialisation bound `1/sqrt(fan_in)`.
+    pub fan_in: i64,
+}
+
+impl ParamSpec {
+    fn numel(&self) -> i64 {
+        self.shape.iter().product()
+    }
+}
+
+/// Parameter layout of the network for `rows`x`cols` single-channel images.
+pub fn param_specs(rows: i64, cols: i64) -> Vec<ParamSpec> {
+    let flat = 64 * ((rows - 4) / 2) * ((cols - 4) / 2);
+    let p = |name, shape: &[i64], fan_in| ParamSpec { name, shape: shape.to_vec(), fan_in };
+    vec![
+        p("conv1.weight", &[32, 1, 3, 3], 9),
+        p("conv1.bias", &[32], 9),
+        p("conv2.weight", &[64, 32, 3, 3], 32 * 9),
+        p("conv2.bias", &[64], 32 * 9),
+        p("fc1.weight", &[128, flat], flat),
+        p("fc1.bias", &[128], flat),
+        p("fc2.weight", &[10, 128], 128),
+        p("fc2.bias", &[10], 128),
+    ]
+}
+
+/// The network: one flat leaf tensor holding every parameter.
+#[derive(Debug)]
+pub struct Net {
+    pub specs: Vec<ParamSpec>,
+    pub flat: Tensor,
+    offsets: Vec<i64>,
+}
+
+impl Net {
+    /// Smallest image side the two convolutions and the pool accept.
+    pub const MIN_SIDE: usize = 6;
+
+    /// A network initialised like PyTorch's `nn.Conv2d`/`nn.Linear` defaults:
+    /// uniform in `±1/sqrt(fan_in)`, drawn from the global generator (seed it first).
+    pub fn new(rows: i64, cols: i64, device: Device) -> Net {
+        let specs = param_specs(rows, cols);
+        let mut offsets = Vec::with_capacity(specs.len());
+        let mut total = 0;
+        for s in &specs {
+            offsets.push(total);
+            total += s.numel();
+        }
+        let flat = Tensor::zeros([total], (Kind::Float, device));
+        let net = Net { specs, flat, offsets };
+        tch::no_grad(|| {
+            for i in 0..net.specs.len() {
+                let bound = 1.0 / (net.specs[i].fan_in as f64).sqrt();
+                let _ = net.param(i).uniform_(-bound, bound);
+            }
+        });
+        let flat = net.flat.set_requires_grad(true);
+        Net { flat, ..net }
+    }
+
+    /// Number of scalar parameters.
+    pub fn numel(&self) -> i64 {
+        self.flat.numel() as i64
+    }
+
+    /// A view of parameter `i` in its own shape.
+    pub fn param(&self, i: usize) -> Tensor {
+        self.flat.narrow(0, self.offsets[i], self.specs[i].numel()).view(self.specs[i].shape.as_slice())
+    }
+
+    /// Logits for a batch of normalised images `[n, 1, rows, cols]`.
+    pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
+        let p: Vec<Tensor> = (0..self.specs.len()).map(|i| self.param(i)).collect();
+        xs.conv2d(&p[0], Some(&p[1]), [1, 1], [0, 0], [1, 1], 1)
+            .relu()
+            .conv2d(&p[2], Some(&p[3]), [1, 1], [0, 0], [1, 1], 1)
+            .relu()
+            .max_pool2d_default(2)
+            .dropout(0.25, train)
+            .flatten(1, -1)
+            .linear(&p[4], Some(&p[5]))
+            .relu()
+            .dropout(0.5, train)
+            .linear(&p[6], Some(&p[7]))
+    }
+
+    /// The parameters as named, contiguous tensors on the CPU (a PyTorch-style state dict).
+    pub fn named_params(&self) -> Vec<(String, Tensor)> {
+        (0..self.specs.len())
+            .map(|i| {
+                (self.specs[i].name.to_owned(), self.param(i).detach().to_device(Device::Cpu).contiguous())
+            })
+            .collect()
+    }
+}
+
+/// Adam (Kingma & Ba, as `torch.optim.Adam` with default betas and eps, no weight decay) over
+/// the flat parameter tensor.
+#[derive(Debug)]
+pub struct Adam {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Steps taken so far (bias correction depends on it).
+    pub step: i64,
+    pub exp_avg: Tensor,
+    pub exp_avg_sq: Tensor,
+}
+
+impl Adam {
+    pub fn new(net: &Net, lr: f64) -> Adam {
+        Adam {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            step: 0,
+            exp_avg: net.flat.zeros_like(),
+            exp_avg_sq: net.flat.zeros_like(),
+        }
+    }
+
+    /// Clears the gradient of the flat parameter tensor (one kernel).
+    pub fn zero_grad(&self, net: &Net) {
+        let mut g = net.flat.grad();
+        if g.defined() {
+            let _ = g.zero_();
+        }
+    }
+
+    /// One update from the gradients left by `backward`.
+    pub fn step(&mut self, net: &Net) {
+        self.step += 1;
+        let bc1 = 1.0 - self.beta1.powi(self.step as i32);
+        let bc2 = 1.0 - self.beta2.powi(self.step as i32);
+        tch::no_grad(|| {
+            let g = net.flat.grad();
+            let _ = self.exp_avg.lerp_(&g, 1.0 - self.beta1);
+            self.exp_avg_sq *= self.beta2;
+            let _ = self.exp_avg_sq.addcmul_(&(&g * (1.0 - self.beta2)), &g);
+            let denom = (self.exp_avg_sq.sqrt() / bc2.sqrt()) + self.eps;
+            let update = (&self.exp_avg / &denom) * (self.lr / bc1);
+            let mut flat = net.flat.shallow_clone();
+            flat -= update;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_pytorch_examples_net() {
+        let specs = param_specs(28, 28);
+        assert_eq!(specs[4].shape, vec![128, 9216]);
+        let net = Net::new(28, 28, Device::Cpu);
+        assert_eq!(net.numel(), 1_199_882); // the pytorch/examples MNIST Net
+        let out = net.forward(&Tensor::zeros([3, 1, 28, 28], (Kind::Float, Device::Cpu)), false);
+        assert_eq!(out.size(), vec![3, 10]);
+    }
+
+    #[test]
+    fn init_is_seeded_and_bounded() {
+        tch::manual_seed(7);
+        let a = Net::new(8, 8, Device::Cpu);
+        tch::manual_seed(7);
+        let b = Net::new(8, 8, Device::Cpu);
+        assert!(a.flat.equal(&b.flat));
+        let w = a.param(0);
+        let max = w.abs().max().double_value(&[]);
+        assert!(max <= 1.0 / 3.0 + 1e-6 && max > 0.2, "{max}");
+    }
+
+    #[test]
+    fn adam_first_step_moves_each_weight_by_lr() {
+        // With bias correction, Adam's first step is lr * sign(grad) (up to eps).
+        tch::manual_seed(1);
+        let net = Net::new(8, 8, Device::Cpu);
+        let before = net.flat.detach().copy();
+        let mut opt = Adam::new(&net, 0.01);
+        opt.zero_grad(&net);
+        let loss = net.flat.sum(Kind::Float);
+        loss.backward();
+        opt.step(&net);
+        let moved = (&before - net.flat.detach()).mean(Kind::Float).double_value(&[]);
+        assert!((moved - 0.01).abs() < 1e-6, "{moved}");
+    }
+}
