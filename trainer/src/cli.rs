@@ -18,11 +18,21 @@ use clap::{Parser, ValueEnum};
 #[command(name = "trainer", version, about, long_about)]
 pub struct Args {
     /// Directory with the four IDX files (raw or .gz)
-    #[arg(long, value_name = "DIR", env = "TRAINER_DATA", default_value = "/usr/share/datasets/fashion-mnist")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "TRAINER_DATA",
+        default_value = "/usr/share/datasets/fashion-mnist"
+    )]
     pub data: PathBuf,
 
     /// Where checkpoints, metrics and the model go (Azure ML uploads ./outputs after a job)
-    #[arg(long, value_name = "DIR", env = "TRAINER_OUTPUT", default_value = "outputs")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "TRAINER_OUTPUT",
+        default_value = "outputs"
+    )]
     pub output: PathBuf,
 
     /// Passes over the training set
@@ -34,7 +44,7 @@ pub struct Args {
     pub batch_size: u32,
 
     /// Adam learning rate (positive)
-    #[arg(long, value_name = "RATE", default_value_t = 1e-3, value_parser = parse_lr)]
+    #[arg(long, value_name = "RATE", default_value_t = 1e-3, value_parser = parse_lr, allow_negative_numbers = true)]
     pub lr: f64,
 
     /// Seed for initialisation, shuffling and dropout; same seed on the CPU gives the same metrics
@@ -75,7 +85,9 @@ fn parse_lr(s: &str) -> Result<f64, String> {
     if v.is_finite() && v > 0.0 && v < 10.0 {
         Ok(v)
     } else {
-        Err(format!("{s} is not a usable learning rate (expected 0 < lr < 10, e.g. 0.001)"))
+        Err(format!(
+            "{s} is not a usable learning rate (expected 0 < lr < 10, e.g. 0.001)"
+        ))
     }
 }
 
@@ -91,10 +103,16 @@ mod tests {
 
     #[test]
     fn nonsense_numbers_are_refused_with_the_flag_named() {
-        for (flag, value) in
-            [("--epochs", "0"), ("--batch-size", "0"), ("--lr", "-0.1"), ("--lr", "nan"), ("--threads", "0")]
-        {
-            let err = Args::try_parse_from(["trainer", flag, value]).unwrap_err().to_string();
+        for (flag, value) in [
+            ("--epochs", "0"),
+            ("--batch-size", "0"),
+            ("--lr", "-0.1"),
+            ("--lr", "nan"),
+            ("--threads", "0"),
+        ] {
+            let err = Args::try_parse_from(["trainer", flag, value])
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(flag), "{flag} {value}: {err}");
         }
         let a = Args::try_parse_from(["trainer", "--lr", "3e-4", "--epochs", "2"]).unwrap();

@@ -22,7 +22,9 @@ pub fn load_cuda_backend() -> Result<(), String> {
             return Err("dlopen failed".into());
         }
         // SAFETY: non-null pointer from dlerror, valid until the next dl* call.
-        return Err(unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned());
+        return Err(unsafe { CStr::from_ptr(msg) }
+            .to_string_lossy()
+            .into_owned());
     }
     Ok(())
 }
@@ -33,7 +35,11 @@ pub fn resolve(choice: DeviceArg) -> Result<Device, Error> {
         DeviceArg::Cpu => Ok(Device::Cpu),
         DeviceArg::Auto => {
             let _ = load_cuda_backend();
-            Ok(if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu })
+            Ok(if tch::Cuda::is_available() {
+                Device::Cuda(0)
+            } else {
+                Device::Cpu
+            })
         }
         DeviceArg::Cuda => {
             let why = match load_cuda_backend() {

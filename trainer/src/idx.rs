@@ -26,19 +26,48 @@ pub enum IdxError {
         source: std::io::Error,
     },
     #[error("{}: wrong magic number 0x{found:08x}, expected 0x{expected:08x} ({what}); is this an IDX file?", path.display())]
-    BadMagic { path: PathBuf, found: u32, expected: u32, what: &'static str },
+    BadMagic {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+        what: &'static str,
+    },
     #[error("{}: truncated: the header promises {expected} bytes, the file has {actual}", path.display())]
-    Truncated { path: PathBuf, expected: u64, actual: u64 },
+    Truncated {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
     #[error("{}: {extra} unexpected bytes after the {expected} the header describes", path.display())]
-    Trailing { path: PathBuf, expected: u64, extra: u64 },
+    Trailing {
+        path: PathBuf,
+        expected: u64,
+        extra: u64,
+    },
     #[error("{}: empty data set (the header says 0 items or a 0-sized dimension)", path.display())]
     Empty { path: PathBuf },
     #[error("{} holds {images} images but {} holds {labels} labels", images_path.display(), labels_path.display())]
-    CountMismatch { images_path: PathBuf, images: usize, labels_path: PathBuf, labels: usize },
+    CountMismatch {
+        images_path: PathBuf,
+        images: usize,
+        labels_path: PathBuf,
+        labels: usize,
+    },
     #[error("{}: label {label} at index {index} is out of range 0..={max}", path.display())]
-    LabelOutOfRange { path: PathBuf, index: usize, label: u8, max: u8 },
+    LabelOutOfRange {
+        path: PathBuf,
+        index: usize,
+        label: u8,
+        max: u8,
+    },
     #[error("{}: images are {rows}x{cols} but the training images are {train_rows}x{train_cols}", path.display())]
-    ShapeMismatch { path: PathBuf, rows: usize, cols: usize, train_rows: usize, train_cols: usize },
+    ShapeMismatch {
+        path: PathBuf,
+        rows: usize,
+        cols: usize,
+        train_rows: usize,
+        train_cols: usize,
+    },
 }
 
 /// One split (train or test) of an MNIST-format data set, as raw bytes.
@@ -120,7 +149,12 @@ fn load_split(dir: &Path, prefix: &str) -> Result<Split, IdxError> {
             max: NUM_CLASSES - 1,
         });
     }
-    Ok(Split { images, labels, rows: dims[1], cols: dims[2] })
+    Ok(Split {
+        images,
+        labels,
+        rows: dims[1],
+        cols: dims[2],
+    })
 }
 
 /// The raw file if present, else the gzipped one.
@@ -133,15 +167,23 @@ fn find(dir: &Path, name: &str) -> Result<PathBuf, IdxError> {
     if gz.is_file() {
         return Ok(gz);
     }
-    Err(IdxError::Missing { dir: dir.to_path_buf(), name: name.to_owned() })
+    Err(IdxError::Missing {
+        dir: dir.to_path_buf(),
+        name: name.to_owned(),
+    })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, IdxError> {
-    let io = |source| IdxError::Io { path: path.to_path_buf(), source };
+    let io = |source| IdxError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let bytes = fs::read(path).map_err(io)?;
     if path.extension().is_some_and(|e| e == "gz") {
         let mut out = Vec::with_capacity(bytes.len() * 4);
-        flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut out).map_err(io)?;
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_end(&mut out)
+            .map_err(io)?;
         Ok(out)
     } else {
         Ok(bytes)
@@ -161,11 +203,20 @@ pub fn parse(
     let header = 4 + 4 * ndims;
     let be32 = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
     if bytes.len() < 4 {
-        return Err(IdxError::Truncated { path: path(), expected: 4, actual: bytes.len() as u64 });
+        return Err(IdxError::Truncated {
+            path: path(),
+            expected: 4,
+            actual: bytes.len() as u64,
+        });
     }
     let found = be32(0);
     if found != magic {
-        return Err(IdxError::BadMagic { path: path(), found, expected: magic, what });
+        return Err(IdxError::BadMagic {
+            path: path(),
+            found,
+            expected: magic,
+            what,
+        });
     }
     if bytes.len() < header {
         return Err(IdxError::Truncated {
@@ -178,14 +229,25 @@ pub fn parse(
     if dims.contains(&0) {
         return Err(IdxError::Empty { path: path() });
     }
-    let payload = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)).unwrap_or(u64::MAX);
+    let payload = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+        .unwrap_or(u64::MAX);
     let expected = (header as u64).saturating_add(payload);
     let actual = bytes.len() as u64;
     if actual < expected {
-        return Err(IdxError::Truncated { path: path(), expected, actual });
+        return Err(IdxError::Truncated {
+            path: path(),
+            expected,
+            actual,
+        });
     }
     if actual > expected {
-        return Err(IdxError::Trailing { path: path(), expected, extra: actual - expected });
+        return Err(IdxError::Trailing {
+            path: path(),
+            expected,
+            extra: actual - expected,
+        });
     }
     Ok((dims, bytes[header..].to_vec()))
 }
@@ -222,8 +284,18 @@ mod tests {
         for (prefix, count) in [("train", n), ("t10k", m)] {
             let pixels: Vec<u8> = (0..count * 20).map(|i| (i % 251) as u8).collect();
             let labels: Vec<u8> = (0..count).map(|i| (i % 10) as u8).collect();
-            write(dir, &format!("{prefix}-images-idx3-ubyte"), &encode(&[count, 4, 5], &pixels), gz);
-            write(dir, &format!("{prefix}-labels-idx1-ubyte"), &encode(&[count], &labels), gz);
+            write(
+                dir,
+                &format!("{prefix}-images-idx3-ubyte"),
+                &encode(&[count, 4, 5], &pixels),
+                gz,
+            );
+            write(
+                dir,
+                &format!("{prefix}-labels-idx1-ubyte"),
+                &encode(&[count], &labels),
+                gz,
+            );
         }
     }
 
@@ -240,7 +312,10 @@ mod tests {
         let a = load_dir(raw.path()).unwrap();
         let b = load_dir(gz.path()).unwrap();
         assert_eq!(a, b);
-        assert_eq!((a.train.len(), a.test.len(), a.train.rows, a.train.cols), (30, 7, 4, 5));
+        assert_eq!(
+            (a.train.len(), a.test.len(), a.train.rows, a.train.cols),
+            (30, 7, 4, 5)
+        );
         assert_eq!(a.train.images.len(), 30 * 20);
         assert_eq!(a.train.labels[13], 3);
         assert_eq!(a.train.images[21], 21);
@@ -251,9 +326,17 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         fixture(d.path(), 10, 5, false);
         // A labels file where images are expected.
-        write(d.path(), "train-images-idx3-ubyte", &encode(&[10], &[0; 10]), false);
+        write(
+            d.path(),
+            "train-images-idx3-ubyte",
+            &encode(&[10], &[0; 10]),
+            false,
+        );
         let e = err(d.path());
-        assert!(e.contains("train-images-idx3-ubyte: wrong magic number 0x00000801"), "{e}");
+        assert!(
+            e.contains("train-images-idx3-ubyte: wrong magic number 0x00000801"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -261,7 +344,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         fixture(d.path(), 10, 5, true);
         let full = encode(&[5, 4, 5], &[1; 100]);
-        write(d.path(), "t10k-images-idx3-ubyte", &full[..full.len() - 3], true);
+        write(
+            d.path(),
+            "t10k-images-idx3-ubyte",
+            &full[..full.len() - 3],
+            true,
+        );
         let e = err(d.path());
         assert!(e.contains("t10k-images-idx3-ubyte.gz: truncated"), "{e}");
         assert!(e.contains("116 bytes, the file has 113"), "{e}");
@@ -284,7 +372,12 @@ mod tests {
     fn count_mismatch_names_both_files() {
         let d = tempfile::tempdir().unwrap();
         fixture(d.path(), 10, 5, false);
-        write(d.path(), "train-labels-idx1-ubyte", &encode(&[9], &[1; 9]), false);
+        write(
+            d.path(),
+            "train-labels-idx1-ubyte",
+            &encode(&[9], &[1; 9]),
+            false,
+        );
         let e = err(d.path());
         assert!(e.contains("holds 10 images but"), "{e}");
         assert!(e.contains("train-labels-idx1-ubyte holds 9 labels"), "{e}");
@@ -296,9 +389,17 @@ mod tests {
         fixture(d.path(), 10, 5, false);
         let mut labels = vec![1u8; 5];
         labels[3] = 10;
-        write(d.path(), "t10k-labels-idx1-ubyte", &encode(&[5], &labels), false);
+        write(
+            d.path(),
+            "t10k-labels-idx1-ubyte",
+            &encode(&[5], &labels),
+            false,
+        );
         let e = err(d.path());
-        assert!(e.contains("label 10 at index 3 is out of range 0..=9"), "{e}");
+        assert!(
+            e.contains("label 10 at index 3 is out of range 0..=9"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -316,7 +417,12 @@ mod tests {
     fn test_images_must_match_train_shape() {
         let d = tempfile::tempdir().unwrap();
         fixture(d.path(), 10, 5, false);
-        write(d.path(), "t10k-images-idx3-ubyte", &encode(&[5, 5, 4], &[0; 100]), false);
+        write(
+            d.path(),
+            "t10k-images-idx3-ubyte",
+            &encode(&[5, 5, 4], &[0; 100]),
+            false,
+        );
         assert!(err(d.path()).contains("images are 5x4 but the training images are 4x5"));
     }
 
@@ -324,7 +430,12 @@ mod tests {
     fn empty_and_corrupt_gzip() {
         let d = tempfile::tempdir().unwrap();
         fixture(d.path(), 10, 5, false);
-        write(d.path(), "t10k-labels-idx1-ubyte", &encode(&[0], &[]), false);
+        write(
+            d.path(),
+            "t10k-labels-idx1-ubyte",
+            &encode(&[0], &[]),
+            false,
+        );
         assert!(err(d.path()).contains("empty data set"));
         fs::remove_file(d.path().join("t10k-labels-idx1-ubyte")).unwrap();
         fs::write(d.path().join("t10k-labels-idx1-ubyte.gz"), b"not gzip").unwrap();

@@ -18,7 +18,11 @@ pub enum Error {
     #[error("--data: {0}")]
     Data(#[from] idx::IdxError),
     #[error("--data: images are {rows}x{cols}; the network needs at least {min}x{min}")]
-    TooSmall { rows: usize, cols: usize, min: usize },
+    TooSmall {
+        rows: usize,
+        cols: usize,
+        min: usize,
+    },
     #[error("--device cuda: {0}")]
     NoCuda(String),
     #[error("--output {}: {problem}", path.display())]
@@ -54,7 +58,11 @@ impl Error {
 pub fn run(args: &cli::Args, mut log: impl FnMut(&str)) -> Result<output::Summary, Error> {
     let mut data = idx::load_dir(&args.data)?;
     if data.train.rows < model::Net::MIN_SIDE || data.train.cols < model::Net::MIN_SIDE {
-        return Err(Error::TooSmall { rows: data.train.rows, cols: data.train.cols, min: model::Net::MIN_SIDE });
+        return Err(Error::TooSmall {
+            rows: data.train.rows,
+            cols: data.train.cols,
+            min: model::Net::MIN_SIDE,
+        });
     }
     if let Some(n) = args.limit_train {
         data.train.truncate(n as usize);

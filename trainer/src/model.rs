@@ -1,7 +1,7 @@
 //! The CNN (pytorch/examples MNIST shape: two 3x3 convolutions, max-pool, two linear layers)
-//! with all parameters in one flat tensor, so that zeroing gradients and the Adam step are a
-//! handful of kernels per batch whatever the number of layers, and the optimizer state is
-//! three flat tensors that a checkpoint saves exactly.
+//! with all parameters stored in one flat tensor, so that the Adam step is a handful of kernels
+//! per batch whatever the number of layers, and weights and optimizer state are three flat
+//! tensors that a checkpoint saves exactly.
 
 use tch::{Device, Kind, Tensor};
 
@@ -23,7 +23,11 @@ impl ParamSpec {
 /// Parameter layout of the network for `rows`x`cols` single-channel images.
 pub fn param_specs(rows: i64, cols: i64) -> Vec<ParamSpec> {
     let flat = 64 * ((rows - 4) / 2) * ((cols - 4) / 2);
-    let p = |name, shape: &[i64], fan_in| ParamSpec { name, shape: shape.to_vec(), fan_in };
+    let p = |name, shape: &[i64], fan_in| ParamSpec {
+        name,
+        shape: shape.to_vec(),
+        fan_in,
+    };
     vec![
         p("conv1.weight", &[32, 1, 3, 3], 9),
         p("conv1.bias", &[32], 9),
@@ -36,12 +40,15 @@ pub fn param_specs(rows: i64, cols: i64) -> Vec<ParamSpec> {
     ]
 }
 
-/// The network: one flat leaf tensor holding every parameter.
+/// The network. Every parameter is a leaf tensor whose storage is a slice of one flat tensor:
+/// autograd sees eight ordinary leaves (no slice-backward into a full-size zero buffer per
+/// parameter), while the optimizer and the checkpoint see one tensor.
 #[derive(Debug)]
 pub struct Net {
     pub specs: Vec<ParamSpec>,
+    /// All parameters, back to back; updated in place by [`Adam`].
     pub flat: Tensor,
-    offsets: Vec<i64>,
+    params: Vec<Tensor>,
 }
 
 impl Net {
@@ -52,22 +59,22 @@ impl Net {
     /// uniform in `±1/sqrt(fan_in)`, drawn from the global generator (seed it first).
     pub fn new(rows: i64, cols: i64, device: Device) -> Net {
         let specs = param_specs(rows, cols);
-        let mut offsets = Vec::with_capacity(specs.len());
-        let mut total = 0;
-        for s in &specs {
-            offsets.push(total);
-            total += s.numel();
-        }
+        let total = specs.iter().map(ParamSpec::numel).sum();
         let flat = Tensor::zeros([total], (Kind::Float, device));
-        let net = Net { specs, flat, offsets };
-        tch::no_grad(|| {
-            for i in 0..net.specs.len() {
-                let bound = 1.0 / (net.specs[i].fan_in as f64).sqrt();
-                let _ = net.param(i).uniform_(-bound, bound);
-            }
-        });
-        let flat = net.flat.set_requires_grad(true);
-        Net { flat, ..net }
+        let mut params = Vec::with_capacity(specs.len());
+        let mut offset = 0;
+        for s in &specs {
+            let mut p = flat.narrow(0, offset, s.numel()).view(s.shape.as_slice());
+            let bound = 1.0 / (s.fan_in as f64).sqrt();
+            let _ = p.uniform_(-bound, bound);
+            params.push(p.detach().set_requires_grad(true));
+            offset += s.numel();
+        }
+        Net {
+            specs,
+            flat,
+            params,
+        }
     }
 
     /// Number of scalar parameters.
@@ -75,14 +82,14 @@ impl Net {
         self.flat.numel() as i64
     }
 
-    /// A view of parameter `i` in its own shape.
-    pub fn param(&self, i: usize) -> Tensor {
-        self.flat.narrow(0, self.offsets[i], self.specs[i].numel()).view(self.specs[i].shape.as_slice())
+    /// Parameter `i` (a leaf that shares storage with [`Net::flat`]).
+    pub fn param(&self, i: usize) -> &Tensor {
+        &self.params[i]
     }
 
     /// Logits for a batch of normalised images `[n, 1, rows, cols]`.
     pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
-        let p: Vec<Tensor> = (0..self.specs.len()).map(|i| self.param(i)).collect();
+        let p = &self.params;
         xs.conv2d(&p[0], Some(&p[1]), [1, 1], [0, 0], [1, 1], 1)
             .relu()
             .conv2d(&p[2], Some(&p[3]), [1, 1], [0, 0], [1, 1], 1)
@@ -96,11 +103,32 @@ impl Net {
             .linear(&p[6], Some(&p[7]))
     }
 
+    /// The gradients of all parameters as one flat tensor (one concatenation).
+    pub fn flat_grad(&self) -> Tensor {
+        let grads: Vec<Tensor> = self.params.iter().map(|p| p.grad().view(-1)).collect();
+        Tensor::cat(&grads, 0)
+    }
+
+    /// Clears every parameter's gradient.
+    pub fn zero_grad(&self) {
+        for p in &self.params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+    }
+
     /// The parameters as named, contiguous tensors on the CPU (a PyTorch-style state dict).
     pub fn named_params(&self) -> Vec<(String, Tensor)> {
-        (0..self.specs.len())
-            .map(|i| {
-                (self.specs[i].name.to_owned(), self.param(i).detach().to_device(Device::Cpu).contiguous())
+        self.specs
+            .iter()
+            .zip(&self.params)
+            .map(|(s, p)| {
+                (
+                    s.name.to_owned(),
+                    p.detach().to_device(Device::Cpu).contiguous(),
+                )
             })
             .collect()
     }
@@ -133,26 +161,21 @@ impl Adam {
         }
     }
 
-    /// Clears the gradient of the flat parameter tensor (one kernel).
-    pub fn zero_grad(&self, net: &Net) {
-        let mut g = net.flat.grad();
-        if g.defined() {
-            let _ = g.zero_();
-        }
-    }
-
     /// One update from the gradients left by `backward`.
     pub fn step(&mut self, net: &Net) {
         self.step += 1;
         let bc1 = 1.0 - self.beta1.powi(self.step as i32);
         let bc2 = 1.0 - self.beta2.powi(self.step as i32);
         tch::no_grad(|| {
-            let g = net.flat.grad();
+            let g = net.flat_grad();
             let _ = self.exp_avg.lerp_(&g, 1.0 - self.beta1);
             self.exp_avg_sq *= self.beta2;
             let _ = self.exp_avg_sq.addcmul_(&(&g * (1.0 - self.beta2)), &g);
-            let denom = (self.exp_avg_sq.sqrt() / bc2.sqrt()) + self.eps;
-            let update = (&self.exp_avg / &denom) * (self.lr / bc1);
+            let mut denom = self.exp_avg_sq.sqrt();
+            denom *= 1.0 / bc2.sqrt();
+            denom += self.eps;
+            let mut update = &self.exp_avg / &denom;
+            update *= self.lr / bc1;
             let mut flat = net.flat.shallow_clone();
             flat -= update;
         });
@@ -162,19 +185,28 @@ impl Adam {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// libtorch's generator is global; tests that draw from it take turns.
+    static RNG: Mutex<()> = Mutex::new(());
 
     #[test]
     fn layout_matches_pytorch_examples_net() {
+        let _g = RNG.lock().unwrap();
         let specs = param_specs(28, 28);
         assert_eq!(specs[4].shape, vec![128, 9216]);
         let net = Net::new(28, 28, Device::Cpu);
         assert_eq!(net.numel(), 1_199_882); // the pytorch/examples MNIST Net
-        let out = net.forward(&Tensor::zeros([3, 1, 28, 28], (Kind::Float, Device::Cpu)), false);
+        let out = net.forward(
+            &Tensor::zeros([3, 1, 28, 28], (Kind::Float, Device::Cpu)),
+            false,
+        );
         assert_eq!(out.size(), vec![3, 10]);
     }
 
     #[test]
     fn init_is_seeded_and_bounded() {
+        let _g = RNG.lock().unwrap();
         tch::manual_seed(7);
         let a = Net::new(8, 8, Device::Cpu);
         tch::manual_seed(7);
@@ -188,15 +220,18 @@ mod tests {
     #[test]
     fn adam_first_step_moves_each_weight_by_lr() {
         // With bias correction, Adam's first step is lr * sign(grad) (up to eps).
+        let _g = RNG.lock().unwrap();
         tch::manual_seed(1);
         let net = Net::new(8, 8, Device::Cpu);
         let before = net.flat.detach().copy();
         let mut opt = Adam::new(&net, 0.01);
-        opt.zero_grad(&net);
-        let loss = net.flat.sum(Kind::Float);
+        net.zero_grad();
+        let loss = (0..8)
+            .map(|i| net.param(i).sum(Kind::Float))
+            .fold(Tensor::zeros([], (Kind::Float, Device::Cpu)), |a, b| a + b);
         loss.backward();
         opt.step(&net);
-        let moved = (&before - net.flat.detach()).mean(Kind::Float).double_value(&[]);
+        let moved = (&before - &net.flat).mean(Kind::Float).double_value(&[]);
         assert!((moved - 0.01).abs() < 1e-6, "{moved}");
     }
 }

@@ -83,13 +83,18 @@ impl OutputDir {
             problem: format!("{what}: {e}"),
         };
         if dir.exists() && !dir.is_dir() {
-            return Err(Error::Output { path: dir.to_path_buf(), problem: "exists and is not a directory".into() });
+            return Err(Error::Output {
+                path: dir.to_path_buf(),
+                problem: "exists and is not a directory".into(),
+            });
         }
         fs::create_dir_all(dir).map_err(|e| err("cannot create it", e))?;
         let probe = dir.join(format!(".write-test-{}", std::process::id()));
         fs::write(&probe, b"").map_err(|e| err("is not writable", e))?;
         let _ = fs::remove_file(&probe);
-        let out = OutputDir { dir: dir.to_path_buf() };
+        let out = OutputDir {
+            dir: dir.to_path_buf(),
+        };
         out.remove_stale_temporaries();
         if !resume {
             for name in [CHECKPOINT, MODEL] {
@@ -132,7 +137,10 @@ impl OutputDir {
         });
         if let Err(e) = res {
             let _ = fs::remove_file(&tmp);
-            return Err(Error::Output { path: self.path(name), problem: format!("cannot write: {e}") });
+            return Err(Error::Output {
+                path: self.path(name),
+                problem: format!("cannot write: {e}"),
+            });
         }
         self.commit(name)
     }
@@ -153,10 +161,19 @@ impl OutputDir {
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::Output { path, problem: format!("cannot read: {e}") }),
+            Err(e) => {
+                return Err(Error::Output {
+                    path,
+                    problem: format!("cannot read: {e}"),
+                })
+            }
         };
         let mut out = Vec::new();
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
             let m: EpochMetrics = serde_json::from_str(line).map_err(|e| Error::Output {
                 path: path.clone(),
                 problem: format!("line {}: not an epoch record: {e}", i + 1),
@@ -170,7 +187,9 @@ impl OutputDir {
 
     /// Removes temporaries left by a killed run (`.NAME.tmp-PID`).
     fn remove_stale_temporaries(&self) {
-        let Ok(entries) = fs::read_dir(&self.dir) else { return };
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
         for e in entries.flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
@@ -192,7 +211,9 @@ mod tests {
         fs::write(&file, b"x").unwrap();
         let e = OutputDir::prepare(&file, false).unwrap_err().to_string();
         assert!(e.contains("is not a directory"), "{e}");
-        let e = OutputDir::prepare(&file.join("sub"), false).unwrap_err().to_string();
+        let e = OutputDir::prepare(&file.join("sub"), false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cannot create it"), "{e}");
         let run = d.path().join("run");
         let out = OutputDir::prepare(&run, false).unwrap();

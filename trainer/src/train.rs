@@ -37,7 +37,9 @@ impl DeviceSplit {
             .to_kind(Kind::Float)
             .view([n, 1, split.rows as i64, split.cols as i64]);
         let images = (images / 255.0 - mean) / std;
-        let labels = Tensor::from_slice(&split.labels).to_device(device).to_kind(Kind::Int64);
+        let labels = Tensor::from_slice(&split.labels)
+            .to_device(device)
+            .to_kind(Kind::Int64);
         DeviceSplit { images, labels }
     }
 
@@ -123,10 +125,13 @@ pub fn train(
 
     let last = history.last().cloned().ok_or_else(|| Error::Output {
         path: out.path(CHECKPOINT),
-        problem: "checkpoint without metrics.jsonl; remove the directory or choose another --output".into(),
+        problem:
+            "checkpoint without metrics.jsonl; remove the directory or choose another --output"
+                .into(),
     })?;
     let tmp = out.temp_path(MODEL);
-    Tensor::write_safetensors(&net.named_params(), &tmp).map_err(|e| Error::torch("writing the model", e))?;
+    Tensor::write_safetensors(&net.named_params(), &tmp)
+        .map_err(|e| Error::torch("writing the model", e))?;
     out.commit(MODEL)?;
     let summary = Summary {
         epochs: cfg.epochs,
@@ -163,7 +168,7 @@ fn run_epoch(net: &Net, opt: &mut Adam, train: &DeviceSplit, batch: i64) -> f64 
         let xs = train.images.index_select(0, &idx);
         let ys = train.labels.index_select(0, &idx);
         let loss = net.forward(&xs, true).cross_entropy_for_logits(&ys);
-        opt.zero_grad(net);
+        net.zero_grad();
         loss.backward();
         opt.step(net);
         tch::no_grad(|| loss_sum += loss.detach() * (len as f64));
@@ -188,14 +193,23 @@ fn evaluate(net: &Net, test: &DeviceSplit) -> (f64, f64) {
             correct += logits.argmax(-1, false).eq_tensor(&ys).sum(Kind::Int64);
             start += len;
         }
-        (loss.double_value(&[]) / n as f64, correct.int64_value(&[]) as f64 / n as f64)
+        (
+            loss.double_value(&[]) / n as f64,
+            correct.int64_value(&[]) as f64 / n as f64,
+        )
     })
 }
 
-fn save_checkpoint(out: &OutputDir, cfg: &Config, net: &Net, opt: &Adam, epoch: u32) -> Result<(), Error> {
+fn save_checkpoint(
+    out: &OutputDir,
+    cfg: &Config,
+    net: &Net,
+    opt: &Adam,
+    epoch: u32,
+) -> Result<(), Error> {
     let scalar = |v: i64| Tensor::from_slice(&[v]);
     let tensors = [
-        ("flat", net.flat.detach().to_device(Device::Cpu)),
+        ("flat", net.flat.to_device(Device::Cpu)),
         ("exp_avg", opt.exp_avg.to_device(Device::Cpu)),
         ("exp_avg_sq", opt.exp_avg_sq.to_device(Device::Cpu)),
         ("meta.epoch", scalar(epoch as i64)),
@@ -203,25 +217,41 @@ fn save_checkpoint(out: &OutputDir, cfg: &Config, net: &Net, opt: &Adam, epoch: 
         ("meta.seed", scalar(cfg.seed as i64)),
     ];
     let tmp = out.temp_path(CHECKPOINT);
-    Tensor::write_safetensors(&tensors, &tmp).map_err(|e| Error::torch("writing the checkpoint", e))?;
+    Tensor::write_safetensors(&tensors, &tmp)
+        .map_err(|e| Error::torch("writing the checkpoint", e))?;
     out.commit(CHECKPOINT)
 }
 
 /// Restores weights and optimizer state; returns the last completed epoch, or `None` when the
 /// directory holds no checkpoint.
-fn load_checkpoint(out: &OutputDir, cfg: &Config, net: &Net, opt: &mut Adam) -> Result<Option<u32>, Error> {
+fn load_checkpoint(
+    out: &OutputDir,
+    cfg: &Config,
+    net: &Net,
+    opt: &mut Adam,
+) -> Result<Option<u32>, Error> {
     let path = out.path(CHECKPOINT);
     if !path.exists() {
         return Ok(None);
     }
-    let bad = |problem: String| Error::Checkpoint { path: path.clone(), problem };
+    let bad = |problem: String| Error::Checkpoint {
+        path: path.clone(),
+        problem,
+    };
     let tensors = Tensor::read_safetensors(&path).map_err(|e| bad(e.to_string()))?;
     let get = |name: &str| {
-        tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t).ok_or_else(|| bad(format!("no tensor `{name}`")))
+        tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t)
+            .ok_or_else(|| bad(format!("no tensor `{name}`")))
     };
     let seed = get("meta.seed")?.int64_value(&[0]) as u64;
     if seed != cfg.seed {
-        return Err(bad(format!("it was made with --seed {seed}, not {}", cfg.seed)));
+        return Err(bad(format!(
+            "it was made with --seed {seed}, not {}",
+            cfg.seed
+        )));
     }
     let flat = get("flat")?;
     if flat.size() != net.flat.size() {
@@ -255,8 +285,16 @@ mod tests {
 
     #[test]
     fn pixel_stats_are_exact() {
-        let s = Split { images: vec![0, 255, 0, 255], labels: vec![0], rows: 2, cols: 2 };
+        let s = Split {
+            images: vec![0, 255, 0, 255],
+            labels: vec![0],
+            rows: 2,
+            cols: 2,
+        };
         let (m, sd) = pixel_stats(&s);
-        assert!((m - 0.5).abs() < 1e-12 && (sd - 0.5).abs() < 1e-9, "{m} {sd}");
+        assert!(
+            (m - 0.5).abs() < 1e-12 && (sd - 0.5).abs() < 1e-9,
+            "{m} {sd}"
+        );
     }
 }

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Every test: formatting, lints, and the whole workspace's unit and integration tests (real
+# libtorch, the real Docker engine and registry where a test needs them). CI runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+. scripts/env.sh
+cargo fmt --all -- --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo test --locked --workspace
