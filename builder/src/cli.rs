@@ -1,8 +1,14 @@
 //! The `envbuild` command line: clap structs in one place, one small function per command.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use envbuild::build::{self, BuildOptions, Reporter};
+use envbuild::cache::Cache;
+use envbuild::spec;
 
 /// Reproducible, daemonless CUDA trainer images for Azure ML: build, push, register, run.
 #[derive(Debug, Parser)]
@@ -15,12 +21,12 @@ pub struct Cli {
 /// What envbuild does; commands marked "coming" answer with the issue that delivers them.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Build an environment file into a reproducible OCI image, without a Docker daemon (coming: issue #3)
-    Build,
-    /// Show an image's layers, config and annotations (coming: issue #3)
-    Inspect,
-    /// Explain why two images' digests differ (coming: issue #3)
-    Diff,
+    /// Build an environment file into a reproducible OCI image, without a Docker daemon
+    Build(BuildArgs),
+    /// Show an image's layers, config and annotations
+    Inspect(InspectArgs),
+    /// Explain why two images' digests differ: which layer, which file, which field
+    Diff(DiffArgs),
     /// Push an image to Azure Container Registry or any OCI registry (coming: issue #4)
     Push,
     /// Store registry credentials the way `docker login` does (coming: issue #4)
@@ -33,22 +39,133 @@ pub enum Command {
     Deploy,
 }
 
-impl Command {
-    fn issue(&self) -> u32 {
-        match self {
-            Command::Build | Command::Inspect | Command::Diff => 3,
-            Command::Push | Command::Login => 4,
-            Command::Run => 5,
-            Command::Register | Command::Deploy => 6,
-        }
+/// Where a build goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Oci(PathBuf),
+    DockerArchive(PathBuf),
+}
+
+fn parse_output(s: &str) -> Result<Output, String> {
+    match s.split_once(':') {
+        Some(("oci", p)) if !p.is_empty() => Ok(Output::Oci(p.into())),
+        Some(("docker-archive", p)) if !p.is_empty() => Ok(Output::DockerArchive(p.into())),
+        _ => Err(format!(
+            "`{s}` is not an output (use oci:DIR or docker-archive:FILE)"
+        )),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Environment file (see environments/README.md)
+    pub env: PathBuf,
+    /// Where to write the image: oci:DIR (OCI image layout) or docker-archive:FILE (`docker load`); repeatable
+    #[arg(long, short, value_parser = parse_output)]
+    pub output: Vec<Output>,
+    /// Cache directory for blobs and built layers [default: $ENVBUILD_CACHE or ~/.cache/envbuild]
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Compression threads (the output does not depend on it) [default: all cores]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// oci:DIR or docker-archive:FILE
+    #[arg(value_parser = parse_output)]
+    pub image: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// oci:DIR or docker-archive:FILE
+    #[arg(value_parser = parse_output)]
+    pub a: Output,
+    /// oci:DIR or docker-archive:FILE
+    #[arg(value_parser = parse_output)]
+    pub b: Output,
+}
+
+struct Stderr;
+
+impl Reporter for Stderr {
+    fn message(&mut self, text: &str) {
+        eprintln!("{text}");
     }
 }
 
 /// Runs one parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let issue = cli.command.issue();
-    anyhow::bail!(
-        "`{:?}` is not available yet; it is planned in issue #{issue}",
-        cli.command
-    )
+    match cli.command {
+        Command::Build(a) => build_cmd(a),
+        Command::Inspect(a) => inspect_cmd(a),
+        Command::Diff(a) => diff_cmd(a),
+        Command::Push | Command::Login => coming("push/login", 4),
+        Command::Run => coming("run", 5),
+        Command::Register | Command::Deploy => coming("register/deploy", 6),
+    }
+}
+
+fn coming(what: &str, issue: u32) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`{what}` is not available yet; it is planned in issue #{issue}")
+}
+
+fn source_date_epoch() -> anyhow::Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(s) if !s.is_empty() => s
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH=`{s}` is not a number of seconds")),
+        _ => Ok(0),
+    }
+}
+
+fn build_cmd(a: BuildArgs) -> anyhow::Result<ExitCode> {
+    let vars = spec::Vars::for_file(&a.env);
+    let env = spec::load(&a.env, &vars)?;
+    let threads = a.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |t| t as usize,
+    );
+    let opts = BuildOptions {
+        threads,
+        source_date_epoch: source_date_epoch()?,
+    };
+    let root = a.cache.unwrap_or_else(Cache::default_root);
+    let cache = Cache::open(&root).with_context(|| format!("cache {}", root.display()))?;
+    let built = build::build(&env, &cache, &opts, &mut Stderr)?;
+    let tag = env.publish.tag.clone().unwrap_or_else(|| "latest".into());
+    for out in &a.output {
+        match out {
+            Output::Oci(dir) => {
+                envbuild::image::write_oci(&built.image, &cache, dir, &tag)?;
+                eprintln!("wrote oci:{}", dir.display());
+            }
+            Output::DockerArchive(file) => {
+                let repo_tag = format!("envbuild/{}:{tag}", env.name);
+                envbuild::image::write_docker_archive(
+                    &built.image,
+                    &cache,
+                    file,
+                    &repo_tag,
+                    opts.source_date_epoch,
+                )?;
+                eprintln!("wrote docker-archive:{} ({repo_tag})", file.display());
+            }
+        }
+    }
+    println!("{}", built.image.digest);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect_cmd(a: InspectArgs) -> anyhow::Result<ExitCode> {
+    let _ = a;
+    coming("inspect", 3)
+}
+
+fn diff_cmd(a: DiffArgs) -> anyhow::Result<ExitCode> {
+    let _ = a;
+    coming("diff", 3)
 }

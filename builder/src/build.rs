@@ -1,0 +1,237 @@
+//! `envbuild build`: environment file → base + canonical layers (cached by input key) → config
+//! and manifest → OCI layout or docker archive. Everything is written under temporary names and
+//! renamed, so a failed build leaves neither a half-written output nor a half-written cache entry.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::cache::{layer_key, Cache};
+use crate::digest::Digest;
+use crate::image::{self, Additions, BaseImage, Image, ImageError, LayerDesc};
+use crate::layer::{self, LayerError, Mapping, TarOptions, Tree};
+use crate::spec::{Base, Environment};
+
+/// Why a build failed.
+#[derive(Debug, Error)]
+pub enum BuildError {
+    #[error("{file}:{line}: layer `{layer}`: {source}")]
+    Layer {
+        file: String,
+        line: usize,
+        layer: String,
+        #[source]
+        source: LayerError,
+    },
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("cache {}: {source}", path.display())]
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("base image {0}: pulling from a registry is not available yet; copy it into a local layout (`skopeo copy docker://{0} oci:DIR`) and use `oci = \"DIR\"`")]
+    RegistryBase(String),
+}
+
+/// Options that do not change the image.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub threads: usize,
+    /// Seconds since the epoch for every timestamp (SOURCE_DATE_EPOCH, default 0).
+    pub source_date_epoch: u64,
+}
+
+/// Progress messages, for a reporter that prints them (the library never prints).
+pub trait Reporter {
+    fn message(&mut self, text: &str);
+}
+
+/// A reporter that drops everything.
+#[derive(Debug, Default)]
+pub struct Quiet;
+
+impl Reporter for Quiet {
+    fn message(&mut self, _: &str) {}
+}
+
+/// One built layer and whether it came from the cache.
+#[derive(Debug, Clone)]
+pub struct BuiltLayer {
+    pub name: String,
+    pub desc: LayerDesc,
+    pub cached: bool,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// The result of a build.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub image: Image,
+    pub layers: Vec<BuiltLayer>,
+    pub base: BaseImage,
+}
+
+/// Gathers one layer's tree.
+pub fn layer_tree(env: &Environment, l: &crate::spec::Layer) -> Result<Tree, BuildError> {
+    let mut tree = Tree::default();
+    for f in &l.files {
+        let m = Mapping {
+            src: f.src.clone(),
+            dest: f.dest.clone(),
+            mode: f.mode,
+            include: f.include.clone(),
+            exclude: f.exclude.clone(),
+        };
+        tree.add(&m).map_err(|source| BuildError::Layer {
+            file: env.file.display().to_string(),
+            line: f.line,
+            layer: l.name.clone(),
+            source,
+        })?;
+    }
+    Ok(tree)
+}
+
+/// Builds the image of `env` into the cache; outputs are written by the caller.
+pub fn build(
+    env: &Environment,
+    cache: &Cache,
+    opts: &BuildOptions,
+    rep: &mut dyn Reporter,
+) -> Result<Built, BuildError> {
+    // Gather every layer first: a missing source fails before anything is compressed.
+    let trees: Vec<Tree> = env
+        .layers
+        .iter()
+        .map(|l| layer_tree(env, l))
+        .collect::<Result<_, _>>()?;
+    let base = match &env.base {
+        Base::Scratch => BaseImage::scratch(),
+        Base::Oci { dir, digest } => {
+            image::load_oci(dir, *digest, &env.os, &env.architecture, cache)?
+        }
+        Base::DockerArchive { file, digest } => image::load_docker_archive(file, *digest, cache)?,
+        Base::Registry { reference, .. } => {
+            return Err(BuildError::RegistryBase(reference.clone()))
+        }
+    };
+    let cache_err = |source| BuildError::Cache {
+        path: cache.root.clone(),
+        source,
+    };
+    let tar_opts = TarOptions {
+        mtime: opts.source_date_epoch,
+    };
+    let identity = env.compression.identity();
+    let mut stamps = cache.stamps();
+    let mut layers = Vec::new();
+    for (l, tree) in env.layers.iter().zip(&trees) {
+        let files = tree.nodes.len();
+        let bytes = tree.content_size();
+        // All contents known from unchanged files → the key, and perhaps a cached layer.
+        let known: Option<std::collections::BTreeMap<String, Digest>> = tree
+            .nodes
+            .iter()
+            .filter_map(|(p, n)| match n {
+                layer::Node::File { src, .. } => Some(stamps.get(src).map(|d| (p.clone(), d))),
+                _ => None,
+            })
+            .collect();
+        if let Some(key) = known
+            .as_ref()
+            .and_then(|k| layer_key(tree, k, tar_opts, &identity))
+        {
+            if let Some(blob) = cache.layer(&key) {
+                rep.message(&format!("layer {:<12} cached  {}", l.name, blob.digest));
+                layers.push(BuiltLayer {
+                    name: l.name.clone(),
+                    desc: desc(&blob),
+                    cached: true,
+                    files,
+                    bytes,
+                });
+                continue;
+            }
+        }
+        rep.message(&format!(
+            "layer {:<12} building: {files} entries, {:.1} MB",
+            l.name,
+            bytes as f64 / 1e6
+        ));
+        let start = std::time::Instant::now();
+        let tmp = cache.temp_file().map_err(cache_err)?;
+        let out = std::io::BufWriter::with_capacity(
+            1 << 20,
+            tmp.as_file().try_clone().map_err(cache_err)?,
+        );
+        let (blob, contents) = layer::build(tree, tar_opts, env.compression, opts.threads, out)
+            .map_err(|source| BuildError::Layer {
+                file: env.file.display().to_string(),
+                line: l.line,
+                layer: l.name.clone(),
+                source,
+            })?;
+        cache.commit_blob(tmp, &blob.digest).map_err(cache_err)?;
+        for (p, n) in &tree.nodes {
+            if let (layer::Node::File { src, .. }, Some(d)) = (n, contents.get(p)) {
+                stamps.remember(src, *d);
+            }
+        }
+        if let Some(key) = layer_key(tree, &contents, tar_opts, &identity) {
+            cache.put_layer(&key, &blob).map_err(cache_err)?;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        rep.message(&format!(
+            "layer {:<12} built   {} ({:.1} MB, {:.1}s, {:.0} MB/s)",
+            l.name,
+            blob.digest,
+            blob.size as f64 / 1e6,
+            secs,
+            bytes as f64 / 1e6 / secs.max(1e-9)
+        ));
+        layers.push(BuiltLayer {
+            name: l.name.clone(),
+            desc: desc(&blob),
+            cached: false,
+            files,
+            bytes,
+        });
+    }
+    cache.save_stamps(&stamps).map_err(cache_err)?;
+    let add = Additions {
+        os: env.os.clone(),
+        architecture: env.architecture.clone(),
+        created: opts.source_date_epoch,
+        layers: layers
+            .iter()
+            .map(|l| (l.name.clone(), l.desc.clone()))
+            .collect(),
+        entrypoint: env.config.entrypoint.clone(),
+        cmd: env.config.cmd.clone(),
+        env: env.config.env.clone(),
+        workdir: env.config.workdir.clone(),
+        user: env.config.user.clone(),
+        labels: env.config.labels.clone(),
+        annotations: env.config.annotations.clone(),
+    };
+    let image = image::assemble(&base, &add);
+    cache.put_bytes(&image.config).map_err(cache_err)?;
+    cache.put_bytes(&image.manifest).map_err(cache_err)?;
+    Ok(Built {
+        image,
+        layers,
+        base,
+    })
+}
+
+fn desc(b: &layer::LayerBlob) -> LayerDesc {
+    LayerDesc {
+        media_type: b.media_type.clone(),
+        digest: b.digest,
+        size: b.size,
+        diff_id: b.diff_id,
+    }
+}

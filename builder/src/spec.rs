@@ -1,0 +1,567 @@
+//! Environment files (`environments/*.toml`): parsed, variables expanded, every field checked,
+//! each error naming the file, line and field and saying what would be valid.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::compress::Compression;
+use crate::digest::Digest;
+
+/// An error in an environment file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": field `{}`", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnv {
+    name: Spanned<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    platform: Option<Spanned<String>>,
+    base: Spanned<RawBase>,
+    #[serde(default)]
+    compression: Option<Spanned<String>>,
+    #[serde(default, rename = "layer")]
+    layers: Vec<RawLayer>,
+    #[serde(default)]
+    config: RawConfig,
+    #[serde(default)]
+    publish: Publish,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBase {
+    image: Option<Spanned<String>>,
+    oci: Option<Spanned<String>>,
+    #[serde(rename = "docker-archive")]
+    docker_archive: Option<Spanned<String>>,
+    scratch: Option<bool>,
+    digest: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLayer {
+    name: Spanned<String>,
+    #[serde(rename = "files")]
+    files: Vec<RawFiles>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFiles {
+    src: Spanned<String>,
+    dest: Spanned<String>,
+    mode: Option<Spanned<u32>>,
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    entrypoint: Vec<String>,
+    #[serde(default)]
+    cmd: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, Spanned<String>>,
+    workdir: Option<String>,
+    user: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    annotations: BTreeMap<String, Spanned<String>>,
+}
+
+/// Where later commands send the image.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Publish {
+    /// Registry host, e.g. `myregistry.azurecr.io`.
+    pub registry: Option<String>,
+    /// Repository in the registry, e.g. `envbuild/mnist`.
+    pub repository: Option<String>,
+    /// Tag pushed beside the digest.
+    pub tag: Option<String>,
+    /// Azure ML environment name.
+    pub azureml_environment: Option<String>,
+}
+
+/// The base image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Base {
+    Scratch,
+    /// `registry/repo@sha256:…` (pulled by digest).
+    Registry {
+        reference: String,
+        digest: Digest,
+    },
+    /// An OCI image layout directory, optionally pinned.
+    Oci {
+        dir: PathBuf,
+        digest: Option<Digest>,
+    },
+    /// A `docker save` archive, optionally pinned (the config digest, i.e. the image ID).
+    DockerArchive {
+        file: PathBuf,
+        digest: Option<Digest>,
+    },
+}
+
+/// One source mapped into a layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMapping {
+    pub src: PathBuf,
+    pub dest: String,
+    pub mode: Option<u32>,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub line: usize,
+}
+
+/// One layer: a name (history, cache) and its sources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    pub name: String,
+    pub files: Vec<FileMapping>,
+    pub line: usize,
+}
+
+/// The image config envbuild writes (merged over the base's).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A checked environment file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Environment {
+    pub file: PathBuf,
+    pub name: String,
+    pub description: Option<String>,
+    pub os: String,
+    pub architecture: String,
+    pub base: Base,
+    pub compression: Compression,
+    pub layers: Vec<Layer>,
+    pub config: Config,
+    pub publish: Publish,
+}
+
+/// Values for `${NAME}` in an environment file: the built-ins, then the process environment.
+#[derive(Debug, Clone, Default)]
+pub struct Vars {
+    pub values: BTreeMap<String, String>,
+}
+
+impl Vars {
+    /// The built-in variables for a file at `path`, then the process environment:
+    /// `ENV_DIR` (the file's directory), `PROJECT_ROOT` (its parent, the checkout),
+    /// `CARGO_TARGET_DIR` (default `PROJECT_ROOT/target`), `ENVBUILD_SITE` (default the
+    /// site-packages of `PROJECT_ROOT/.venv`).
+    pub fn for_file(path: &Path) -> Vars {
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        let root = dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.clone());
+        let mut values: BTreeMap<String, String> = BTreeMap::new();
+        values.insert("ENV_DIR".into(), dir.display().to_string());
+        values.insert("PROJECT_ROOT".into(), root.display().to_string());
+        values.insert(
+            "CARGO_TARGET_DIR".into(),
+            root.join("target").display().to_string(),
+        );
+        if let Some(site) = find_site(&root.join(".venv")) {
+            values.insert("ENVBUILD_SITE".into(), site.display().to_string());
+        }
+        for (k, v) in std::env::vars() {
+            if k != "ENV_DIR" && k != "PROJECT_ROOT" {
+                values.insert(k, v);
+            }
+        }
+        Vars { values }
+    }
+
+    /// Expands `${NAME}` and `${NAME:-default}`; `$$` is a literal `$`.
+    pub fn expand(&self, s: &str) -> Result<String, String> {
+        let mut out = String::new();
+        let mut rest = s;
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            rest = &rest[i + 1..];
+            if let Some(r) = rest.strip_prefix('$') {
+                out.push('$');
+                rest = r;
+                continue;
+            }
+            let Some(r) = rest.strip_prefix('{') else {
+                return Err(format!(
+                    "`$` must start `${{NAME}}` or be doubled (`$$`) in `{s}`"
+                ));
+            };
+            let mut depth = 1;
+            let end = r
+                .char_indices()
+                .find(|&(_, c)| {
+                    depth += match c {
+                        '{' => 1,
+                        '}' => -1,
+                        _ => 0,
+                    };
+                    depth == 0
+                })
+                .map(|(i, _)| i)
+                .ok_or_else(|| format!("unclosed `${{` in `{s}`"))?;
+            let body = &r[..end];
+            let (name, default) = match body.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (body, None),
+            };
+            match (self.values.get(name), default) {
+                (Some(v), _) if !v.is_empty() => out.push_str(v),
+                (_, Some(d)) => out.push_str(&self.expand(d)?),
+                _ => {
+                    return Err(format!(
+                        "variable {name} is not set (set it in the environment; built-ins are ENV_DIR, PROJECT_ROOT, CARGO_TARGET_DIR, ENVBUILD_SITE)"
+                    ))
+                }
+            }
+            rest = &r[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+}
+
+fn find_site(venv: &Path) -> Option<PathBuf> {
+    let lib = std::fs::read_dir(venv.join("lib")).ok()?;
+    let mut pythons: Vec<PathBuf> = lib
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("site-packages").is_dir())
+        .collect();
+    pythons.sort();
+    pythons.pop().map(|p| p.join("site-packages"))
+}
+
+/// Reads and checks an environment file.
+pub fn load(path: &Path, vars: &Vars) -> Result<Environment, SpecError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+        file: path.to_path_buf(),
+        line: None,
+        field: String::new(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(path, &text, vars)
+}
+
+/// Checks environment file text; `path` names it in errors and anchors relative paths.
+pub fn parse(path: &Path, text: &str, vars: &Vars) -> Result<Environment, SpecError> {
+    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let err = |span: Option<std::ops::Range<usize>>, field: &str, message: String| SpecError {
+        file: path.to_path_buf(),
+        line: span.map(|s| line_of(s.start)),
+        field: field.to_owned(),
+        message,
+    };
+    let raw: RawEnv = toml::from_str(text).map_err(|e| {
+        let msg = e.message().to_owned();
+        err(e.span(), "", msg.replace("\n", " "))
+    })?;
+    let expand = |s: &Spanned<String>, field: &str| {
+        vars.expand(s.get_ref())
+            .map_err(|m| err(Some(s.span()), field, m))
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let path_of = |s: &Spanned<String>, field: &str| -> Result<PathBuf, SpecError> {
+        let p = PathBuf::from(expand(s, field)?);
+        Ok(if p.is_absolute() { p } else { dir.join(p) })
+    };
+
+    let name = raw.name.get_ref().clone();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(err(
+            Some(raw.name.span()),
+            "name",
+            format!("`{name}` is not a valid name (letters, digits, `-`, `_`, `.`)"),
+        ));
+    }
+    let (os, architecture) = match raw.platform.as_ref().map(|p| p.get_ref().as_str()) {
+        None | Some("linux/amd64") => ("linux", "amd64"),
+        Some("linux/arm64") => ("linux", "arm64"),
+        Some(other) => {
+            let p = raw.platform.as_ref().expect("some");
+            return Err(err(
+                Some(p.span()),
+                "platform",
+                format!("`{other}` is not supported (linux/amd64 or linux/arm64)"),
+            ));
+        }
+    };
+
+    let b = raw.base.get_ref();
+    let base_span = raw.base.span();
+    let digest = match &b.digest {
+        None => None,
+        Some(d) => Some(
+            d.get_ref()
+                .parse::<Digest>()
+                .map_err(|e| err(Some(d.span()), "base.digest", e.to_string()))?,
+        ),
+    };
+    let chosen = [
+        b.image.is_some(),
+        b.oci.is_some(),
+        b.docker_archive.is_some(),
+        b.scratch == Some(true),
+    ];
+    if chosen.iter().filter(|x| **x).count() != 1 {
+        return Err(err(
+            Some(base_span),
+            "base",
+            "give exactly one of image = \"REGISTRY/REPO@sha256:…\", oci = \"DIR\", docker-archive = \"FILE\", scratch = true".into(),
+        ));
+    }
+    let base = if let Some(img) = &b.image {
+        let reference = expand(img, "base.image")?;
+        let Some((_, d)) = reference.split_once('@') else {
+            return Err(err(Some(img.span()), "base.image", format!("`{reference}` is not pinned: add @sha256:<digest> (a tag can move; a digest cannot)")));
+        };
+        let pinned = d
+            .parse::<Digest>()
+            .map_err(|e| err(Some(img.span()), "base.image", e.to_string()))?;
+        Base::Registry {
+            reference,
+            digest: pinned,
+        }
+    } else if let Some(o) = &b.oci {
+        Base::Oci {
+            dir: path_of(o, "base.oci")?,
+            digest,
+        }
+    } else if let Some(a) = &b.docker_archive {
+        Base::DockerArchive {
+            file: path_of(a, "base.docker-archive")?,
+            digest,
+        }
+    } else {
+        Base::Scratch
+    };
+
+    let compression = match &raw.compression {
+        None => Compression::Gzip(6),
+        Some(c) => c
+            .get_ref()
+            .parse()
+            .map_err(|m| err(Some(c.span()), "compression", m))?,
+    };
+
+    let mut layers = Vec::new();
+    for (i, l) in raw.layers.iter().enumerate() {
+        let mut files = Vec::new();
+        for (j, f) in l.files.iter().enumerate() {
+            let field = |k: &str| format!("layer[{i}].files[{j}].{k}");
+            let dest = expand(&f.dest, &field("dest"))?;
+            crate::layer::image_path(&dest)
+                .map_err(|e| err(Some(f.dest.span()), &field("dest"), e.to_string()))?;
+            let mode = match &f.mode {
+                Some(m) if *m.get_ref() > 0o777 => {
+                    return Err(err(Some(m.span()), &field("mode"), format!("{} (octal {:o}) is not a permission mode: write it in octal, e.g. 0o755 (setuid, setgid and sticky bits are not supported)", m.get_ref(), m.get_ref())))
+                }
+                m => m.as_ref().map(|m| *m.get_ref()),
+            };
+            files.push(FileMapping {
+                src: path_of(&f.src, &field("src"))?,
+                dest,
+                mode,
+                include: f.include.clone(),
+                exclude: f.exclude.clone(),
+                line: line_of(f.src.span().start),
+            });
+        }
+        layers.push(Layer {
+            name: l.name.get_ref().clone(),
+            files,
+            line: line_of(l.name.span().start),
+        });
+    }
+
+    let c = raw.config;
+    let expand_map = |m: &BTreeMap<String, Spanned<String>>, what: &str| {
+        m.iter()
+            .map(|(k, v)| Ok((k.clone(), expand(v, &format!("config.{what}.{k}"))?)))
+            .collect::<Result<BTreeMap<_, _>, SpecError>>()
+    };
+    let config = Config {
+        entrypoint: c.entrypoint,
+        cmd: c.cmd,
+        env: expand_map(&c.env, "env")?,
+        workdir: c.workdir,
+        user: c.user,
+        labels: expand_map(&c.labels, "labels")?,
+        annotations: expand_map(&c.annotations, "annotations")?,
+    };
+    Ok(Environment {
+        file: path.to_path_buf(),
+        name,
+        description: raw.description,
+        os: os.into(),
+        architecture: architecture.into(),
+        base,
+        compression,
+        layers,
+        config,
+        publish: raw.publish,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars() -> Vars {
+        let mut v = Vars::default();
+        v.values.insert("SITE".into(), "/venv/site".into());
+        v
+    }
+
+    fn check(text: &str) -> Result<Environment, SpecError> {
+        parse(Path::new("/p/environments/t.toml"), text, &vars())
+    }
+
+    const GOOD: &str = r#"
+name = "t"
+[base]
+scratch = true
+
+[[layer]]
+name = "libs"
+[[layer.files]]
+src = "${SITE}/torch/lib"
+dest = "/opt/torch/lib"
+include = ["libc10.so"]
+
+[[layer]]
+name = "app"
+[[layer.files]]
+src = "bin/trainer"
+dest = "/usr/local/bin/trainer"
+mode = 0o755
+
+[config]
+entrypoint = ["/usr/local/bin/trainer"]
+env = { LD_LIBRARY_PATH = "/opt/torch/lib", HOME = "${NOPE:-/root}" }
+"#;
+
+    #[test]
+    fn good_file_resolves_vars_and_relative_paths() {
+        let e = check(GOOD).unwrap();
+        assert_eq!(e.base, Base::Scratch);
+        assert_eq!(
+            e.layers[0].files[0].src,
+            PathBuf::from("/venv/site/torch/lib")
+        );
+        assert_eq!(
+            e.layers[1].files[0].src,
+            PathBuf::from("/p/environments/bin/trainer")
+        );
+        assert_eq!(e.layers[1].files[0].mode, Some(0o755));
+        assert_eq!(e.config.env["HOME"], "/root");
+        assert_eq!(e.compression, Compression::Gzip(6));
+        assert_eq!(e.layers[1].line, 14);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let e = check(&GOOD.replace("include = [", "inclde = [")).unwrap_err();
+        assert_eq!(e.line, Some(11), "{e}");
+        assert!(
+            e.to_string().starts_with("/p/environments/t.toml:11"),
+            "{e}"
+        );
+        assert!(
+            e.message.contains("unknown field `inclde`") && e.message.contains("include"),
+            "{e}"
+        );
+
+        let e = check(&GOOD.replace(
+            "/usr/local/bin/trainer\"\nmode",
+            "/usr/../bin/trainer\"\nmode",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(17), "layer[1].files[0].dest"),
+            "{e}"
+        );
+        assert!(e.message.contains("without `..`"), "{e}");
+
+        let e = check(&GOOD.replace("${SITE}", "${MISSING}")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(":9: field `layer[0].files[0].src`: variable MISSING is not set"),
+            "{e}"
+        );
+
+        let e = check(&GOOD.replace("scratch = true", "image = \"reg.io/cuda:12\"")).unwrap_err();
+        assert!(e.message.contains("not pinned"), "{e}");
+        let e = check(&GOOD.replace("scratch = true", "scratch = true\noci = \"x\"")).unwrap_err();
+        assert!(e.message.contains("exactly one"), "{e}");
+        let e = check(&GOOD.replace("scratch = true", "oci = \"x\"\ndigest = \"sha256:12\""))
+            .unwrap_err();
+        assert_eq!(e.field, "base.digest");
+        let e = check(&GOOD.replace("0o755", "755")).unwrap_err();
+        assert!(e.message.contains("octal"), "{e}");
+    }
+
+    #[test]
+    fn expansion_rules() {
+        let v = vars();
+        assert_eq!(v.expand("a$${SITE}").unwrap(), "a${SITE}");
+        assert_eq!(v.expand("${X:-d}/${SITE}").unwrap(), "d//venv/site");
+        assert_eq!(v.expand("${X:-${SITE}/b}").unwrap(), "/venv/site/b");
+        assert!(v.expand("$SITE").is_err());
+        assert!(v.expand("${SITE").is_err());
+    }
+}
