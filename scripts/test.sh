@@ -7,4 +7,6 @@ scripts/setup.sh
 . scripts/env.sh
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
+# The end-to-end tests put the release binaries into images; build them first.
+cargo build --release --locked -p trainer -p envbuild
 cargo test --locked --workspace

@@ -21,7 +21,7 @@ pub enum BuildError {
         line: usize,
         layer: String,
         #[source]
-        source: LayerError,
+        source: Box<LayerError>,
     },
     #[error(transparent)]
     Image(#[from] ImageError),
@@ -89,7 +89,7 @@ pub fn layer_tree(env: &Environment, l: &crate::spec::Layer) -> Result<Tree, Bui
             file: env.file.display().to_string(),
             line: f.line,
             layer: l.name.clone(),
-            source,
+            source: Box::new(source),
         })?;
     }
     Ok(tree)
@@ -172,7 +172,7 @@ pub fn build(
                 file: env.file.display().to_string(),
                 line: l.line,
                 layer: l.name.clone(),
-                source,
+                source: Box::new(source),
             })?;
         cache.commit_blob(tmp, &blob.digest).map_err(cache_err)?;
         for (p, n) in &tree.nodes {

@@ -122,9 +122,41 @@ fn source_date_epoch() -> anyhow::Result<u64> {
     }
 }
 
+/// Fails early, before any work, when an output cannot be written: the nearest existing
+/// ancestor of its path must be a writable directory.
+fn check_writable(out: &Output) -> anyhow::Result<()> {
+    let (Output::Oci(p) | Output::DockerArchive(p)) = out;
+    let mut dir = p.parent().map(|d| {
+        if d.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            d
+        }
+    });
+    while let Some(d) = dir {
+        if d.exists() {
+            anyhow::ensure!(
+                d.is_dir(),
+                "output {}: {} is not a directory",
+                p.display(),
+                d.display()
+            );
+            tempfile::tempfile_in(d).with_context(|| {
+                format!("output {}: cannot write in {}", p.display(), d.display())
+            })?;
+            return Ok(());
+        }
+        dir = d.parent();
+    }
+    Ok(())
+}
+
 fn build_cmd(a: BuildArgs) -> anyhow::Result<ExitCode> {
     let vars = spec::Vars::for_file(&a.env);
     let env = spec::load(&a.env, &vars)?;
+    for out in &a.output {
+        check_writable(out)?;
+    }
     let threads = a.threads.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         |t| t as usize,

@@ -1,0 +1,389 @@
+//! End-to-end tests of `envbuild build` with the real tools: the release trainer linked against
+//! real libtorch, skopeo, umoci and the Docker engine on this machine.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use envbuild_e2e::{base_layout, bins, last_line, ok, run, site_packages};
+use serde_json::Value;
+
+/// A small environment with the shape of the real one: a library layer (a real libtorch
+/// library, a nested directory, a relative symlink) and the trainer layer.
+const REPRO_ENV: &str = r#"
+name = "repro"
+[base]
+oci = "${ENVBUILD_BASE}"
+[[layer]]
+name = "libs"
+[[layer.files]]
+src = "lib"
+dest = "/opt/envbuild/lib"
+[[layer]]
+name = "trainer"
+[[layer.files]]
+src = "bin/trainer"
+dest = "/opt/envbuild/bin/trainer"
+mode = 0o755
+[config]
+entrypoint = ["/opt/envbuild/bin/trainer"]
+env = { LD_LIBRARY_PATH = "/opt/envbuild/lib" }
+"#;
+
+/// Makes a checkout of the repro environment in `dir`. `reverse` creates the files in the
+/// opposite order and gives them shuffled modification times and restrictive permissions.
+fn checkout(dir: &Path, reverse: bool) -> PathBuf {
+    let libc10 = site_packages().join("torch/lib/libc10.so");
+    let mut files: Vec<(&str, Vec<u8>)> = vec![
+        ("bin/trainer", fs::read(&bins().trainer).unwrap()),
+        ("lib/libc10.so", fs::read(&libc10).unwrap()),
+        ("lib/nested/data.txt", b"some data\n".to_vec()),
+        ("lib/nested/more.txt", vec![7u8; 70_000]),
+    ];
+    if reverse {
+        files.reverse();
+    }
+    for (i, (name, bytes)) in files.iter().enumerate() {
+        let p = dir.join(name);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, bytes).unwrap();
+        let mode = match (reverse, name.starts_with("bin/")) {
+            (false, true) => 0o755,
+            (false, false) => 0o644,
+            (true, true) => 0o700,
+            (true, false) => 0o600,
+        };
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        if reverse {
+            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000 + 7_777 * i as u64);
+            fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+    }
+    symlink("nested/data.txt", dir.join("lib/link.txt")).unwrap();
+    fs::write(dir.join("env.toml"), REPRO_ENV).unwrap();
+    dir.join("env.toml")
+}
+
+fn envbuild() -> Command {
+    let mut c = Command::new(&bins().envbuild);
+    c.env("ENVBUILD_BASE", base_layout())
+        .env_remove("SOURCE_DATE_EPOCH");
+    c
+}
+
+fn build(env: &Path, cache: &Path, extra: &[&str]) -> String {
+    let mut c = envbuild();
+    c.arg("build")
+        .arg(env)
+        .arg("--cache")
+        .arg(cache)
+        .args(extra);
+    last_line(&ok(&mut c))
+}
+
+fn blob(layout: &Path, digest: &str) -> Vec<u8> {
+    fs::read(
+        layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:")),
+    )
+    .unwrap()
+}
+
+fn manifest(layout: &Path) -> Value {
+    let index: Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    serde_json::from_slice(&blob(
+        layout,
+        index["manifests"][0]["digest"].as_str().unwrap(),
+    ))
+    .unwrap()
+}
+
+#[test]
+fn same_inputs_same_digest_whatever_the_machine_state() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        t.path().join("checkout-a"),
+        t.path().join("somewhere/else/checkout-b"),
+    );
+    let env_a = checkout(&a, false);
+    let env_b = checkout(&b, true);
+    let (cache_a, cache_b) = (t.path().join("cache-a"), t.path().join("cache-b"));
+
+    let first = build(
+        &env_a,
+        &cache_a,
+        &[
+            "--threads",
+            "2",
+            "--output",
+            &format!("oci:{}", t.path().join("out-a").display()),
+        ],
+    );
+    assert!(first.starts_with("sha256:"), "{first}");
+
+    // The other checkout, cold cache, one thread, umask 077, another time zone and host name.
+    let script = format!(
+        "umask 077; hostname envbuild-other-host 2>/dev/null; exec {} build {} --cache {} --threads 1 --output oci:{}",
+        bins().envbuild.display(),
+        env_b.display(),
+        cache_b.display(),
+        t.path().join("out-b").display()
+    );
+    let mut c = Command::new("unshare");
+    c.args(["--uts", "sh", "-c", &script])
+        .env("TZ", "Asia/Kathmandu")
+        .env("ENVBUILD_BASE", base_layout());
+    let o = run(&mut c);
+    let second = if o.status.success() {
+        last_line(&String::from_utf8_lossy(&o.stdout))
+    } else {
+        // No permission for a UTS namespace: everything but the host name still differs.
+        let mut c = Command::new("sh");
+        c.args([
+            "-c",
+            &script.replace("hostname envbuild-other-host 2>/dev/null; ", ""),
+        ])
+        .env("TZ", "Asia/Kathmandu")
+        .env("ENVBUILD_BASE", base_layout());
+        last_line(&ok(&mut c))
+    };
+    assert_eq!(first, second, "two checkouts gave two digests");
+
+    // Warm cache: layers come from the cache and the digest is the same again.
+    let mut c = envbuild();
+    c.arg("build").arg(&env_a).arg("--cache").arg(&cache_a);
+    let o = run(&mut c);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cached"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(last_line(&String::from_utf8_lossy(&o.stdout)), first);
+
+    // The layouts are byte-identical, file for file.
+    let list = |d: &Path| {
+        let mut v: Vec<(String, Vec<u8>)> = fs::read_dir(d.join("blobs/sha256"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(list(&t.path().join("out-a")) == list(&t.path().join("out-b")));
+
+    // SOURCE_DATE_EPOCH is an input: it changes the digest, and nothing else does.
+    let mut c = envbuild();
+    c.arg("build")
+        .arg(&env_a)
+        .arg("--cache")
+        .arg(&cache_a)
+        .env("SOURCE_DATE_EPOCH", "1700000000");
+    assert_ne!(last_line(&ok(&mut c)), first);
+}
+
+#[test]
+fn one_byte_trainer_change_rebuilds_only_the_trainer_layer() {
+    let t = tempfile::tempdir().unwrap();
+    let env = checkout(&t.path().join("c"), false);
+    let cache = t.path().join("cache");
+    let (out1, out2) = (t.path().join("o1"), t.path().join("o2"));
+    let d1 = build(
+        &env,
+        &cache,
+        &["--output", &format!("oci:{}", out1.display())],
+    );
+    let trainer = t.path().join("c/bin/trainer");
+    let mut bytes = fs::read(&trainer).unwrap();
+    bytes.push(0);
+    fs::write(&trainer, bytes).unwrap();
+    let mut c = envbuild();
+    c.arg("build")
+        .arg(&env)
+        .arg("--cache")
+        .arg(&cache)
+        .arg("--output")
+        .arg(format!("oci:{}", out2.display()));
+    let o = run(&mut c);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let d2 = last_line(&String::from_utf8_lossy(&o.stdout));
+    assert_ne!(d1, d2);
+    assert!(
+        stderr.contains("layer libs         cached")
+            && stderr.contains("layer trainer      building"),
+        "{stderr}"
+    );
+    let (m1, m2) = (manifest(&out1), manifest(&out2));
+    let (l1, l2) = (
+        m1["layers"].as_array().unwrap(),
+        m2["layers"].as_array().unwrap(),
+    );
+    assert_eq!(l1.len(), l2.len());
+    let n = l1.len();
+    assert_eq!(
+        l1[..n - 1],
+        l2[..n - 1],
+        "base and library layers must not change"
+    );
+    assert_ne!(l1[n - 1], l2[n - 1]);
+    assert_ne!(m1["config"]["digest"], m2["config"]["digest"]);
+}
+
+#[test]
+fn skopeo_umoci_and_docker_accept_the_image() {
+    // The real CPU environment: trainer, libtorch's CPU libraries, the Debian runtime base.
+    let t = tempfile::tempdir().unwrap();
+    let env = envbuild_e2e::root().join("environments/mnist-cpu.toml");
+    let (layout, archive) = (t.path().join("oci"), t.path().join("image.tar"));
+    let digest = build(
+        &env,
+        &t.path().join("cache"),
+        &[
+            "--output",
+            &format!("oci:{}", layout.display()),
+            "--output",
+            &format!("docker-archive:{}", archive.display()),
+        ],
+    );
+
+    let inspect: Value = serde_json::from_str(&ok(
+        Command::new("skopeo").args(["inspect", &format!("oci:{}", layout.display())])
+    ))
+    .unwrap();
+    assert_eq!(inspect["Digest"], digest.as_str());
+    assert_eq!(
+        inspect["Layers"].as_array().unwrap().len(),
+        4,
+        "base, cuda-runtime, libtorch, trainer"
+    );
+    ok(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        &format!("oci:{}", layout.display()),
+        &format!("dir:{}", t.path().join("dir").display()),
+    ]));
+
+    let bundle = t.path().join("bundle");
+    ok(Command::new("umoci")
+        .args([
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{}:latest", layout.display()),
+        ])
+        .arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    assert_eq!(
+        fs::read(rootfs.join("opt/envbuild/bin/trainer")).unwrap(),
+        fs::read(&bins().trainer).unwrap()
+    );
+    assert!(rootfs
+        .join("opt/envbuild/site-packages/torch/lib/libtorch_cpu.so")
+        .is_file());
+    assert!(rootfs.join("bin/sh").exists(), "the base's /bin/sh");
+
+    let loaded = ok(Command::new("docker").args(["load", "-i"]).arg(&archive));
+    assert!(loaded.contains("envbuild/mnist-cpu:latest"), "{loaded}");
+    let help =
+        ok(Command::new("docker").args(["run", "--rm", "envbuild/mnist-cpu:latest", "--help"]));
+    assert!(help.contains("train-images-idx3-ubyte"), "{help}");
+    let _ = run(Command::new("docker").args(["rmi", "-f", "envbuild/mnist-cpu:latest"]));
+}
+
+/// Expects `envbuild build` to fail with `expect` in its error, writing neither the output nor
+/// anything into the cache.
+fn fails(env: &Path, expect: &str, t: &Path) {
+    let cache = t.join(format!("cache-{}", expect.len()));
+    let out = t.join(format!("out-{}", expect.len()));
+    let mut c = envbuild();
+    c.arg("build")
+        .arg(env)
+        .arg("--cache")
+        .arg(&cache)
+        .arg("--output")
+        .arg(format!("oci:{}", out.display()));
+    let o = run(&mut c);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{expect}: {stderr}");
+    assert!(stderr.contains(expect), "expected `{expect}` in:\n{stderr}");
+    assert!(!out.exists(), "{expect}: output written");
+    for sub in ["blobs/sha256", "layers"] {
+        let n = fs::read_dir(cache.join(sub))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(n, 0, "{expect}: {sub} written in the cache");
+    }
+}
+
+#[test]
+fn bad_input_gives_a_clear_error_and_writes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("c");
+    let env = checkout(&dir, false);
+    let write = |text: String| {
+        let p = dir.join("bad.toml");
+        fs::write(&p, text).unwrap();
+        p
+    };
+    fails(
+        &write(REPRO_ENV.replace("mode = 0o755", "mode = 0o755\nowner = \"me\"")),
+        "bad.toml:16: unknown field `owner`",
+        t.path(),
+    );
+    fails(
+        &write(REPRO_ENV.replace("bin/trainer\"\ndest", "bin/nope\"\ndest")),
+        "bin/nope does not exist",
+        t.path(),
+    );
+    fails(
+        &write(REPRO_ENV.replace("dest = \"/opt/envbuild/lib\"", "dest = \"/opt/../lib\"")),
+        "field `layer[0].files[0].dest`",
+        t.path(),
+    );
+    let wrong = format!(
+        "oci = \"${{ENVBUILD_BASE}}\"\ndigest = \"sha256:{}\"",
+        "0".repeat(64)
+    );
+    fails(
+        &write(REPRO_ENV.replace("oci = \"${ENVBUILD_BASE}\"", &wrong)),
+        "base digest mismatch",
+        t.path(),
+    );
+    symlink("../../../etc/passwd", dir.join("lib/nested/evil")).unwrap();
+    fails(&env, "escapes its source root", t.path());
+    fs::remove_file(dir.join("lib/nested/evil")).unwrap();
+
+    // An output that cannot be written is refused before any work.
+    fs::write(t.path().join("file"), b"x").unwrap();
+    let cache = t.path().join("cache-out");
+    let mut c = envbuild();
+    c.arg("build")
+        .arg(&env)
+        .arg("--cache")
+        .arg(&cache)
+        .arg("--output")
+        .arg(format!("oci:{}/file/out", t.path().display()));
+    let o = run(&mut c);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is not a directory"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!cache.exists(), "the cache was touched");
+}

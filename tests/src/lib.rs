@@ -1,0 +1,116 @@
+//! Helpers for the end-to-end tests: the release binaries (built once), the project's libtorch,
+//! the locally made base image, and running commands with their output captured.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// The project venv's site-packages (made by scripts/setup.sh).
+pub fn site_packages() -> PathBuf {
+    let lib = root().join(".venv/lib");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&lib)
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/setup.sh", lib.display()))
+        .flatten()
+        .map(|e| e.path().join("site-packages"))
+        .filter(|p| p.join("torch").is_dir())
+        .collect();
+    found.pop().expect("torch in .venv; run scripts/setup.sh")
+}
+
+/// Paths of the release binaries, built once per test process (a no-op when scripts/test.sh
+/// has built them already). Release, because that is what goes into images.
+#[derive(Debug)]
+pub struct Bins {
+    pub envbuild: PathBuf,
+    pub trainer: PathBuf,
+}
+
+pub fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let venv_bin = root().join(".venv/bin");
+        let path = format!(
+            "{}:{}",
+            venv_bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "-p",
+                "envbuild",
+                "-p",
+                "trainer",
+            ])
+            .current_dir(root())
+            .env("PATH", path)
+            .env("LIBTORCH_USE_PYTORCH", "1")
+            .output()
+            .expect("cargo runs");
+        assert!(
+            out.status.success(),
+            "release build failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join("target"));
+        Bins {
+            envbuild: target.join("release/envbuild"),
+            trainer: target.join("release/trainer"),
+        }
+    })
+}
+
+/// The locally made Debian runtime base image (docker/base/make-base.sh), made once.
+pub fn base_layout() -> &'static Path {
+    static BASE: OnceLock<PathBuf> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let dir = root().join("target/e2e/base");
+        let out = Command::new(root().join("docker/base/make-base.sh"))
+            .arg(&dir)
+            .env("ENVBUILD", &bins().envbuild)
+            .env("ENVBUILD_CACHE", root().join("target/e2e/base-cache"))
+            .output()
+            .expect("make-base runs");
+        assert!(
+            out.status.success(),
+            "make-base failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+/// Runs a command, returning its output (never panics on a non-zero exit).
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+/// Runs a command that must succeed; returns stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let o = run(cmd);
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed:\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The last line of a command's stdout (envbuild prints the digest there).
+pub fn last_line(s: &str) -> String {
+    s.lines().last().unwrap_or_default().trim().to_owned()
+}
