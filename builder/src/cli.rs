@@ -192,12 +192,35 @@ fn build_cmd(a: BuildArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn inspect_cmd(a: InspectArgs) -> anyhow::Result<ExitCode> {
-    let _ = a;
-    coming("inspect", 3)
+fn image_spec(o: &Output) -> String {
+    match o {
+        Output::Oci(p) => format!("oci:{}", p.display()),
+        Output::DockerArchive(p) => format!("docker-archive:{}", p.display()),
+    }
 }
 
+fn inspect_cmd(a: InspectArgs) -> anyhow::Result<ExitCode> {
+    let img = envbuild::inspect::open(&image_spec(&a.image))?;
+    print!("{}", envbuild::inspect::describe(&img)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Exit 0 when the images are the same, 1 when they differ (like `diff`), with the reasons.
 fn diff_cmd(a: DiffArgs) -> anyhow::Result<ExitCode> {
-    let _ = a;
-    coming("diff", 3)
+    let (x, y) = (
+        envbuild::inspect::open(&image_spec(&a.a))?,
+        envbuild::inspect::open(&image_spec(&a.b))?,
+    );
+    let lines = envbuild::inspect::diff(&x, &y)?;
+    if lines.is_empty() {
+        println!(
+            "identical: {}",
+            x.digest.map(|d| d.to_string()).unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for l in &lines {
+        println!("{l}");
+    }
+    Ok(ExitCode::from(1))
 }

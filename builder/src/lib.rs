@@ -6,5 +6,6 @@ pub mod cache;
 pub mod compress;
 pub mod digest;
 pub mod image;
+pub mod inspect;
 pub mod layer;
 pub mod spec;

@@ -242,6 +242,31 @@ fn one_byte_trainer_change_rebuilds_only_the_trainer_layer() {
     );
     assert_ne!(l1[n - 1], l2[n - 1]);
     assert_ne!(m1["config"]["digest"], m2["config"]["digest"]);
+
+    // `envbuild diff` names the layer, the file and the header field; exit 1 like diff(1).
+    let o = run(Command::new(&bins().envbuild).args([
+        "diff",
+        &format!("oci:{}", out1.display()),
+        &format!("oci:{}", out2.display()),
+    ]));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("layer 2: opt/envbuild/bin/trainer: content differs"),
+        "{text}"
+    );
+    assert!(
+        text.contains("layer 2: opt/envbuild/bin/trainer: header size"),
+        "{text}"
+    );
+    assert!(text.contains("config.rootfs.diff_ids[2]"), "{text}");
+    assert!(!text.contains("layer 1:"), "{text}");
+    let same = ok(Command::new(&bins().envbuild).args([
+        "diff",
+        &format!("oci:{}", out1.display()),
+        &format!("oci:{}", out1.display()),
+    ]));
+    assert!(same.starts_with("identical: sha256:"), "{same}");
 }
 
 #[test]
@@ -296,6 +321,27 @@ fn skopeo_umoci_and_docker_accept_the_image() {
         .join("opt/envbuild/site-packages/torch/lib/libtorch_cpu.so")
         .is_file());
     assert!(rootfs.join("bin/sh").exists(), "the base's /bin/sh");
+
+    let shown =
+        ok(Command::new(&bins().envbuild).args(["inspect", &format!("oci:{}", layout.display())]));
+    assert!(
+        shown.starts_with(&format!("image        {digest}")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("made by    envbuild layer libtorch") && shown.contains("top level  opt"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("entrypoint   [\"/opt/envbuild/bin/trainer\"]"),
+        "{shown}"
+    );
+    let from_archive = ok(Command::new(&bins().envbuild)
+        .args(["inspect", &format!("docker-archive:{}", archive.display())]));
+    assert!(
+        from_archive.contains("made by    envbuild layer trainer"),
+        "{from_archive}"
+    );
 
     let loaded = ok(Command::new("docker").args(["load", "-i"]).arg(&archive));
     assert!(loaded.contains("envbuild/mnist-cpu:latest"), "{loaded}");

@@ -1,0 +1,462 @@
+//! Reading images back: `envbuild inspect` (layers, config, annotations) and `envbuild diff`
+//! (why two digests differ: which layer, which file, which header field or config key).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::Digest;
+use crate::image::ImageError;
+
+/// An image opened from an OCI layout or a docker archive.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub digest: Option<Digest>,
+    pub manifest: Value,
+    pub config: Value,
+    pub layers: Vec<OpenedLayer>,
+    source: Source,
+}
+
+#[derive(Debug, Clone)]
+enum Source {
+    Layout(PathBuf),
+    Archive(PathBuf),
+}
+
+/// A layer and where to read it.
+#[derive(Debug, Clone)]
+pub struct OpenedLayer {
+    pub digest: Digest,
+    pub diff_id: Option<Digest>,
+    pub size: u64,
+    pub media_type: String,
+    /// Member name inside a docker archive.
+    member: Option<String>,
+}
+
+fn bad(path: &Path, m: impl Into<String>) -> ImageError {
+    ImageError::Invalid {
+        path: path.to_path_buf(),
+        message: m.into(),
+    }
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn json(path: &Path, bytes: &[u8]) -> Result<Value, ImageError> {
+    serde_json::from_slice(bytes).map_err(|e| bad(path, format!("not JSON: {e}")))
+}
+
+/// Opens an OCI image layout (its first manifest).
+pub fn open_oci(dir: &Path) -> Result<Opened, ImageError> {
+    let index_path = dir.join("index.json");
+    let index = json(
+        &index_path,
+        &fs::read(&index_path).map_err(io_at(&index_path))?,
+    )?;
+    let d: Digest = index["manifests"][0]["digest"]
+        .as_str()
+        .ok_or_else(|| bad(&index_path, "no manifest"))?
+        .parse()
+        .map_err(|e: crate::digest::BadDigest| bad(&index_path, e.to_string()))?;
+    let blob = |d: &str| {
+        let p = dir
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"));
+        fs::read(&p).map_err(io_at(&p))
+    };
+    let manifest = json(dir, &blob(&d.to_string())?)?;
+    let config = json(
+        dir,
+        &blob(manifest["config"]["digest"].as_str().unwrap_or(""))?,
+    )?;
+    let layers = layers_of(dir, &manifest, &config, |l| {
+        l["digest"].as_str().map(|_| None)
+    })?;
+    Ok(Opened {
+        digest: Some(d),
+        manifest,
+        config,
+        layers,
+        source: Source::Layout(dir.to_path_buf()),
+    })
+}
+
+fn layers_of(
+    path: &Path,
+    manifest: &Value,
+    config: &Value,
+    member: impl Fn(&Value) -> Option<Option<String>>,
+) -> Result<Vec<OpenedLayer>, ImageError> {
+    let diff_ids = config["rootfs"]["diff_ids"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for (i, l) in manifest["layers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let digest = l["digest"]
+            .as_str()
+            .unwrap_or("")
+            .parse()
+            .map_err(|e: crate::digest::BadDigest| bad(path, e.to_string()))?;
+        out.push(OpenedLayer {
+            digest,
+            diff_id: diff_ids.get(i).and_then(|d| d.as_str()?.parse().ok()),
+            size: l["size"].as_u64().unwrap_or(0),
+            media_type: l["mediaType"].as_str().unwrap_or("").to_owned(),
+            member: member(l).flatten(),
+        });
+    }
+    Ok(out)
+}
+
+/// Opens a docker archive (manifest.json's single image).
+pub fn open_docker_archive(file: &Path) -> Result<Opened, ImageError> {
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut sizes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut a = tar::Archive::new(fs::File::open(file).map_err(io_at(file))?);
+    for e in a.entries().map_err(io_at(file))? {
+        let mut e = e.map_err(io_at(file))?;
+        let name = e.path().map_err(io_at(file))?.display().to_string();
+        sizes.insert(name.clone(), e.size());
+        if name.ends_with(".json") || (e.size() < 4 << 20 && !name.contains("layer")) {
+            let mut v = Vec::new();
+            e.read_to_end(&mut v).map_err(io_at(file))?;
+            files.insert(name, v);
+        }
+    }
+    let m = json(
+        file,
+        files
+            .get("manifest.json")
+            .ok_or_else(|| bad(file, "no manifest.json"))?,
+    )?;
+    let img = &m[0];
+    let config_name = img["Config"].as_str().unwrap_or("");
+    let config = json(
+        file,
+        files
+            .get(config_name)
+            .ok_or_else(|| bad(file, format!("no {config_name}")))?,
+    )?;
+    let layer_names: Vec<String> = img["Layers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    let layers = layer_names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| OpenedLayer {
+            digest: name
+                .trim_start_matches("blobs/sha256/")
+                .parse()
+                .unwrap_or_else(|_| Digest::of(name.as_bytes())),
+            diff_id: config["rootfs"]["diff_ids"][i]
+                .as_str()
+                .and_then(|d| d.parse().ok()),
+            size: sizes.get(name).copied().unwrap_or(0),
+            media_type: "docker-archive member".into(),
+            member: Some(name.clone()),
+        })
+        .collect();
+    Ok(Opened {
+        digest: None,
+        manifest: Value::Null,
+        config,
+        layers,
+        source: Source::Archive(file.to_path_buf()),
+    })
+}
+
+/// One entry of a layer tar, as far as a digest can see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    pub fields: BTreeMap<&'static str, String>,
+    pub content: Option<Digest>,
+}
+
+impl Opened {
+    fn layer_reader(&self, l: &OpenedLayer) -> Result<Box<dyn Read>, ImageError> {
+        let raw: Box<dyn Read> = match &self.source {
+            Source::Layout(dir) => {
+                let p = dir.join("blobs/sha256").join(l.digest.hex());
+                Box::new(io::BufReader::new(fs::File::open(&p).map_err(io_at(&p))?))
+            }
+            Source::Archive(file) => {
+                let name = l.member.clone().unwrap_or_default();
+                let mut a = tar::Archive::new(fs::File::open(file).map_err(io_at(file))?);
+                let mut found = None;
+                for e in a.entries().map_err(io_at(file))? {
+                    let mut e = e.map_err(io_at(file))?;
+                    if e.path().map_err(io_at(file))?.display().to_string() == name {
+                        let mut v = Vec::new();
+                        e.read_to_end(&mut v).map_err(io_at(file))?;
+                        found = Some(v);
+                        break;
+                    }
+                }
+                Box::new(io::Cursor::new(
+                    found.ok_or_else(|| bad(file, format!("no member {name}")))?,
+                ))
+            }
+        };
+        let mut peek = io::BufReader::new(raw);
+        let head = io::BufRead::fill_buf(&mut peek)
+            .map_err(io_at(Path::new("<layer>")))?
+            .to_vec();
+        Ok(if head.starts_with(&[0x1f, 0x8b]) {
+            Box::new(flate2::read::MultiGzDecoder::new(peek))
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Box::new(zstd::stream::read::Decoder::new(peek).map_err(io_at(Path::new("<layer>")))?)
+        } else {
+            Box::new(peek)
+        })
+    }
+
+    /// Every entry of layer `i`: header fields and content digest, by path.
+    pub fn entries(&self, i: usize) -> Result<BTreeMap<String, EntryInfo>, ImageError> {
+        let here = Path::new("<layer>");
+        let mut a = tar::Archive::new(self.layer_reader(&self.layers[i])?);
+        let mut out = BTreeMap::new();
+        for e in a.entries().map_err(io_at(here))? {
+            let mut e = e.map_err(io_at(here))?;
+            let h = e.header().clone();
+            let path = e.path().map_err(io_at(here))?.display().to_string();
+            let mut fields = BTreeMap::new();
+            fields.insert("type", format!("{:?}", h.entry_type()));
+            fields.insert("mode", format!("{:o}", h.mode().unwrap_or(0)));
+            fields.insert("uid", h.uid().unwrap_or(0).to_string());
+            fields.insert("gid", h.gid().unwrap_or(0).to_string());
+            fields.insert(
+                "uname",
+                h.username().ok().flatten().unwrap_or("").to_owned(),
+            );
+            fields.insert(
+                "gname",
+                h.groupname().ok().flatten().unwrap_or("").to_owned(),
+            );
+            fields.insert("mtime", h.mtime().unwrap_or(0).to_string());
+            fields.insert("size", e.size().to_string());
+            fields.insert(
+                "linkname",
+                e.link_name()
+                    .ok()
+                    .flatten()
+                    .map(|l| l.display().to_string())
+                    .unwrap_or_default(),
+            );
+            let content = if h.entry_type().is_file() {
+                let mut s = Sha256::new();
+                io::copy(&mut e, &mut s).map_err(io_at(here))?;
+                Some(Digest::from_sha256(s))
+            } else {
+                None
+            };
+            out.insert(path, EntryInfo { fields, content });
+        }
+        Ok(out)
+    }
+}
+
+/// Opens `oci:DIR` or `docker-archive:FILE`.
+pub fn open(spec: &str) -> Result<Opened, ImageError> {
+    match spec.split_once(':') {
+        Some(("oci", p)) => open_oci(Path::new(p)),
+        Some(("docker-archive", p)) => open_docker_archive(Path::new(p)),
+        _ => Err(bad(
+            Path::new(spec),
+            "not an image (use oci:DIR or docker-archive:FILE)",
+        )),
+    }
+}
+
+/// The human-readable description `envbuild inspect` prints.
+pub fn describe(img: &Opened) -> Result<String, ImageError> {
+    let mut s = String::new();
+    if let Some(d) = img.digest {
+        s.push_str(&format!("image        {d}\n"));
+    }
+    let c = &img.config;
+    s.push_str(&format!(
+        "platform     {}/{}\n",
+        c["os"].as_str().unwrap_or("?"),
+        c["architecture"].as_str().unwrap_or("?")
+    ));
+    s.push_str(&format!(
+        "created      {}\n",
+        c["created"].as_str().unwrap_or("")
+    ));
+    s.push_str(&format!("entrypoint   {}\n", c["config"]["Entrypoint"]));
+    s.push_str(&format!("cmd          {}\n", c["config"]["Cmd"]));
+    s.push_str(&format!(
+        "workdir      {}\n",
+        c["config"]["WorkingDir"].as_str().unwrap_or("")
+    ));
+    s.push_str(&format!(
+        "user         {}\n",
+        c["config"]["User"].as_str().unwrap_or("")
+    ));
+    for e in c["config"]["Env"].as_array().cloned().unwrap_or_default() {
+        s.push_str(&format!("env          {}\n", e.as_str().unwrap_or("")));
+    }
+    for (k, v) in c["config"]["Labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default()
+    {
+        s.push_str(&format!("label        {k}={}\n", v.as_str().unwrap_or("")));
+    }
+    for (k, v) in img.manifest["annotations"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default()
+    {
+        s.push_str(&format!("annotation   {k}={}\n", v.as_str().unwrap_or("")));
+    }
+    let history: Vec<String> = c["history"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|h| h["empty_layer"] != Value::Bool(true))
+        .map(|h| h["created_by"].as_str().unwrap_or("").to_owned())
+        .collect();
+    for (i, l) in img.layers.iter().enumerate() {
+        let entries = img.entries(i)?;
+        let mut top: Vec<String> = entries
+            .keys()
+            .filter_map(|p| p.trim_end_matches('/').split('/').next().map(str::to_owned))
+            .collect();
+        top.dedup();
+        s.push_str(&format!(
+            "layer {i}      {}\n  diffID     {}\n  size       {} bytes ({} entries, {})\n  made by    {}\n  top level  {}\n",
+            l.digest,
+            l.diff_id.map(|d| d.to_string()).unwrap_or_default(),
+            l.size,
+            entries.len(),
+            l.media_type,
+            history.get(i).map(String::as_str).unwrap_or(""),
+            top.join(" ")
+        ));
+    }
+    Ok(s)
+}
+
+/// Flattens JSON into `path = value` lines for key-by-key comparison.
+fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .for_each(|(k, v)| flatten(&format!("{prefix}.{k}"), v, out)),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, v)| flatten(&format!("{prefix}[{i}]"), v, out)),
+        other => {
+            out.insert(prefix.to_owned(), other.to_string());
+        }
+    }
+}
+
+fn json_diff(what: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    let (mut fa, mut fb) = (BTreeMap::new(), BTreeMap::new());
+    flatten(what, a, &mut fa);
+    flatten(what, b, &mut fb);
+    for k in fa
+        .keys()
+        .chain(fb.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        match (fa.get(k), fb.get(k)) {
+            (Some(x), Some(y)) if x != y => out.push(format!("{k}: {x} ≠ {y}")),
+            (Some(x), None) => out.push(format!("{k}: {x} only in A")),
+            (None, Some(y)) => out.push(format!("{k}: {y} only in B")),
+            _ => {}
+        }
+    }
+}
+
+/// Explains how `b` differs from `a`; empty when they are the same image.
+pub fn diff(a: &Opened, b: &Opened) -> Result<Vec<String>, ImageError> {
+    let mut out = Vec::new();
+    if a.digest.is_some() && a.digest == b.digest {
+        return Ok(out);
+    }
+    if a.layers.len() != b.layers.len() {
+        out.push(format!(
+            "layer count: {} ≠ {}",
+            a.layers.len(),
+            b.layers.len()
+        ));
+    }
+    for (i, (la, lb)) in a.layers.iter().zip(&b.layers).enumerate() {
+        if la.digest == lb.digest {
+            continue;
+        }
+        if let Some(same) = la.diff_id.filter(|d| Some(*d) == lb.diff_id) {
+            out.push(format!(
+                "layer {i}: same content (diffID {}), different compression: {} ≠ {}",
+                same, la.digest, lb.digest
+            ));
+            continue;
+        }
+        out.push(format!(
+            "layer {i}: content differs ({} ≠ {})",
+            la.digest, lb.digest
+        ));
+        let (ea, eb) = (a.entries(i)?, b.entries(i)?);
+        let (oa, ob): (Vec<&String>, Vec<&String>) = (ea.keys().collect(), eb.keys().collect());
+        if oa != ob {
+            for p in oa.iter().filter(|p| !eb.contains_key(**p)) {
+                out.push(format!("layer {i}: {p}: only in A"));
+            }
+            for p in ob.iter().filter(|p| !ea.contains_key(**p)) {
+                out.push(format!("layer {i}: {p}: only in B"));
+            }
+        }
+        for (p, x) in &ea {
+            let Some(y) = eb.get(p) else { continue };
+            for (field, va) in &x.fields {
+                if y.fields.get(field) != Some(va) {
+                    out.push(format!(
+                        "layer {i}: {p}: header {field} {va} ≠ {}",
+                        y.fields.get(field).map(String::as_str).unwrap_or("")
+                    ));
+                }
+            }
+            if x.content != y.content {
+                out.push(format!("layer {i}: {p}: content differs"));
+            }
+        }
+    }
+    json_diff("config", &a.config, &b.config, &mut out);
+    json_diff(
+        "manifest.annotations",
+        &a.manifest["annotations"],
+        &b.manifest["annotations"],
+        &mut out,
+    );
+    if out.is_empty() && a.digest != b.digest {
+        json_diff("manifest", &a.manifest, &b.manifest, &mut out);
+    }
+    Ok(out)
+}
