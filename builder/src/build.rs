@@ -209,13 +209,7 @@ pub fn build(
             .iter()
             .map(|l| (l.name.clone(), l.desc.clone()))
             .collect(),
-        entrypoint: env.config.entrypoint.clone(),
-        cmd: env.config.cmd.clone(),
-        env: env.config.env.clone(),
-        workdir: env.config.workdir.clone(),
-        user: env.config.user.clone(),
-        labels: env.config.labels.clone(),
-        annotations: env.config.annotations.clone(),
+        config: env.config.clone(),
     };
     let image = image::assemble(&base, &add);
     cache.put_bytes(&image.config).map_err(cache_err)?;

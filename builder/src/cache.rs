@@ -88,15 +88,31 @@ impl Cache {
         Ok(d)
     }
 
-    /// Copies (hard-links where possible) a verified file into the store.
-    pub fn put_file(&self, src: &Path, d: &Digest) -> io::Result<()> {
+    /// Copies `src` into the store, hashing while copying (one read); keeps nothing and returns
+    /// `false` when its bytes are not `d` and `size`.
+    pub fn import_file(&self, src: &Path, d: &Digest, size: u64) -> io::Result<bool> {
         if self.has_blob(d) {
-            return Ok(());
+            return Ok(true);
         }
-        let tmp = self.temp_file()?;
-        fs::copy(src, tmp.path())?;
+        let mut tmp = self.temp_file()?;
+        let mut hasher = Sha256::new();
+        let mut f = fs::File::open(src)?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0u64;
+        loop {
+            let k = io::Read::read(&mut f, &mut buf)?;
+            if k == 0 {
+                break;
+            }
+            hasher.update(&buf[..k]);
+            tmp.write_all(&buf[..k])?;
+            n += k as u64;
+        }
+        if n != size || Digest::from_sha256(hasher) != *d {
+            return Ok(false);
+        }
         self.commit_blob(tmp, d)?;
-        Ok(())
+        Ok(true)
     }
 
     fn layer_path(&self, key: &Digest) -> PathBuf {

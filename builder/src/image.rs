@@ -179,21 +179,6 @@ fn layout_blob(
     Ok((path, bytes))
 }
 
-/// Verifies a large blob by streaming it.
-fn verify_file(path: &Path, d: &Digest, size: u64) -> Result<(), ImageError> {
-    use sha2::Digest as _;
-    let mut f = fs::File::open(path).map_err(io_at(path))?;
-    let mut h = sha2::Sha256::new();
-    let n = io::copy(&mut f, &mut h).map_err(io_at(path))?;
-    if n != size || Digest::from_sha256(h) != *d {
-        return Err(invalid(
-            path,
-            format!("blob does not match its digest {d} and size {size}"),
-        ));
-    }
-    Ok(())
-}
-
 /// Loads an OCI image layout as a base: picks the manifest (by pinned digest, else the only one,
 /// else the one for `os/arch`), verifies every blob, and copies the blobs into the cache.
 pub fn load_oci(
@@ -318,10 +303,12 @@ pub fn load_oci(
     let mut layers = Vec::new();
     for (l, diff_id) in layers_json.iter().zip(diff_ids) {
         let (d, size) = desc_digest(&manifest_path, l)?;
-        if !cache.has_blob(&d) {
-            let path = dir.join("blobs/sha256").join(d.hex());
-            verify_file(&path, &d, size)?;
-            cache.put_file(&path, &d).map_err(io_at(&path))?;
+        let path = dir.join("blobs/sha256").join(d.hex());
+        if !cache.import_file(&path, &d, size).map_err(io_at(&path))? {
+            return Err(invalid(
+                &path,
+                format!("blob does not match its digest {d} and size {size}"),
+            ));
         }
         let media_type = l["mediaType"].as_str().unwrap_or("").replace(
             "application/vnd.docker.image.rootfs.diff.tar.gzip",
@@ -497,17 +484,13 @@ pub struct Additions {
     pub architecture: String,
     pub created: u64,
     pub layers: Vec<(String, LayerDesc)>,
-    pub entrypoint: Vec<String>,
-    pub cmd: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    pub workdir: Option<String>,
-    pub user: Option<String>,
-    pub labels: BTreeMap<String, String>,
-    pub annotations: BTreeMap<String, String>,
+    /// Entrypoint, env, labels, annotations… as the environment file gives them.
+    pub config: crate::spec::Config,
 }
 
 /// Builds the config and manifest for `base` plus `add`.
 pub fn assemble(base: &BaseImage, add: &Additions) -> Image {
+    let ours = &add.config;
     let created = rfc3339(add.created);
     let mut config = if base.config.is_object() {
         base.config.clone()
@@ -551,7 +534,7 @@ pub fn assemble(base: &BaseImage, add: &Additions) -> Image {
                 .collect()
         })
         .unwrap_or_default();
-    for (k, v) in &add.env {
+    for (k, v) in &ours.env {
         match env.iter_mut().find(|(ek, _)| ek == k) {
             Some(e) => e.1 = v.clone(),
             None => env.push((k.clone(), v.clone())),
@@ -573,16 +556,16 @@ pub fn assemble(base: &BaseImage, add: &Additions) -> Image {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()),
     );
-    if !add.entrypoint.is_empty() {
-        c.insert("Entrypoint".into(), json!(add.entrypoint));
-        c.insert("Cmd".into(), json!(add.cmd));
-    } else if !add.cmd.is_empty() {
-        c.insert("Cmd".into(), json!(add.cmd));
+    if !ours.entrypoint.is_empty() {
+        c.insert("Entrypoint".into(), json!(ours.entrypoint));
+        c.insert("Cmd".into(), json!(ours.cmd));
+    } else if !ours.cmd.is_empty() {
+        c.insert("Cmd".into(), json!(ours.cmd));
     }
-    if let Some(w) = &add.workdir {
+    if let Some(w) = &ours.workdir {
         c.insert("WorkingDir".into(), json!(w));
     }
-    if let Some(u) = &add.user {
+    if let Some(u) = &ours.user {
         c.insert("User".into(), json!(u));
     }
     let mut labels: BTreeMap<String, Value> = c
@@ -590,7 +573,7 @@ pub fn assemble(base: &BaseImage, add: &Additions) -> Image {
         .and_then(Value::as_object)
         .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default();
-    for (k, v) in &add.labels {
+    for (k, v) in &ours.labels {
         labels.insert(k.clone(), json!(v));
     }
     if !labels.is_empty() {
@@ -631,7 +614,7 @@ pub fn assemble(base: &BaseImage, add: &Additions) -> Image {
     let config_digest = Digest::of(&config_bytes);
     let mut layers = base.layers.clone();
     layers.extend(add.layers.iter().map(|(_, l)| l.clone()));
-    let mut annotations = add.annotations.clone();
+    let mut annotations = ours.annotations.clone();
     annotations.insert("org.opencontainers.image.created".into(), created);
     annotations.insert(
         "org.opencontainers.image.base.name".into(),
@@ -842,17 +825,15 @@ mod tests {
                     diff_id: Digest::of(b"y"),
                 },
             )],
-            entrypoint: vec!["/t".into()],
-            cmd: vec![],
-            env: [
-                ("A".to_string(), "2".to_string()),
-                ("B".to_string(), "3".to_string()),
-            ]
-            .into(),
-            workdir: None,
-            user: None,
-            labels: BTreeMap::new(),
-            annotations: BTreeMap::new(),
+            config: crate::spec::Config {
+                entrypoint: vec!["/t".into()],
+                env: [
+                    ("A".to_string(), "2".to_string()),
+                    ("B".to_string(), "3".to_string()),
+                ]
+                .into(),
+                ..Default::default()
+            },
         };
         let img = assemble(&base, &add);
         let c: Value = serde_json::from_slice(&img.config).unwrap();

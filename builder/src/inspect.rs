@@ -126,35 +126,46 @@ fn layers_of(
     Ok(out)
 }
 
-/// Opens a docker archive (manifest.json's single image).
-pub fn open_docker_archive(file: &Path) -> Result<Opened, ImageError> {
-    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut sizes: BTreeMap<String, u64> = BTreeMap::new();
+/// Calls `f` with the archive member `name`, streamed from the tar; `None` when it is absent.
+fn with_member<T>(
+    file: &Path,
+    name: &str,
+    f: impl FnOnce(&mut dyn Read) -> io::Result<T>,
+) -> Result<Option<T>, ImageError> {
     let mut a = tar::Archive::new(fs::File::open(file).map_err(io_at(file))?);
     for e in a.entries().map_err(io_at(file))? {
         let mut e = e.map_err(io_at(file))?;
-        let name = e.path().map_err(io_at(file))?.display().to_string();
-        sizes.insert(name.clone(), e.size());
-        if name.ends_with(".json") || (e.size() < 4 << 20 && !name.contains("layer")) {
-            let mut v = Vec::new();
-            e.read_to_end(&mut v).map_err(io_at(file))?;
-            files.insert(name, v);
+        if e.path().map_err(io_at(file))?.as_os_str() == name {
+            return f(&mut e).map(Some).map_err(io_at(file));
         }
     }
-    let m = json(
-        file,
-        files
-            .get("manifest.json")
-            .ok_or_else(|| bad(file, "no manifest.json"))?,
-    )?;
+    Ok(None)
+}
+
+fn member_json(file: &Path, name: &str) -> Result<Value, ImageError> {
+    let bytes = with_member(file, name, |r| {
+        let mut v = Vec::new();
+        r.read_to_end(&mut v)?;
+        Ok(v)
+    })?
+    .ok_or_else(|| bad(file, format!("no {name} in the archive")))?;
+    json(file, &bytes)
+}
+
+/// Opens a docker archive (manifest.json's single image).
+pub fn open_docker_archive(file: &Path) -> Result<Opened, ImageError> {
+    let m = member_json(file, "manifest.json")?;
     let img = &m[0];
-    let config_name = img["Config"].as_str().unwrap_or("");
-    let config = json(
-        file,
-        files
-            .get(config_name)
-            .ok_or_else(|| bad(file, format!("no {config_name}")))?,
-    )?;
+    let config = member_json(file, img["Config"].as_str().unwrap_or(""))?;
+    let mut sizes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut a = tar::Archive::new(fs::File::open(file).map_err(io_at(file))?);
+    for e in a.entries().map_err(io_at(file))? {
+        let e = e.map_err(io_at(file))?;
+        sizes.insert(
+            e.path().map_err(io_at(file))?.display().to_string(),
+            e.size(),
+        );
+    }
     let layer_names: Vec<String> = img["Layers"]
         .as_array()
         .cloned()
@@ -202,21 +213,13 @@ impl Opened {
                 Box::new(io::BufReader::new(fs::File::open(&p).map_err(io_at(&p))?))
             }
             Source::Archive(file) => {
+                // Layers can be gigabytes: stream the member into a temporary file.
                 let name = l.member.clone().unwrap_or_default();
-                let mut a = tar::Archive::new(fs::File::open(file).map_err(io_at(file))?);
-                let mut found = None;
-                for e in a.entries().map_err(io_at(file))? {
-                    let mut e = e.map_err(io_at(file))?;
-                    if e.path().map_err(io_at(file))?.display().to_string() == name {
-                        let mut v = Vec::new();
-                        e.read_to_end(&mut v).map_err(io_at(file))?;
-                        found = Some(v);
-                        break;
-                    }
-                }
-                Box::new(io::Cursor::new(
-                    found.ok_or_else(|| bad(file, format!("no member {name}")))?,
-                ))
+                let mut tmp = tempfile::tempfile().map_err(io_at(file))?;
+                with_member(file, &name, |r| io::copy(r, &mut tmp))?
+                    .ok_or_else(|| bad(file, format!("no member {name}")))?;
+                io::Seek::rewind(&mut tmp).map_err(io_at(file))?;
+                Box::new(tmp)
             }
         };
         let mut peek = io::BufReader::new(raw);

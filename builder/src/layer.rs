@@ -484,8 +484,7 @@ pub fn build<W: Write>(
     out: W,
 ) -> Result<(LayerBlob, ContentDigests), LayerError> {
     let mut sink = crate::compress::Encoder::new(compression, threads, out);
-    let (s, digests) = write_tar(tree, opts, &mut sink)?;
-    let _ = s;
+    let (_, digests) = write_tar(tree, opts, &mut sink)?;
     let done = sink.finish().map_err(|e| LayerError::Io {
         path: PathBuf::from("<layer output>"),
         source: e,
