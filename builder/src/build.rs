@@ -10,6 +10,7 @@ use crate::cache::{layer_key, Cache};
 use crate::digest::Digest;
 use crate::image::{self, Additions, BaseImage, Image, ImageError, LayerDesc};
 use crate::layer::{self, LayerError, Mapping, TarOptions, Tree};
+use crate::linkcheck::{self, ImageFs, LinkError};
 use crate::spec::{Base, Environment};
 
 /// Why a build failed.
@@ -31,6 +32,8 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Link(#[from] LinkError),
     #[error("base image {0}: pulling from a registry is not available yet; copy it into a local layout (`skopeo copy docker://{0} oci:DIR`) and use `oci = \"DIR\"`")]
     RegistryBase(String),
 }
@@ -41,6 +44,8 @@ pub struct BuildOptions {
     pub threads: usize,
     /// Seconds since the epoch for every timestamp (SOURCE_DATE_EPOCH, default 0).
     pub source_date_epoch: u64,
+    /// Skip the link check (for entrypoints it cannot judge, e.g. statically odd loaders).
+    pub skip_link_check: bool,
 }
 
 /// Progress messages, for a reporter that prints them (the library never prints).
@@ -110,14 +115,16 @@ pub fn build(
         .collect::<Result<_, _>>()?;
     let base = match &env.base {
         Base::Scratch => BaseImage::scratch(),
-        Base::Oci { dir, digest } => {
-            image::load_oci(dir, *digest, &env.os, &env.architecture, cache)?
-        }
+        Base::Oci { dir, digest } => image::load_oci(dir, *digest, &env.os, &env.architecture)?,
         Base::DockerArchive { file, digest } => image::load_docker_archive(file, *digest, cache)?,
         Base::Registry { reference, .. } => {
             return Err(BuildError::RegistryBase(reference.clone()))
         }
     };
+    if !opts.skip_link_check {
+        link_check(env, &base, &trees, rep)?;
+    }
+    base.import(cache)?;
     let cache_err = |source| BuildError::Cache {
         path: cache.root.clone(),
         source,
@@ -219,6 +226,70 @@ pub fn build(
         layers,
         base,
     })
+}
+
+/// Runs the link check over the image's merged file system, before anything is compressed.
+fn link_check(
+    env: &Environment,
+    base: &BaseImage,
+    trees: &[Tree],
+    rep: &mut dyn Reporter,
+) -> Result<(), BuildError> {
+    let mut fs = ImageFs::default();
+    for p in &base.blobs {
+        let f = std::fs::File::open(p).map_err(|e| ImageError::Io {
+            path: p.clone(),
+            source: e,
+        })?;
+        fs.add_layer_tar(f).map_err(|e| ImageError::Io {
+            path: p.clone(),
+            source: e,
+        })?;
+    }
+    for t in trees {
+        fs.add_tree(t);
+    }
+    let Some(entrypoint) = env
+        .config
+        .entrypoint
+        .first()
+        .or_else(|| env.config.cmd.first())
+    else {
+        rep.message("link check: no entrypoint or cmd in the environment file; nothing to check");
+        return Ok(());
+    };
+    let base_ld = base.config["config"]["Env"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .filter_map(|e| e.as_str()?.strip_prefix("LD_LIBRARY_PATH="))
+                .next_back()
+        })
+        .unwrap_or("");
+    let ld = env
+        .config
+        .env
+        .get("LD_LIBRARY_PATH")
+        .map_or(base_ld, String::as_str);
+    let report = linkcheck::check(&fs, entrypoint, ld, &env.architecture)?;
+    for w in &report.warnings {
+        rep.message(&format!("warning: {w}"));
+    }
+    rep.message(&format!(
+        "link check: {} resolves with {} shared objects{}",
+        entrypoint,
+        report.objects.len().saturating_sub(1),
+        if report.unchecked.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} present but not inspected: {})",
+                report.unchecked.len(),
+                report.unchecked.join(", ")
+            )
+        }
+    ));
+    Ok(())
 }
 
 fn desc(b: &layer::LayerBlob) -> LayerDesc {

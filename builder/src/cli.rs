@@ -69,6 +69,9 @@ pub struct BuildArgs {
     /// Compression threads (the output does not depend on it) [default: all cores]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
+    /// Do not check that the entrypoint's shared libraries and symbol versions resolve in the image
+    #[arg(long)]
+    pub skip_link_check: bool,
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +167,7 @@ fn build_cmd(a: BuildArgs) -> anyhow::Result<ExitCode> {
     let opts = BuildOptions {
         threads,
         source_date_epoch: source_date_epoch()?,
+        skip_link_check: a.skip_link_check,
     };
     let root = a.cache.unwrap_or_else(Cache::default_root);
     let cache = Cache::open(&root).with_context(|| format!("cache {}", root.display()))?;

@@ -222,6 +222,20 @@ impl<W: Write> Write for Encoder<W> {
     }
 }
 
+/// A reader that undoes whatever layer compression `r` carries (gzip, zstd or none), told
+/// apart by magic bytes.
+pub fn decoder<'a, R: io::Read + 'a>(r: R) -> io::Result<Box<dyn io::Read + 'a>> {
+    let mut peek = io::BufReader::with_capacity(1 << 20, r);
+    let head = io::BufRead::fill_buf(&mut peek)?;
+    Ok(if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::MultiGzDecoder::new(peek))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(zstd::stream::read::Decoder::with_buffer(peek)?)
+    } else {
+        Box::new(peek)
+    })
+}
+
 /// Raw deflate of one block with a fresh compressor: ends with a sync flush (byte-aligned, not
 /// final) unless it is the last block, which ends the deflate stream.
 fn deflate_block(data: &[u8], level: u32, last: bool) -> Vec<u8> {

@@ -130,6 +130,8 @@ pub struct BaseImage {
     pub layers: Vec<LayerDesc>,
     /// The base config as JSON (empty object for scratch).
     pub config: Value,
+    /// Where each layer's blob is now (in the source layout, or already in the cache).
+    pub blobs: Vec<PathBuf>,
 }
 
 impl BaseImage {
@@ -139,7 +141,28 @@ impl BaseImage {
             digest: None,
             layers: Vec::new(),
             config: json!({}),
+            blobs: Vec::new(),
         }
+    }
+
+    /// Copies the layer blobs into the cache (verifying each while copying); done after the
+    /// link check, so that a refused build leaves the cache untouched.
+    pub fn import(&self, cache: &Cache) -> Result<(), ImageError> {
+        for (l, path) in self.layers.iter().zip(&self.blobs) {
+            if !cache
+                .import_file(path, &l.digest, l.size)
+                .map_err(io_at(path))?
+            {
+                return Err(invalid(
+                    path,
+                    format!(
+                        "blob does not match its digest {} and size {}",
+                        l.digest, l.size
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -180,13 +203,13 @@ fn layout_blob(
 }
 
 /// Loads an OCI image layout as a base: picks the manifest (by pinned digest, else the only one,
-/// else the one for `os/arch`), verifies every blob, and copies the blobs into the cache.
+/// else the one for `os/arch`) and verifies manifest and config; layers are verified when
+/// [`BaseImage::import`] copies them into the cache.
 pub fn load_oci(
     dir: &Path,
     pinned: Option<Digest>,
     os: &str,
     arch: &str,
-    cache: &Cache,
 ) -> Result<BaseImage, ImageError> {
     let index_path = dir.join("index.json");
     if !dir.join("oci-layout").is_file() {
@@ -301,15 +324,10 @@ pub fn load_oci(
         ));
     }
     let mut layers = Vec::new();
+    let mut blobs = Vec::new();
     for (l, diff_id) in layers_json.iter().zip(diff_ids) {
         let (d, size) = desc_digest(&manifest_path, l)?;
-        let path = dir.join("blobs/sha256").join(d.hex());
-        if !cache.import_file(&path, &d, size).map_err(io_at(&path))? {
-            return Err(invalid(
-                &path,
-                format!("blob does not match its digest {d} and size {size}"),
-            ));
-        }
+        blobs.push(dir.join("blobs/sha256").join(d.hex()));
         let media_type = l["mediaType"].as_str().unwrap_or("").replace(
             "application/vnd.docker.image.rootfs.diff.tar.gzip",
             "application/vnd.oci.image.layer.v1.tar+gzip",
@@ -326,6 +344,7 @@ pub fn load_oci(
         digest: Some(chosen.0),
         layers,
         config,
+        blobs,
     })
 }
 
@@ -419,11 +438,13 @@ pub fn load_docker_archive(
             diff_id,
         });
     }
+    let blobs = layers.iter().map(|l| cache.blob_path(&l.digest)).collect();
     Ok(BaseImage {
         name: file.display().to_string(),
         digest: Some(cd),
         layers,
         config,
+        blobs,
     })
 }
 
@@ -810,6 +831,7 @@ mod tests {
                 size: 1,
                 diff_id: Digest::of(b"d"),
             }],
+            blobs: vec![],
             config: json!({"hostname": "h", "config": {"Env": ["PATH=/bin", "A=1"]}, "history": []}),
         };
         let add = Additions {

@@ -222,17 +222,7 @@ impl Opened {
                 Box::new(tmp)
             }
         };
-        let mut peek = io::BufReader::new(raw);
-        let head = io::BufRead::fill_buf(&mut peek)
-            .map_err(io_at(Path::new("<layer>")))?
-            .to_vec();
-        Ok(if head.starts_with(&[0x1f, 0x8b]) {
-            Box::new(flate2::read::MultiGzDecoder::new(peek))
-        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Box::new(zstd::stream::read::Decoder::new(peek).map_err(io_at(Path::new("<layer>")))?)
-        } else {
-            Box::new(peek)
-        })
+        crate::compress::decoder(raw).map_err(io_at(Path::new("<layer>")))
     }
 
     /// Every entry of layer `i`: header fields and content digest, by path.

@@ -8,4 +8,5 @@ pub mod digest;
 pub mod image;
 pub mod inspect;
 pub mod layer;
+pub mod linkcheck;
 pub mod spec;

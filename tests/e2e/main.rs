@@ -11,7 +11,8 @@ use envbuild_e2e::{base_layout, bins, last_line, ok, run, site_packages};
 use serde_json::Value;
 
 /// A small environment with the shape of the real one: a library layer (a real libtorch
-/// library, a nested directory, a relative symlink) and the trainer layer.
+/// library, a nested directory, a relative symlink) and the trainer layer. Its entrypoint is the
+/// base's shell, so that the link check passes without the 450 MB of libtorch.
 const REPRO_ENV: &str = r#"
 name = "repro"
 [base]
@@ -28,7 +29,7 @@ src = "bin/trainer"
 dest = "/opt/envbuild/bin/trainer"
 mode = 0o755
 [config]
-entrypoint = ["/opt/envbuild/bin/trainer"]
+entrypoint = ["/bin/sh"]
 env = { LD_LIBRARY_PATH = "/opt/envbuild/lib" }
 "#;
 
@@ -432,4 +433,47 @@ fn bad_input_gives_a_clear_error_and_writes_nothing() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(!cache.exists(), "the cache was touched");
+}
+
+#[test]
+fn link_check_names_a_missing_library_and_a_too_new_glibc() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("c");
+    checkout(&dir, false);
+    // The trainer as entrypoint, without libtorch_cpu.so, and asking for a glibc from the future.
+    let trainer = dir.join("bin/trainer");
+    let mut bytes = fs::read(&trainer).unwrap();
+    let at = bytes
+        .windows(11)
+        .position(|w| w == b"GLIBC_2.34\0")
+        .expect("the trainer needs GLIBC_2.34");
+    bytes[at..at + 10].copy_from_slice(b"GLIBC_2.99");
+    fs::write(&trainer, bytes).unwrap();
+    let env = dir.join("link.toml");
+    fs::write(
+        &env,
+        REPRO_ENV.replace(
+            "entrypoint = [\"/bin/sh\"]",
+            "entrypoint = [\"/opt/envbuild/bin/trainer\"]",
+        ),
+    )
+    .unwrap();
+    fails(
+        &env,
+        "trainer needs libtorch_cpu.so, which is not in the image",
+        t.path(),
+    );
+    fails(
+        &env,
+        "trainer needs GLIBC_2.99 from libc.so.6, but the image's libc.so.6 (/lib/x86_64-linux-gnu/libc.so.6) provides at most GLIBC_2.36",
+        t.path(),
+    );
+    // The check can be skipped on purpose.
+    let mut c = envbuild();
+    c.arg("build")
+        .arg(&env)
+        .arg("--cache")
+        .arg(t.path().join("cache-skip"))
+        .arg("--skip-link-check");
+    assert!(last_line(&ok(&mut c)).starts_with("sha256:"));
 }

@@ -1,0 +1,619 @@
+//! The link check: before anything is written, prove that the entrypoint and every shared
+//! library it needs (DT_NEEDED, recursively, through RPATH/RUNPATH with `$ORIGIN`, the image's
+//! LD_LIBRARY_PATH and the loader's default directories) resolve inside the image's file system,
+//! and that the symbol versions they require (GLIBC_2.34, GLIBCXX_3.4.30, …) are provided there.
+//! A failure here costs seconds; the same failure on Azure ML costs a queued GPU job.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::fs;
+use std::io::{self, Read};
+use std::path::PathBuf;
+
+use goblin::elf::Elf;
+
+use crate::layer::{Node, Tree};
+
+/// Where a file's bytes are, for files the check may need to read.
+#[derive(Debug, Clone)]
+enum Content {
+    Host(PathBuf),
+    Bytes(std::sync::Arc<Vec<u8>>),
+    /// In a base layer but not kept (not ELF, or too large to hold): present, not inspected.
+    Unread,
+}
+
+#[derive(Debug, Clone)]
+enum Entry {
+    Dir,
+    File(Content),
+    Symlink(String),
+}
+
+/// The merged file system of an image: base layers, then the new layers.
+#[derive(Debug, Default)]
+pub struct ImageFs {
+    entries: BTreeMap<String, Entry>,
+}
+
+/// Base-layer files up to this size that look like ELF are kept in memory for the check.
+const KEEP_LIMIT: u64 = 64 << 20;
+
+fn norm(path: &str) -> String {
+    path.trim_start_matches("./")
+        .trim_start_matches('/')
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+impl ImageFs {
+    /// Applies one (possibly compressed) base layer tar, honouring whiteouts.
+    pub fn add_layer_tar(&mut self, r: impl Read) -> io::Result<()> {
+        let mut a = tar::Archive::new(crate::compress::decoder(r)?);
+        for e in a.entries()? {
+            let mut e = e?;
+            let path = norm(&e.path()?.to_string_lossy());
+            let (dir, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
+            if name == ".wh..wh..opq" {
+                let prefix = format!("{dir}/");
+                self.entries.retain(|k, _| !k.starts_with(&prefix));
+                continue;
+            }
+            if let Some(gone) = name.strip_prefix(".wh.") {
+                let gone = if dir.is_empty() {
+                    gone.to_owned()
+                } else {
+                    format!("{dir}/{gone}")
+                };
+                let prefix = format!("{gone}/");
+                self.entries
+                    .retain(|k, _| *k != gone && !k.starts_with(&prefix));
+                continue;
+            }
+            let ty = e.header().entry_type();
+            let entry = if ty.is_dir() {
+                Entry::Dir
+            } else if ty.is_symlink() {
+                Entry::Symlink(
+                    e.link_name()?
+                        .map(|l| l.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                )
+            } else if ty.is_hard_link() {
+                let target = norm(
+                    &e.link_name()?
+                        .map(|l| l.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                );
+                self.entries
+                    .get(&target)
+                    .cloned()
+                    .unwrap_or(Entry::File(Content::Unread))
+            } else if ty.is_file() {
+                let mut head = [0u8; 4];
+                let n = e.size();
+                if n >= 4 && n <= KEEP_LIMIT {
+                    e.read_exact(&mut head)?;
+                }
+                let keep = head == *b"\x7fELF" || path.starts_with("etc/ld.so.conf");
+                if keep && n <= KEEP_LIMIT {
+                    let mut bytes = head.to_vec();
+                    e.read_to_end(&mut bytes)?;
+                    Entry::File(Content::Bytes(std::sync::Arc::new(bytes)))
+                } else {
+                    Entry::File(Content::Unread)
+                }
+            } else {
+                continue;
+            };
+            if !path.is_empty() {
+                self.entries.insert(path, entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a new layer's tree (files are read from the host when needed).
+    pub fn add_tree(&mut self, tree: &Tree) {
+        for (path, node) in &tree.nodes {
+            let e = match node {
+                Node::Dir { .. } => Entry::Dir,
+                Node::File { src, .. } => Entry::File(Content::Host(src.clone())),
+                Node::Symlink { target } => Entry::Symlink(target.clone()),
+            };
+            self.entries.insert(path.clone(), e);
+        }
+    }
+
+    /// Follows symlinks in every component; returns the real path and its entry.
+    fn resolve(&self, path: &str) -> Option<(String, &Entry)> {
+        let mut pending: VecDeque<String> = path
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let mut cur: Vec<String> = Vec::new();
+        let mut hops = 0;
+        while let Some(c) = pending.pop_front() {
+            match c.as_str() {
+                "." => continue,
+                ".." => {
+                    cur.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            cur.push(c);
+            let joined = cur.join("/");
+            match self.entries.get(&joined)? {
+                Entry::Symlink(target) => {
+                    hops += 1;
+                    if hops > 40 {
+                        return None;
+                    }
+                    cur.pop();
+                    if target.starts_with('/') {
+                        cur.clear();
+                    }
+                    for (i, t) in target.split('/').filter(|c| !c.is_empty()).enumerate() {
+                        pending.insert(i, t.to_owned());
+                    }
+                }
+                _ => {}
+            }
+        }
+        let joined = cur.join("/");
+        let e = self.entries.get(&joined)?;
+        Some((format!("/{joined}"), e))
+    }
+
+    /// Whether `path` exists in the image (after symlinks).
+    pub fn exists(&self, path: &str) -> bool {
+        self.resolve(path).is_some()
+    }
+
+    fn read(&self, path: &str) -> Option<io::Result<std::sync::Arc<Vec<u8>>>> {
+        match self.resolve(path)?.1 {
+            Entry::File(Content::Host(p)) => Some(fs::read(p).map(std::sync::Arc::new)),
+            Entry::File(Content::Bytes(b)) => Some(Ok(b.clone())),
+            _ => None,
+        }
+    }
+
+    /// Directories the image's ld.so.conf names (`include` lines followed one level).
+    fn ld_so_conf_dirs(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut files = vec!["etc/ld.so.conf".to_owned()];
+        files.extend(
+            self.entries
+                .keys()
+                .filter(|k| k.starts_with("etc/ld.so.conf.d/") && k.ends_with(".conf"))
+                .cloned(),
+        );
+        for f in files {
+            if let Some(Ok(bytes)) = self.read(&f) {
+                for line in String::from_utf8_lossy(&bytes).lines() {
+                    let l = line.split('#').next().unwrap_or("").trim();
+                    if l.starts_with('/') {
+                        out.push(l.to_owned());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What the check found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for LinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "link check failed: the entrypoint would not start in this image"
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  {p}")?;
+        }
+        write!(f, "hint: add the missing libraries to a layer (or LD_LIBRARY_PATH), or use a base with a newer glibc/libstdc++")
+    }
+}
+
+impl std::error::Error for LinkError {}
+
+/// What the check saw, for the build's report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkReport {
+    /// Image paths of the ELF objects that were resolved and checked.
+    pub objects: Vec<String>,
+    /// Libraries present in the image that the check could not read (kept only up to 64 MiB).
+    pub unchecked: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+struct Object {
+    needed: Vec<String>,
+    rpath: Vec<String>,
+    runpath: Vec<String>,
+    interp: Option<String>,
+    machine: u16,
+    /// Versions required, by the file they are required from.
+    needs: BTreeMap<String, BTreeSet<String>>,
+    /// Versions this object defines.
+    defines: BTreeSet<String>,
+}
+
+fn parse(bytes: &[u8]) -> Option<Object> {
+    let elf = Elf::parse(bytes).ok()?;
+    let s = |o: usize| elf.dynstrtab.get_at(o).unwrap_or("").to_owned();
+    let mut needs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    if let Some(vn) = &elf.verneed {
+        for n in vn.iter() {
+            let entry = needs.entry(s(n.vn_file)).or_default();
+            for a in n.iter() {
+                entry.insert(s(a.vna_name));
+            }
+        }
+    }
+    let mut defines = BTreeSet::new();
+    if let Some(vd) = &elf.verdef {
+        for d in vd.iter() {
+            for a in d.iter() {
+                defines.insert(s(a.vda_name));
+            }
+        }
+    }
+    Some(Object {
+        needed: elf.libraries.iter().map(|s| s.to_string()).collect(),
+        rpath: elf
+            .rpaths
+            .iter()
+            .flat_map(|r| r.split(':'))
+            .map(str::to_owned)
+            .collect(),
+        runpath: elf
+            .runpaths
+            .iter()
+            .flat_map(|r| r.split(':'))
+            .map(str::to_owned)
+            .collect(),
+        interp: elf.interpreter.map(str::to_owned),
+        machine: elf.header.e_machine,
+        needs,
+        defines,
+    })
+}
+
+/// Orders versions like `GLIBC_2.9` < `GLIBC_2.34` by their numeric parts.
+fn version_key(v: &str) -> (String, Vec<u64>) {
+    let (prefix, nums) = v.split_once('_').unwrap_or((v, ""));
+    (
+        prefix.to_owned(),
+        nums.split('.').map(|n| n.parse().unwrap_or(0)).collect(),
+    )
+}
+
+/// The newest version with `prefix` that `defines` holds, for messages.
+fn newest(defines: &BTreeSet<String>, prefix: &str) -> Option<String> {
+    defines
+        .iter()
+        .filter(|d| version_key(d).0 == prefix)
+        .max_by_key(|d| version_key(d))
+        .cloned()
+}
+
+const DEFAULT_DIRS: &[&str] = &[
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/aarch64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/lib",
+    "/usr/lib",
+];
+
+/// Checks that `entrypoint` starts in `fs` with `ld_library_path` from the image config.
+pub fn check(
+    fs: &ImageFs,
+    entrypoint: &str,
+    ld_library_path: &str,
+    arch: &str,
+) -> Result<LinkReport, LinkError> {
+    let mut report = LinkReport::default();
+    let mut problems = Vec::new();
+    if !fs.exists("bin/sh") {
+        report.warnings.push("the image has no /bin/sh: Azure ML runs its own set-up inside the container with /bin/sh".into());
+    }
+    let want_machine = match arch {
+        "amd64" => goblin::elf::header::EM_X86_64,
+        "arm64" => goblin::elf::header::EM_AARCH64,
+        _ => 0,
+    };
+    let Some((entry_path, _)) = fs.resolve(entrypoint) else {
+        return Err(LinkError {
+            problems: vec![format!("entrypoint {entrypoint} is not in the image")],
+        });
+    };
+    let bytes = match fs.read(&entry_path) {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => {
+            return Err(LinkError {
+                problems: vec![format!("cannot read entrypoint {entrypoint}: {e}")],
+            })
+        }
+        None => {
+            report.unchecked.push(entry_path);
+            return Ok(report);
+        }
+    };
+    if !bytes.starts_with(b"\x7fELF") {
+        // A script: its interpreter must be there.
+        if let Some(line) = bytes
+            .strip_prefix(b"#!")
+            .and_then(|b| b.split(|c| *c == b'\n').next())
+        {
+            let interp = String::from_utf8_lossy(line)
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_owned();
+            if !fs.exists(&interp) {
+                problems.push(format!(
+                    "{entrypoint} is a script for {interp}, which is not in the image"
+                ));
+            }
+        }
+        return if problems.is_empty() {
+            Ok(report)
+        } else {
+            Err(LinkError { problems })
+        };
+    }
+    let env_dirs: Vec<String> = ld_library_path
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let conf_dirs = fs.ld_so_conf_dirs();
+    let short = |p: &str| p.rsplit('/').next().unwrap_or(p).to_owned();
+
+    // Breadth-first over the objects, keyed by their real path.
+    let mut seen: BTreeMap<String, Object> = BTreeMap::new();
+    // soname → real path it resolved to, per loading object (for version checks).
+    let mut edges: Vec<(String, String, String)> = Vec::new(); // (object, needed name, resolved path)
+    let mut queue: VecDeque<(String, std::sync::Arc<Vec<u8>>)> =
+        VecDeque::from([(entry_path.clone(), bytes)]);
+    let mut exe_rpath: Vec<String> = Vec::new();
+    let mut first = true;
+    while let Some((path, bytes)) = queue.pop_front() {
+        if seen.contains_key(&path) {
+            continue;
+        }
+        let Some(obj) = parse(&bytes) else {
+            problems.push(format!("{path} is not a readable ELF file"));
+            continue;
+        };
+        if want_machine != 0 && obj.machine != want_machine {
+            problems.push(format!(
+                "{path} is built for ELF machine {} but the platform is linux/{arch}",
+                obj.machine
+            ));
+        }
+        if let Some(i) = &obj.interp {
+            if !fs.exists(i) {
+                problems.push(format!(
+                    "{path} needs the program loader {i}, which is not in the image"
+                ));
+            }
+        }
+        let origin = path.rsplit_once('/').map_or("/".to_owned(), |(d, _)| {
+            if d.is_empty() {
+                "/".into()
+            } else {
+                d.to_owned()
+            }
+        });
+        let subst = |d: &str| {
+            d.replace("$ORIGIN", &origin)
+                .replace("${ORIGIN}", &origin)
+                .replace("$LIB", "lib")
+                .replace("${LIB}", "lib")
+        };
+        if first {
+            exe_rpath = if obj.runpath.is_empty() {
+                obj.rpath.iter().map(|d| subst(d)).collect()
+            } else {
+                Vec::new()
+            };
+            first = false;
+        }
+        let mut dirs: Vec<String> = Vec::new();
+        if obj.runpath.is_empty() {
+            dirs.extend(obj.rpath.iter().map(|d| subst(d)));
+            dirs.extend(exe_rpath.iter().cloned());
+        }
+        dirs.extend(env_dirs.iter().cloned());
+        dirs.extend(obj.runpath.iter().map(|d| subst(d)));
+        dirs.extend(conf_dirs.iter().cloned());
+        dirs.extend(DEFAULT_DIRS.iter().map(|d| d.to_string()));
+        let mut once = BTreeSet::new();
+        dirs.retain(|d| once.insert(d.clone()));
+        for name in &obj.needed {
+            let found = if name.contains('/') {
+                fs.resolve(name)
+            } else {
+                dirs.iter().find_map(|d| {
+                    fs.resolve(&format!("{}/{name}", d.trim_end_matches('/')))
+                        .filter(|(_, e)| matches!(e, Entry::File(_)))
+                })
+            };
+            match found {
+                None => problems.push(format!(
+                    "{} needs {name}, which is not in the image (needed by {path}; searched {})",
+                    short(entrypoint),
+                    dirs.join(":")
+                )),
+                Some((real, _)) => {
+                    edges.push((path.clone(), name.clone(), real.clone()));
+                    match fs.read(&real) {
+                        Some(Ok(b)) => queue.push_back((real, b)),
+                        Some(Err(e)) => problems.push(format!("cannot read {real}: {e}")),
+                        None => {
+                            if !report.unchecked.contains(&real) {
+                                report.unchecked.push(real);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        seen.insert(path, obj);
+    }
+    // Symbol versions: each object's needs against what the library it loaded defines.
+    for (from, name, real) in &edges {
+        let (Some(obj), Some(lib)) = (seen.get(from), seen.get(real)) else {
+            continue;
+        };
+        let Some(versions) = obj.needs.get(name) else {
+            continue;
+        };
+        for v in versions {
+            if !lib.defines.contains(v) {
+                let prefix = version_key(v).0;
+                let has = newest(&lib.defines, &prefix).map_or_else(
+                    || format!("no {prefix} versions"),
+                    |n| format!("at most {n}"),
+                );
+                problems.push(format!(
+                    "{} needs {v} from {name}, but the image's {name} ({real}) provides {has}",
+                    short(from)
+                ));
+            }
+        }
+    }
+    report.objects = seen.into_keys().collect();
+    if problems.is_empty() {
+        Ok(report)
+    } else {
+        problems.dedup();
+        Err(LinkError { problems })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fs_with(entries: &[(&str, Entry)]) -> ImageFs {
+        ImageFs {
+            entries: entries
+                .iter()
+                .map(|(p, e)| (p.to_string(), e.clone()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn resolves_relative_and_absolute_symlinks_in_any_component() {
+        let f = |b: &str| Entry::File(Content::Bytes(std::sync::Arc::new(b.as_bytes().to_vec())));
+        let fs = fs_with(&[
+            ("lib", Entry::Dir),
+            ("lib/x86_64-linux-gnu", Entry::Dir),
+            ("lib/x86_64-linux-gnu/libc.so.6", f("c")),
+            ("lib64", Entry::Symlink("lib/x86_64-linux-gnu".into())),
+            ("usr", Entry::Dir),
+            ("usr/lib", Entry::Symlink("/lib".into())),
+            ("opt", Entry::Dir),
+            ("opt/loop", Entry::Symlink("loop".into())),
+        ]);
+        assert_eq!(
+            fs.resolve("/lib64/libc.so.6").unwrap().0,
+            "/lib/x86_64-linux-gnu/libc.so.6"
+        );
+        assert_eq!(
+            fs.resolve("usr/lib/x86_64-linux-gnu/../x86_64-linux-gnu/libc.so.6")
+                .unwrap()
+                .0,
+            "/lib/x86_64-linux-gnu/libc.so.6"
+        );
+        assert!(fs.resolve("/opt/loop").is_none(), "symlink loops end");
+        assert!(fs.resolve("/lib/nope").is_none());
+    }
+
+    #[test]
+    fn versions_sort_numerically() {
+        let d: BTreeSet<String> = ["GLIBC_2.9", "GLIBC_2.34", "GLIBC_2.2.5", "GLIBCXX_3.4.30"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(newest(&d, "GLIBC").unwrap(), "GLIBC_2.34");
+        assert_eq!(newest(&d, "GLIBCXX").unwrap(), "GLIBCXX_3.4.30");
+        assert!(newest(&d, "CXXABI").is_none());
+    }
+
+    #[test]
+    fn real_host_binary_links_on_the_host_file_system() {
+        // /bin/ls and exactly the libraries ldd names, as regular files at the paths ldd prints.
+        let out = std::process::Command::new("ldd")
+            .arg("/bin/ls")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut paths: Vec<String> = vec!["/bin/ls".into(), "/bin/sh".into()];
+        for l in text.lines() {
+            let p = l
+                .split("=>")
+                .last()
+                .unwrap_or("")
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
+            if p.starts_with('/') {
+                paths.push(p.to_owned());
+            }
+        }
+        let build = |skip: Option<&str>| {
+            let mut tree = Tree::default();
+            for p in paths
+                .iter()
+                .filter(|p| Some(p.as_str()) != skip.map(|s| s).filter(|s| p.contains(s)))
+            {
+                let src = std::fs::canonicalize(p).unwrap();
+                tree.add(&crate::layer::Mapping {
+                    src,
+                    dest: p.clone(),
+                    ..Default::default()
+                })
+                .unwrap();
+            }
+            let mut fs = ImageFs::default();
+            fs.add_tree(&tree);
+            fs
+        };
+        let r = check(&build(None), "/bin/ls", "", "amd64").unwrap();
+        assert!(r.objects.iter().any(|o| o.ends_with("/libc.so.6")), "{r:?}");
+        assert!(r.warnings.is_empty(), "{r:?}");
+        let e = check(&build(None), "/bin/ls", "", "arm64").unwrap_err();
+        assert!(e.to_string().contains("platform is linux/arm64"), "{e}");
+        // Without /bin/sh the image still links, with a warning for Azure ML.
+        let r = check(&build(Some("/bin/sh")), "/bin/ls", "", "amd64").unwrap();
+        assert!(r.warnings.iter().any(|w| w.contains("no /bin/sh")), "{r:?}");
+        // Without libc: named, with the object that needs it.
+        let libc = paths
+            .iter()
+            .find(|p| p.ends_with("/libc.so.6"))
+            .unwrap()
+            .clone();
+        let e = check(&build(Some(&libc)), "/bin/ls", "", "amd64").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("ls needs libc.so.6, which is not in the image"),
+            "{e}"
+        );
+    }
+}
