@@ -92,7 +92,7 @@ impl ImageFs {
             } else if ty.is_file() {
                 let mut head = [0u8; 4];
                 let n = e.size();
-                if n >= 4 && n <= KEEP_LIMIT {
+                if (4..=KEEP_LIMIT).contains(&n) {
                     e.read_exact(&mut head)?;
                 }
                 let keep = head == *b"\x7fELF" || path.starts_with("etc/ld.so.conf");
@@ -145,21 +145,18 @@ impl ImageFs {
             }
             cur.push(c);
             let joined = cur.join("/");
-            match self.entries.get(&joined)? {
-                Entry::Symlink(target) => {
-                    hops += 1;
-                    if hops > 40 {
-                        return None;
-                    }
-                    cur.pop();
-                    if target.starts_with('/') {
-                        cur.clear();
-                    }
-                    for (i, t) in target.split('/').filter(|c| !c.is_empty()).enumerate() {
-                        pending.insert(i, t.to_owned());
-                    }
+            if let Entry::Symlink(target) = self.entries.get(&joined)? {
+                hops += 1;
+                if hops > 40 {
+                    return None;
                 }
-                _ => {}
+                cur.pop();
+                if target.starts_with('/') {
+                    cur.clear();
+                }
+                for (i, t) in target.split('/').filter(|c| !c.is_empty()).enumerate() {
+                    pending.insert(i, t.to_owned());
+                }
             }
         }
         let joined = cur.join("/");
