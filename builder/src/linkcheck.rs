@@ -576,10 +576,7 @@ mod tests {
         }
         let build = |skip: Option<&str>| {
             let mut tree = Tree::default();
-            for p in paths
-                .iter()
-                .filter(|p| Some(p.as_str()) != skip.map(|s| s).filter(|s| p.contains(s)))
-            {
+            for p in paths.iter().filter(|p| skip != Some(p.as_str())) {
                 let src = std::fs::canonicalize(p).unwrap();
                 tree.add(&crate::layer::Mapping {
                     src,
