@@ -69,6 +69,9 @@ pub struct BuildArgs {
     /// Compression threads (the output does not depend on it) [default: all cores]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
+    /// Load the image into the local Docker engine (DOCKER_HOST or the default socket)
+    #[arg(long)]
+    pub load: bool,
     /// Do not check that the entrypoint's shared libraries and symbol versions resolve in the image
     #[arg(long)]
     pub skip_link_check: bool,
@@ -160,6 +163,14 @@ fn build_cmd(a: BuildArgs) -> anyhow::Result<ExitCode> {
     for out in &a.output {
         check_writable(out)?;
     }
+    // With --load, an engine that does not answer fails the build before any work.
+    let engine = if a.load {
+        let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+        let engine = rt.block_on(envbuild::engine::connect())?;
+        Some((rt, engine))
+    } else {
+        None
+    };
     let threads = a.threads.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         |t| t as usize,
@@ -192,8 +203,42 @@ fn build_cmd(a: BuildArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    if let Some((rt, engine)) = &engine {
+        let repo_tag = format!("envbuild/{}:{tag}", env.name);
+        load(
+            rt,
+            engine,
+            &built.image,
+            &cache,
+            &repo_tag,
+            opts.source_date_epoch,
+        )?;
+    }
     println!("{}", built.image.digest);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Streams the image as a docker archive into the engine (through a temporary file in the cache).
+fn load(
+    rt: &tokio::runtime::Runtime,
+    engine: &envbuild::engine::Engine,
+    image: &envbuild::image::Image,
+    cache: &Cache,
+    repo_tag: &str,
+    mtime: u64,
+) -> anyhow::Result<()> {
+    let dir =
+        tempfile::tempdir_in(cache.root.join("tmp")).context("temporary directory in the cache")?;
+    let archive = dir.path().join("image.tar");
+    envbuild::image::write_docker_archive(image, cache, &archive, repo_tag, mtime)?;
+    for l in rt.block_on(engine.load_archive(&archive))? {
+        eprintln!("{l}");
+    }
+    eprintln!(
+        "loaded {repo_tag} into the Docker engine at {}",
+        engine.address
+    );
+    Ok(())
 }
 
 fn image_spec(o: &Output) -> String {

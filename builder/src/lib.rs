@@ -5,6 +5,7 @@ pub mod build;
 pub mod cache;
 pub mod compress;
 pub mod digest;
+pub mod engine;
 pub mod image;
 pub mod inspect;
 pub mod layer;

@@ -477,3 +477,71 @@ fn link_check_names_a_missing_library_and_a_too_new_glibc() {
         .arg("--skip-link-check");
     assert!(last_line(&ok(&mut c)).starts_with("sha256:"));
 }
+
+#[test]
+fn load_puts_the_image_into_the_engine_and_a_missing_engine_is_one_clear_error() {
+    let t = tempfile::tempdir().unwrap();
+    let env = checkout(&t.path().join("c"), false);
+    let cache = t.path().join("cache");
+    let mut c = envbuild();
+    c.arg("build")
+        .arg(&env)
+        .arg("--cache")
+        .arg(&cache)
+        .arg("--load")
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    let o = run(&mut c);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "no Docker engine at unix:///nonexistent/docker.sock — is the daemon running?"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(
+        fs::read_dir(cache.join("blobs/sha256"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0
+    );
+
+    let _ = run(Command::new("docker").args(["rmi", "-f", "envbuild/repro:latest"]));
+    let digest = build(&env, &cache, &["--load"]);
+    let config_digest = manifest_config_digest(&cache, &digest);
+    let id = ok(Command::new("docker").args([
+        "image",
+        "inspect",
+        "-f",
+        "{{.Id}}",
+        "envbuild/repro:latest",
+    ]));
+    assert_eq!(
+        id.trim(),
+        config_digest,
+        "the engine holds exactly the built config"
+    );
+    let out = ok(Command::new("docker").args([
+        "run",
+        "--rm",
+        "envbuild/repro:latest",
+        "-c",
+        "read line < /opt/envbuild/lib/link.txt; echo \"$line\"",
+    ]));
+    assert_eq!(out, "some data\n");
+    let _ = run(Command::new("docker").args(["rmi", "-f", "envbuild/repro:latest"]));
+}
+
+/// The config digest of the image whose manifest `digest` is in the cache.
+fn manifest_config_digest(cache: &Path, digest: &str) -> String {
+    let m: Value = serde_json::from_slice(
+        &fs::read(
+            cache
+                .join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    m["config"]["digest"].as_str().unwrap().to_owned()
+}
