@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 cores=$(nproc)
-cargo build --release --locked -p trainer -p envbuild >&2
+scripts/build-release.sh >&2
 work=$(mktemp -d)
 trap 'rm -rf "$work"; docker rmi -f envbuild/bench:cold envbuild/bench:warm >/dev/null 2>&1 || true' EXIT
 base="$work/base"
@@ -47,9 +47,18 @@ r2=$(measure pigz-floor sh -c "tar -C '$ENVBUILD_SITE' --exclude=include --exclu
 r3=$(measure docker-build-cold docker build --no-cache -q -t envbuild/bench:cold "$ctx")
 printf '\x01' >> "$CARGO_TARGET_DIR/release/trainer"
 printf '\x01' >> "$ctx/trainer"
+# The same build with other pinned compressors (ko and crane use gzip level 1).
+for c in gzip:1 zstd:3; do
+  sed "s/^platform = .*/&\ncompression = \"$c\"/" environments/mnist-cuda.toml > "$work/cuda-$c.toml"
+  sed -i "s|^oci = .*|oci = \"$base\"|" "$work/cuda-$c.toml"
+done
+rv1=$(measure envbuild-cold-gzip1 target/release/envbuild build "$work/cuda-gzip:1.toml" --cache "$work/cache-g1")
+rv2=$(measure envbuild-cold-zstd3 target/release/envbuild build "$work/cuda-zstd:3.toml" --cache "$work/cache-z3")
+size() { du -sb "$1/blobs" | cut -f1; }
+echo "# compressed blob bytes: gzip-6 $(size "$work/cache") gzip-1 $(size "$work/cache-g1") zstd-3 $(size "$work/cache-z3")" >&2
 r4=$(measure envbuild-warm target/release/envbuild build environments/mnist-cuda.toml --cache "$work/cache" --output "oci:$work/oci")
 r5=$(measure docker-build-warm docker build -q -t envbuild/bench:warm "$ctx")
-python3 - "$r1" "$r2" "$r3" "$r4" "$r5" <<'PY'
+python3 - "$r1" "$r2" "$r3" "$rv1" "$rv2" "$r4" "$r5" <<'PY'
 import sys
 rows = [a.split() for a in sys.argv[1:]]
 t = {r[0]: float(r[1]) for r in rows}
@@ -57,6 +66,7 @@ print(f"{'step':<18} {'seconds':>8}")
 for r in rows:
     print(f"{r[0]:<18} {float(r[1]):>8.2f}")
 print(f"envbuild cold vs docker build: {t['docker-build-cold'] / t['envbuild-cold']:.2f}x faster")
+print(f"  with gzip:1: {t['docker-build-cold'] / t['envbuild-cold-gzip1']:.2f}x, with zstd:3: {t['docker-build-cold'] / t['envbuild-cold-zstd3']:.2f}x")
 print(f"envbuild cold vs pigz floor:   {t['envbuild-cold'] / t['pigz-floor']:.2f}x the floor")
 print(f"warm rebuild: envbuild {t['envbuild-warm']:.2f}s, docker build {t['docker-build-warm']:.2f}s")
 print(f"envbuild peak RSS (cold build): {int(rows[0][2]) / 1024:.0f} MiB")

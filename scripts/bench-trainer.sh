@@ -9,7 +9,7 @@ epochs=${1:-3}
 threads=${2:-$(nproc)}
 data=${DATA:-/usr/share/datasets/fashion-mnist}
 batch=${BATCH:-128}
-cargo build --release --locked -p trainer >&2
+cargo build --release --locked -p trainer >&2  # alone: see scripts/build-release.sh
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 echo "# $epochs epochs, batch $batch, $threads threads, data $data" >&2

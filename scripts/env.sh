@@ -14,3 +14,12 @@ case ":${LD_LIBRARY_PATH:-}:" in
   *":$ENVBUILD_TORCH_LIB:"*) ;;
   *) export LD_LIBRARY_PATH="$ENVBUILD_TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ;;
 esac
+# Reproducible binaries: the checkout and the cargo home are remapped in every path the
+# compilers embed (panic locations, __FILE__ in libtorch's headers), so the trainer is the same
+# bytes from any checkout path. Rust gets only the cargo-home remap: cargo hashes RUSTFLAGS into
+# every crate's -C metadata, so a checkout-dependent flag would itself change the binary (and
+# workspace crates are compiled with relative paths already). C/C++ flags are not hashed.
+ENVBUILD_CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
+export RUSTFLAGS="--remap-path-prefix=$ENVBUILD_CARGO_HOME=/cargo"
+export CFLAGS="-ffile-prefix-map=$ENVBUILD_ROOT=/envbuild -ffile-prefix-map=$ENVBUILD_CARGO_HOME=/cargo"
+export CXXFLAGS="$CFLAGS"

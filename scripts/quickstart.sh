@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 . scripts/env.sh
-cargo build --release --locked -p trainer
+scripts/build-release.sh
 out=out/quickstart
 target/release/trainer --data /usr/share/datasets/fashion-mnist --epochs 1 --limit-train 20000 \
   --output "$out" --resume

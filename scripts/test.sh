@@ -8,5 +8,5 @@ scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 # The end-to-end tests put the release binaries into images; build them first.
-cargo build --release --locked -p trainer -p envbuild
+scripts/build-release.sh
 cargo test --locked --workspace

@@ -7,7 +7,6 @@
 use std::io::{self, Write};
 
 use flate2::{Compress, FlushCompress, Status};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -86,8 +85,10 @@ pub struct Encoder<W: Write> {
     crc: crc32fast::Hasher,
     uncompressed: u64,
     current: Vec<u8>,
-    pending: Vec<Vec<u8>>,
-    batch: usize,
+    /// Blocks being compressed, oldest first; their results are written in this order.
+    inflight: std::collections::VecDeque<std::sync::mpsc::Receiver<(Vec<u8>, crc32fast::Hasher)>>,
+    max_inflight: usize,
+    pool: Option<rayon::ThreadPool>,
     zstd: Option<zstd::stream::write::Encoder<'static, Vec<u8>>>,
 }
 
@@ -107,6 +108,7 @@ impl<W: Write> Encoder<W> {
             n: 0,
             header: None,
         };
+        let threads = threads.max(1);
         let zstd = match compression {
             Compression::Gzip(level) => {
                 let xfl = match level {
@@ -138,29 +140,47 @@ impl<W: Write> Encoder<W> {
             crc: crc32fast::Hasher::new(),
             uncompressed: 0,
             current: Vec::with_capacity(BLOCK),
-            pending: Vec::new(),
-            batch: threads.max(1) * 2,
+            inflight: std::collections::VecDeque::new(),
+            max_inflight: threads * 2,
+            pool: zstd.is_none().then(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("thread pool")
+            }),
             zstd,
         }
     }
 
-    fn flush_pending(&mut self, last: bool) -> io::Result<()> {
+    /// Hands a block to the pool: compression overlaps with reading and hashing the next
+    /// blocks; at most `max_inflight` blocks wait, which bounds memory.
+    fn submit(&mut self, block: Vec<u8>, last: bool) -> io::Result<()> {
         let Compression::Gzip(level) = self.compression else {
             return Ok(());
         };
-        let n = self.pending.len();
-        let blocks: Vec<Vec<u8>> = self
-            .pending
-            .par_iter()
-            .enumerate()
-            .map(|(i, b)| deflate_block(b, level, last && i + 1 == n))
-            .collect();
-        self.pending.clear();
-        self.out.write_header()?;
-        for b in blocks {
-            self.out.write_all(&b)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.pool.as_ref().expect("gzip has a pool").spawn(move || {
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&block);
+            let _ = tx.send((deflate_block(&block, level, last), crc));
+        });
+        self.inflight.push_back(rx);
+        while self.inflight.len() > self.max_inflight {
+            self.write_oldest()?;
         }
         Ok(())
+    }
+
+    fn write_oldest(&mut self) -> io::Result<()> {
+        let Some(rx) = self.inflight.pop_front() else {
+            return Ok(());
+        };
+        let (bytes, crc) = rx
+            .recv()
+            .map_err(|_| io::Error::other("a compression worker failed"))?;
+        self.crc.combine(&crc);
+        self.out.write_header()?;
+        self.out.write_all(&bytes)
     }
 
     /// Ends the stream and returns the digests and sizes.
@@ -168,8 +188,10 @@ impl<W: Write> Encoder<W> {
         match self.zstd.take() {
             None => {
                 let last = std::mem::take(&mut self.current);
-                self.pending.push(last);
-                self.flush_pending(true)?;
+                self.submit(last, true)?;
+                while !self.inflight.is_empty() {
+                    self.write_oldest()?;
+                }
                 self.out
                     .write_all(&self.crc.clone().finalize().to_le_bytes())?;
                 self.out
@@ -200,7 +222,6 @@ impl<W: Write> Write for Encoder<W> {
             self.out.write_all(&out)?;
             return Ok(buf.len());
         }
-        self.crc.update(buf);
         let mut rest = buf;
         while !rest.is_empty() {
             let take = (BLOCK - self.current.len()).min(rest.len());
@@ -208,10 +229,7 @@ impl<W: Write> Write for Encoder<W> {
             rest = &rest[take..];
             if self.current.len() == BLOCK {
                 let full = std::mem::replace(&mut self.current, Vec::with_capacity(BLOCK));
-                self.pending.push(full);
-                if self.pending.len() == self.batch {
-                    self.flush_pending(false)?;
-                }
+                self.submit(full, false)?;
             }
         }
         Ok(buf.len())

@@ -14,13 +14,27 @@ use goblin::elf::Elf;
 
 use crate::layer::{Node, Tree};
 
+/// File bytes: kept base-layer contents, or a host file mapped into memory (only the pages the
+/// ELF parser touches are read, so a 450 MB libtorch costs kilobytes of RSS).
+type Blob = std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>;
+
 /// Where a file's bytes are, for files the check may need to read.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Content {
     Host(PathBuf),
-    Bytes(std::sync::Arc<Vec<u8>>),
+    Bytes(Blob),
     /// In a base layer but not kept (not ELF, or too large to hold): present, not inspected.
     Unread,
+}
+
+impl fmt::Debug for Content {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Content::Host(p) => write!(f, "Host({})", p.display()),
+            Content::Bytes(b) => write!(f, "Bytes({} bytes)", (**b).as_ref().len()),
+            Content::Unread => write!(f, "Unread"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -169,9 +183,9 @@ impl ImageFs {
         self.resolve(path).is_some()
     }
 
-    fn read(&self, path: &str) -> Option<io::Result<std::sync::Arc<Vec<u8>>>> {
+    fn read(&self, path: &str) -> Option<io::Result<Blob>> {
         match self.resolve(path)?.1 {
-            Entry::File(Content::Host(p)) => Some(fs::read(p).map(std::sync::Arc::new)),
+            Entry::File(Content::Host(p)) => Some(map_file(p)),
             Entry::File(Content::Bytes(b)) => Some(Ok(b.clone())),
             _ => None,
         }
@@ -189,7 +203,7 @@ impl ImageFs {
         );
         for f in files {
             if let Some(Ok(bytes)) = self.read(&f) {
-                for line in String::from_utf8_lossy(&bytes).lines() {
+                for line in String::from_utf8_lossy((*bytes).as_ref()).lines() {
                     let l = line.split('#').next().unwrap_or("").trim();
                     if l.starts_with('/') {
                         out.push(l.to_owned());
@@ -199,6 +213,17 @@ impl ImageFs {
         }
         out
     }
+}
+
+fn map_file(p: &std::path::Path) -> io::Result<Blob> {
+    let f = fs::File::open(p)?;
+    if f.metadata()?.len() == 0 {
+        return Ok(std::sync::Arc::new(Vec::new()));
+    }
+    // SAFETY: the mapping is read-only and lives while the check runs; a source file changed
+    // meanwhile can only make the check read different bytes (the layer hashes what it tars).
+    let m = unsafe { memmap2::Mmap::map(&f)? };
+    Ok(std::sync::Arc::new(m))
 }
 
 /// What the check found wrong.
@@ -348,9 +373,10 @@ pub fn check(
             return Ok(report);
         }
     };
-    if !bytes.starts_with(b"\x7fELF") {
+    let head: &[u8] = (*bytes).as_ref();
+    if !head.starts_with(b"\x7fELF") {
         // A script: its interpreter must be there.
-        if let Some(line) = bytes
+        if let Some(line) = head
             .strip_prefix(b"#!")
             .and_then(|b| b.split(|c| *c == b'\n').next())
         {
@@ -383,15 +409,14 @@ pub fn check(
     let mut seen: BTreeMap<String, Object> = BTreeMap::new();
     // soname → real path it resolved to, per loading object (for version checks).
     let mut edges: Vec<(String, String, String)> = Vec::new(); // (object, needed name, resolved path)
-    let mut queue: VecDeque<(String, std::sync::Arc<Vec<u8>>)> =
-        VecDeque::from([(entry_path.clone(), bytes)]);
+    let mut queue: VecDeque<(String, Blob)> = VecDeque::from([(entry_path.clone(), bytes)]);
     let mut exe_rpath: Vec<String> = Vec::new();
     let mut first = true;
     while let Some((path, bytes)) = queue.pop_front() {
         if seen.contains_key(&path) {
             continue;
         }
-        let Some(obj) = parse(&bytes) else {
+        let Some(obj) = parse((*bytes).as_ref()) else {
             problems.push(format!("{path} is not a readable ELF file"));
             continue;
         };

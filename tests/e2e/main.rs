@@ -545,3 +545,47 @@ fn manifest_config_digest(cache: &Path, digest: &str) -> String {
     .unwrap();
     m["config"]["digest"].as_str().unwrap().to_owned()
 }
+
+/// The whole chain from source to digest is reproducible only if the trainer binary is: built
+/// from a second checkout at another path (own target directory, own `.venv` path), it must be
+/// the same bytes. scripts/env.sh remaps the checkout and cargo home in Rust and C++ paths.
+#[test]
+fn trainer_binary_is_identical_from_two_checkout_paths() {
+    let root = envbuild_e2e::root();
+    let t = tempfile::tempdir().unwrap();
+    let other = t.path().join("some/other/place/envbuild");
+    fs::create_dir_all(&other).unwrap();
+    let files = ok(Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(&root));
+    let mut copied = 0;
+    for f in files.split('\0').filter(|f| !f.is_empty()) {
+        let (src, dst) = (root.join(f), other.join(f));
+        if src.is_file() {
+            fs::create_dir_all(dst.parent().unwrap()).unwrap();
+            fs::copy(&src, &dst).unwrap();
+            copied += 1;
+        }
+    }
+    assert!(copied > 20, "copied {copied} files");
+    // The same venv contents, seen under the other checkout's path.
+    symlink(root.join(".venv"), other.join(".venv")).unwrap();
+    let o = envbuild_e2e::release_build(&other, &["-p", "trainer"], Some(&other.join("target")));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let a = fs::read(&bins().trainer).unwrap();
+    let b = fs::read(other.join("target/release/trainer")).unwrap();
+    let leaked = |bin: &[u8], p: &Path| {
+        bin.windows(p.as_os_str().len())
+            .any(|w| w == p.as_os_str().as_encoded_bytes())
+    };
+    assert!(
+        !leaked(&b, &other),
+        "the other checkout's path is inside its binary"
+    );
+    assert!(
+        a == b,
+        "trainer differs between checkouts ({} vs {} bytes)",
+        a.len(),
+        b.len()
+    );
+}

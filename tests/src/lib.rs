@@ -36,33 +36,15 @@ pub struct Bins {
 pub fn bins() -> &'static Bins {
     static BINS: OnceLock<Bins> = OnceLock::new();
     BINS.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let venv_bin = root().join(".venv/bin");
-        let path = format!(
-            "{}:{}",
-            venv_bin.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let out = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "--locked",
-                "-p",
-                "envbuild",
-                "-p",
-                "trainer",
-            ])
-            .current_dir(root())
-            .env("PATH", path)
-            .env("LIBTORCH_USE_PYTORCH", "1")
-            .output()
-            .expect("cargo runs");
-        assert!(
-            out.status.success(),
-            "release build failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // Separately: built together, Cargo would unify dependency features and change the trainer.
+        for package in ["trainer", "envbuild"] {
+            let out = release_build(&root(), &["-p", package], None);
+            assert!(
+                out.status.success(),
+                "release build of {package} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| root().join("target"));
@@ -71,6 +53,23 @@ pub fn bins() -> &'static Bins {
             trainer: target.join("release/trainer"),
         }
     })
+}
+
+/// `cargo build --release --locked ARGS` in the checkout at `dir`, with that checkout's
+/// scripts/env.sh (the same flags scripts/test.sh uses, so this is a no-op after it).
+pub fn release_build(dir: &Path, args: &[&str], target_dir: Option<&Path>) -> Output {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut c = Command::new("bash");
+    c.arg("-c")
+        .arg(format!(
+            ". scripts/env.sh && exec \"{cargo}\" build --release --locked {}",
+            args.join(" ")
+        ))
+        .current_dir(dir);
+    if let Some(t) = target_dir {
+        c.env("CARGO_TARGET_DIR", t);
+    }
+    c.output().expect("bash runs cargo")
 }
 
 /// The locally made Debian runtime base image (docker/base/make-base.sh), made once.
