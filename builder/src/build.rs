@@ -34,7 +34,9 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Link(#[from] LinkError),
-    #[error("base image {0}: pulling from a registry is not available yet; copy it into a local layout (`skopeo copy docker://{0} oci:DIR`) and use `oci = \"DIR\"`")]
+    #[error("base image: {0}")]
+    Pull(#[from] crate::registry::RegistryError),
+    #[error("base image: {0}")]
     RegistryBase(String),
 }
 
@@ -46,6 +48,8 @@ pub struct BuildOptions {
     pub source_date_epoch: u64,
     /// Skip the link check (for entrypoints it cannot judge, e.g. statically odd loaders).
     pub skip_link_check: bool,
+    /// How to reach the registry of a base image given by reference.
+    pub registry: crate::registry::Options,
 }
 
 /// Progress messages, for a reporter that prints them (the library never prints).
@@ -117,8 +121,15 @@ pub fn build(
         Base::Scratch => BaseImage::scratch(),
         Base::Oci { dir, digest } => image::load_oci(dir, *digest, &env.os, &env.architecture)?,
         Base::DockerArchive { file, digest } => image::load_docker_archive(file, *digest, cache)?,
-        Base::Registry { reference, .. } => {
-            return Err(BuildError::RegistryBase(reference.clone()))
+        Base::Registry { reference, digest } => {
+            let r: crate::registry::Reference =
+                reference.parse().map_err(BuildError::RegistryBase)?;
+            let creds = crate::registry::docker_config_credentials(&r.registry);
+            let client = crate::registry::Client::new(&r, creds, &opts.registry)?;
+            rep.message(&format!("base {reference}: pulling into the cache"));
+            let (d, manifest, config) =
+                crate::registry::pull(&client, digest, &env.os, &env.architecture, cache)?;
+            image::base_from_pulled(reference, d, &manifest, config, cache)?
         }
     };
     if !opts.skip_link_check {

@@ -27,8 +27,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Explain why two images' digests differ: which layer, which file, which field
     Diff(DiffArgs),
-    /// Push an image to Azure Container Registry or any OCI registry (coming: issue #4)
-    Push,
+    /// Push an image (an environment file, built first, or oci:DIR) to a registry
+    Push(PushArgs),
     /// Store registry credentials the way `docker login` does (coming: issue #4)
     Login,
     /// Run the image on the local Docker engine or as an Azure ML job (coming: issues #5 and #6)
@@ -69,12 +69,56 @@ pub struct BuildArgs {
     /// Compression threads (the output does not depend on it) [default: all cores]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
+    /// Registry host of a base image reached over plain HTTP (loopback ones always are); repeatable
+    #[arg(long, value_name = "HOST")]
+    pub insecure_registry: Vec<String>,
+    /// PEM file with a CA certificate to trust when pulling a base image
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Load the image into the local Docker engine (DOCKER_HOST or the default socket)
     #[arg(long)]
     pub load: bool,
     /// Do not check that the entrypoint's shared libraries and symbol versions resolve in the image
     #[arg(long)]
     pub skip_link_check: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// Registry host reached over plain HTTP (loopback registries always are); repeatable
+    #[arg(long, value_name = "HOST")]
+    pub insecure_registry: Vec<String>,
+    /// PEM file with a CA certificate to trust besides the system's
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// User name (with --password-stdin); else $ENVBUILD_REGISTRY_USERNAME, else Docker's config.json
+    #[arg(long, short)]
+    pub username: Option<String>,
+    /// Read the password or token from standard input
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Parallel blob transfers
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub parallel: u32,
+    /// Blobs larger than this many MiB are sent in chunks of that size
+    #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub chunk_mib: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// An environment file (built first, with the cache) or oci:DIR
+    pub source: String,
+    /// REGISTRY/REPOSITORY[:TAG]
+    pub dest: String,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Cache directory [default: $ENVBUILD_CACHE or ~/.cache/envbuild]
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Print a JSON summary (reference, blobs uploaded and skipped, bytes, seconds)
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -108,7 +152,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Build(a) => build_cmd(a),
         Command::Inspect(a) => inspect_cmd(a),
         Command::Diff(a) => diff_cmd(a),
-        Command::Push | Command::Login => coming("push/login", 4),
+        Command::Push(a) => push_cmd(a),
+        Command::Login => coming("login", 4),
         Command::Run => coming("run", 5),
         Command::Register | Command::Deploy => coming("register/deploy", 6),
     }
@@ -175,10 +220,18 @@ fn build_cmd(a: BuildArgs) -> anyhow::Result<ExitCode> {
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         |t| t as usize,
     );
+    let registry = envbuild::registry::Options {
+        insecure: a.insecure_registry.clone(),
+        ca_file: a.ca_file.clone(),
+        chunk: 0,
+        parallel: 4,
+        attempts: 5,
+    };
     let opts = BuildOptions {
         threads,
         source_date_epoch: source_date_epoch()?,
         skip_link_check: a.skip_link_check,
+        registry,
     };
     let root = a.cache.unwrap_or_else(Cache::default_root);
     let cache = Cache::open(&root).with_context(|| format!("cache {}", root.display()))?;
@@ -272,4 +325,106 @@ fn diff_cmd(a: DiffArgs) -> anyhow::Result<ExitCode> {
         println!("{l}");
     }
     Ok(ExitCode::from(1))
+}
+
+/// Credentials from flags, then the environment, then Docker's config.json.
+fn credentials(
+    a: &RegistryArgs,
+    registry: &str,
+) -> anyhow::Result<Option<envbuild::registry::Credentials>> {
+    use envbuild::registry::{Credentials, Secret};
+    let password = if a.password_stdin {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("reading the password from stdin")?;
+        Some(s.trim_end_matches(['\n', '\r']).to_owned())
+    } else {
+        std::env::var("ENVBUILD_REGISTRY_PASSWORD")
+            .ok()
+            .filter(|s| !s.is_empty())
+    };
+    let username = a
+        .username
+        .clone()
+        .or_else(|| std::env::var("ENVBUILD_REGISTRY_USERNAME").ok());
+    Ok(match (username, password) {
+        (Some(u), Some(p)) => Some(Credentials::Basic {
+            username: u,
+            password: Secret::new(p),
+        }),
+        (None, Some(p)) => Some(Credentials::IdentityToken(Secret::new(p))),
+        (Some(u), None) => {
+            anyhow::bail!("--username {u} needs --password-stdin (or ENVBUILD_REGISTRY_PASSWORD)")
+        }
+        (None, None) => envbuild::registry::docker_config_credentials(registry),
+    })
+}
+
+fn registry_client(
+    a: &RegistryArgs,
+    reference: &envbuild::registry::Reference,
+) -> anyhow::Result<envbuild::registry::Client> {
+    let opts = envbuild::registry::Options {
+        insecure: a.insecure_registry.clone(),
+        ca_file: a.ca_file.clone(),
+        chunk: a.chunk_mib << 20,
+        parallel: a.parallel as usize,
+        attempts: 5,
+    };
+    Ok(envbuild::registry::Client::new(
+        reference,
+        credentials(a, &reference.registry)?,
+        &opts,
+    )?)
+}
+
+fn push_cmd(a: PushArgs) -> anyhow::Result<ExitCode> {
+    let dest: envbuild::registry::Reference = a.dest.parse().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        dest.digest.is_none(),
+        "push destination {} names a digest; give REGISTRY/REPOSITORY[:TAG]",
+        a.dest
+    );
+    let client = registry_client(&a.registry, &dest)?;
+    let root = a.cache.clone().unwrap_or_else(Cache::default_root);
+    let image = if let Some(dir) = a.source.strip_prefix("oci:") {
+        envbuild::image::pushable_from_oci(std::path::Path::new(dir))?
+    } else {
+        let path = PathBuf::from(&a.source);
+        let env = spec::load(&path, &spec::Vars::for_file(&path))?;
+        let cache = Cache::open(&root).with_context(|| format!("cache {}", root.display()))?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let registry = envbuild::registry::Options {
+            insecure: a.registry.insecure_registry.clone(),
+            ca_file: a.registry.ca_file.clone(),
+            chunk: 0,
+            parallel: 4,
+            attempts: 5,
+        };
+        let opts = BuildOptions {
+            threads,
+            source_date_epoch: source_date_epoch()?,
+            skip_link_check: false,
+            registry,
+        };
+        let built = build::build(&env, &cache, &opts, &mut Stderr)?;
+        envbuild::image::pushable_from_cache(&built.image, &cache)
+    };
+    let progress = |d: &envbuild::digest::Digest, size: u64, sent: bool, secs: f64| {
+        if sent {
+            eprintln!(
+                "pushed  {d}  {:.1} MB in {secs:.1}s ({:.0} MB/s)",
+                size as f64 / 1e6,
+                size as f64 / 1e6 / secs.max(1e-6)
+            );
+        } else {
+            eprintln!("exists  {d}");
+        }
+    };
+    let report = envbuild::registry::push(&client, &image, &progress)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    println!("{}", report.reference);
+    Ok(ExitCode::SUCCESS)
 }

@@ -348,6 +348,62 @@ pub fn load_oci(
     })
 }
 
+/// A base image pulled from a registry into the cache.
+pub fn base_from_pulled(
+    name: &str,
+    digest: Digest,
+    manifest: &Value,
+    config: Value,
+    cache: &Cache,
+) -> Result<BaseImage, ImageError> {
+    let here = Path::new(name);
+    let diff_ids: Vec<Digest> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|d| {
+            d.as_str()
+                .unwrap_or("")
+                .parse::<Digest>()
+                .map_err(|e| invalid(here, e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    let layers_json = manifest["layers"].as_array().cloned().unwrap_or_default();
+    if layers_json.len() != diff_ids.len() {
+        return Err(invalid(
+            here,
+            format!(
+                "{} layers but {} diff_ids in the config",
+                layers_json.len(),
+                diff_ids.len()
+            ),
+        ));
+    }
+    let mut layers = Vec::new();
+    for (l, diff_id) in layers_json.iter().zip(diff_ids) {
+        let (d, size) = desc_digest(here, l)?;
+        let media_type = l["mediaType"].as_str().unwrap_or("").replace(
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        );
+        layers.push(LayerDesc {
+            media_type,
+            digest: d,
+            size,
+            diff_id,
+        });
+    }
+    let blobs = layers.iter().map(|l| cache.blob_path(&l.digest)).collect();
+    Ok(BaseImage {
+        name: name.to_owned(),
+        digest: Some(digest),
+        layers,
+        config,
+        blobs,
+    })
+}
+
 /// Loads a `docker save` archive as a base; its layer tars are reused byte for byte (they stay
 /// uncompressed, media type `…layer.v1.tar`). The pin is the config digest (the image ID).
 pub fn load_docker_archive(
@@ -658,6 +714,52 @@ pub fn assemble(base: &BaseImage, add: &Additions) -> Image {
         config_digest,
         config: config_bytes,
         layers,
+    }
+}
+
+/// The image in an OCI layout, as the registry client pushes it.
+pub fn pushable_from_oci(dir: &Path) -> Result<crate::registry::Pushable, ImageError> {
+    let (_, index) = read_json(&dir.join("index.json"))?;
+    let m = index["manifests"]
+        .as_array()
+        .and_then(|a| a.first())
+        .cloned()
+        .ok_or_else(|| invalid(dir, "index.json lists no manifest"))?;
+    let (d, size) = desc_digest(&dir.join("index.json"), &m)?;
+    let (path, manifest) = layout_blob(dir, &d, Some(size))?;
+    let v: Value = serde_json::from_slice(&manifest).map_err(|e| invalid(&path, e.to_string()))?;
+    let mut blobs = Vec::new();
+    for desc in std::iter::once(&v["config"]).chain(v["layers"].as_array().into_iter().flatten()) {
+        let (d, size) = desc_digest(&path, desc)?;
+        blobs.push((d, size, dir.join("blobs/sha256").join(d.hex())));
+    }
+    let media_type = v["mediaType"]
+        .as_str()
+        .unwrap_or(MANIFEST_MEDIA_TYPE)
+        .to_owned();
+    Ok(crate::registry::Pushable {
+        manifest,
+        media_type,
+        blobs,
+    })
+}
+
+/// A built image whose blobs are in the cache, as the registry client pushes it.
+pub fn pushable_from_cache(img: &Image, cache: &Cache) -> crate::registry::Pushable {
+    let mut blobs = vec![(
+        img.config_digest,
+        img.config.len() as u64,
+        cache.blob_path(&img.config_digest),
+    )];
+    blobs.extend(
+        img.layers
+            .iter()
+            .map(|l| (l.digest, l.size, cache.blob_path(&l.digest))),
+    );
+    crate::registry::Pushable {
+        manifest: img.manifest.clone(),
+        media_type: MANIFEST_MEDIA_TYPE.into(),
+        blobs,
     }
 }
 

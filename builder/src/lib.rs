@@ -10,4 +10,5 @@ pub mod image;
 pub mod inspect;
 pub mod layer;
 pub mod linkcheck;
+pub mod registry;
 pub mod spec;

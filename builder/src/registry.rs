@@ -1,0 +1,1032 @@
+//! The OCI distribution client (reqwest): pull by digest into the cache, push blobs (HEAD to
+//! skip, monolithic for small blobs, chunked PATCHes with explicit Content-Length and
+//! `Content-Range: start-end` for large ones, resumed from the registry's `Range`), the manifest
+//! last; Basic and Bearer-challenge authentication; retries with backoff on 408/429/5xx and
+//! connection errors, honouring Retry-After.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use reqwest::blocking::{Client as Http, RequestBuilder, Response};
+use reqwest::header::{
+    HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE,
+    RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use thiserror::Error;
+
+use crate::cache::Cache;
+use crate::digest::Digest;
+use crate::image::{INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
+
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// Blobs up to this size go up in one request; larger ones in chunks of this size (ACR answers
+/// 413 to single requests over ~20 MB; GHCR wants PATCH bodies under 4 MiB… is configurable).
+pub const DEFAULT_CHUNK: u64 = 16 << 20;
+
+/// A secret (password, token) that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    /// The value, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Credentials for one registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    Basic {
+        username: String,
+        password: Secret,
+    },
+    /// An identity (refresh) token, exchanged at the token endpoint.
+    IdentityToken(Secret),
+}
+
+/// `registry/repository[:tag][@digest]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    pub registry: String,
+    pub repository: String,
+    pub tag: Option<String>,
+    pub digest: Option<Digest>,
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Reference {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Reference, String> {
+        let bad = |why: &str| {
+            format!("`{s}` is not an image reference ({why}; expected REGISTRY/REPOSITORY[:TAG][@sha256:…])")
+        };
+        let (rest, digest) = match s.split_once('@') {
+            Some((r, d)) => (
+                r,
+                Some(d.parse::<Digest>().map_err(|e| bad(&e.to_string()))?),
+            ),
+            None => (s, None),
+        };
+        let (first, path) = rest.split_once('/').ok_or_else(|| bad("no registry"))?;
+        let (registry, path) = if first.contains('.') || first.contains(':') || first == "localhost"
+        {
+            (first.to_owned(), path.to_owned())
+        } else {
+            ("docker.io".to_owned(), rest.to_owned())
+        };
+        let (repository, tag) = match path.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => (r.to_owned(), Some(t.to_owned())),
+            _ => (path, None),
+        };
+        let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c);
+        if repository.is_empty() || !repository.chars().all(ok) {
+            return Err(bad(
+                "repository names are lowercase letters, digits, `.`, `_`, `-`, `/`",
+            ));
+        }
+        if let Some(t) = &tag {
+            if t.is_empty()
+                || t.len() > 128
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                return Err(bad("bad tag"));
+            }
+        }
+        Ok(Reference {
+            registry,
+            repository,
+            tag,
+            digest,
+        })
+    }
+}
+
+/// Why a registry operation failed; every variant names registry and repository.
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    #[error("{registry}/{repository}: {what}: HTTP {status}: {message}{}", hint.map(|h| format!("\nhint: {h}")).unwrap_or_default())]
+    Status {
+        registry: String,
+        repository: String,
+        what: String,
+        status: u16,
+        message: String,
+        hint: Option<&'static str>,
+    },
+    #[error("{registry}/{repository}: {what}: {message}")]
+    Protocol {
+        registry: String,
+        repository: String,
+        what: String,
+        message: String,
+    },
+    #[error("{registry}: cannot connect ({what}): {source}\nhint: is the registry up and the address right? Plain HTTP is used only for loopback or --insecure-registry")]
+    Connect {
+        registry: String,
+        what: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// How to reach registries.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Hosts (host or host:port) reached over plain HTTP besides loopback ones.
+    pub insecure: Vec<String>,
+    /// Extra CA certificate (PEM) to trust.
+    pub ca_file: Option<PathBuf>,
+    /// Blob size above which uploads are chunked, and the chunk size.
+    pub chunk: u64,
+    /// Parallel blob transfers.
+    pub parallel: usize,
+    /// Attempts per request for retryable failures.
+    pub attempts: u32,
+}
+
+/// A client for one repository.
+#[derive(Debug)]
+pub struct Client {
+    http: Http,
+    base: String,
+    reference: Reference,
+    credentials: Option<Credentials>,
+    /// The Bearer token for this repository's scope, and when to stop trusting it.
+    token: Mutex<Option<(Secret, Instant)>>,
+    /// From the last challenge: realm, service.
+    challenge: Mutex<Option<BTreeMap<String, String>>>,
+    basic: Mutex<bool>,
+    opts: Options,
+}
+
+fn is_loopback(host: &str) -> bool {
+    let h = host.rsplit_once(':').map_or(host, |(h, p)| {
+        if p.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    h == "localhost" || h.starts_with("127.") || h == "[::1]"
+}
+
+/// Parses `Bearer realm="…",service="…",scope="…"` (or Basic).
+pub fn parse_challenge(h: &str) -> (String, BTreeMap<String, String>) {
+    let (scheme, rest) = h.split_once(' ').unwrap_or((h, ""));
+    let mut params = BTreeMap::new();
+    let mut rest = rest.trim();
+    while !rest.is_empty() {
+        let Some((k, r)) = rest.split_once('=') else {
+            break;
+        };
+        let (v, r) = if let Some(r) = r.strip_prefix('"') {
+            let end = r.find('"').unwrap_or(r.len());
+            (&r[..end], r.get(end + 1..).unwrap_or(""))
+        } else {
+            let end = r.find(',').unwrap_or(r.len());
+            (&r[..end], &r[end..])
+        };
+        params.insert(k.trim().to_ascii_lowercase(), v.to_owned());
+        rest = r.trim_start_matches(',').trim();
+    }
+    (scheme.to_ascii_lowercase(), params)
+}
+
+fn retryable(s: StatusCode) -> bool {
+    matches!(s.as_u16(), 408 | 429 | 499 | 500 | 502 | 503 | 504 | 522)
+}
+
+fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
+    if let Some(d) = retry_after {
+        return d.min(Duration::from_secs(60));
+    }
+    let base = 250u64 << attempt.min(6);
+    let jitter = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64))
+        % (base / 2 + 1);
+    Duration::from_millis(base + jitter)
+}
+
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    h.get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// The registry's error message from an OCI error body, or the body's start.
+fn error_message(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            let errs = v["errors"].as_array()?.clone();
+            Some(
+                errs.iter()
+                    .map(|e| {
+                        format!(
+                            "{}: {}",
+                            e["code"].as_str().unwrap_or("?"),
+                            e["message"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })
+        .unwrap_or_else(|| body.chars().take(300).collect())
+}
+
+impl Client {
+    pub fn new(
+        reference: &Reference,
+        credentials: Option<Credentials>,
+        opts: &Options,
+    ) -> Result<Client, RegistryError> {
+        let mut b = Http::builder()
+            .timeout(None)
+            .connect_timeout(Duration::from_secs(30))
+            .user_agent(concat!("envbuild/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &opts.ca_file {
+            let pem = fs::read(ca).map_err(|source| RegistryError::Io {
+                path: ca.clone(),
+                source,
+            })?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| RegistryError::Io {
+                path: ca.clone(),
+                source: io::Error::other(e),
+            })?;
+            b = b.add_root_certificate(cert);
+        }
+        let http = b.build().map_err(|source| RegistryError::Connect {
+            registry: reference.registry.clone(),
+            what: "TLS set-up".into(),
+            source,
+        })?;
+        let host = if reference.registry == "docker.io" {
+            "registry-1.docker.io".to_owned()
+        } else {
+            reference.registry.clone()
+        };
+        let scheme = if is_loopback(&host) || opts.insecure.contains(&host) {
+            "http"
+        } else {
+            "https"
+        };
+        let mut opts = opts.clone();
+        if opts.chunk == 0 {
+            opts.chunk = DEFAULT_CHUNK;
+        }
+        opts.parallel = opts.parallel.max(1);
+        opts.attempts = opts.attempts.max(1);
+        Ok(Client {
+            http,
+            base: format!("{scheme}://{host}"),
+            reference: reference.clone(),
+            credentials,
+            token: Mutex::new(None),
+            challenge: Mutex::new(None),
+            basic: Mutex::new(false),
+            opts,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/v2/{}/{path}", self.base, self.reference.repository)
+    }
+
+    fn absolute(&self, location: &str) -> String {
+        if location.starts_with("http://") || location.starts_with("https://") {
+            location.to_owned()
+        } else {
+            format!("{}{}", self.base, location)
+        }
+    }
+
+    fn status_err(&self, what: &str, status: StatusCode, body: &str) -> RegistryError {
+        let hint = match status.as_u16() {
+            401 => Some("check the credentials (--username/--password-stdin, docker login, or `az acr login`)"),
+            403 => Some("the identity lacks permission on this repository (on ACR: the AcrPush role to push, AcrPull to pull)"),
+            404 => Some("the repository or image does not exist, or the credentials cannot see it"),
+            _ => None,
+        };
+        RegistryError::Status {
+            registry: self.reference.registry.clone(),
+            repository: self.reference.repository.clone(),
+            what: what.to_owned(),
+            status: status.as_u16(),
+            message: error_message(body),
+            hint,
+        }
+    }
+
+    fn protocol(&self, what: &str, message: impl Into<String>) -> RegistryError {
+        RegistryError::Protocol {
+            registry: self.reference.registry.clone(),
+            repository: self.reference.repository.clone(),
+            what: what.into(),
+            message: message.into(),
+        }
+    }
+
+    fn authorize(&self, rb: RequestBuilder) -> RequestBuilder {
+        if let Some((t, until)) = self.token.lock().expect("lock").as_ref() {
+            if Instant::now() < *until {
+                return rb.header(AUTHORIZATION, format!("Bearer {}", t.expose()));
+            }
+        }
+        if *self.basic.lock().expect("lock") {
+            if let Some(Credentials::Basic { username, password }) = &self.credentials {
+                return rb.basic_auth(username, Some(password.expose()));
+            }
+        }
+        rb
+    }
+
+    /// Answers a 401 challenge: Basic (use the credentials) or Bearer (fetch a token).
+    fn answer(&self, headers: &HeaderMap, what: &str) -> Result<(), RegistryError> {
+        let h = headers
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let (scheme, params) = parse_challenge(h);
+        match scheme.as_str() {
+            "basic" => {
+                if self.credentials.is_none() {
+                    return Err(self.status_err(
+                        what,
+                        StatusCode::UNAUTHORIZED,
+                        "the registry asks for a user name and password",
+                    ));
+                }
+                *self.basic.lock().expect("lock") = true;
+                Ok(())
+            }
+            "bearer" => {
+                let realm = params
+                    .get("realm")
+                    .ok_or_else(|| self.protocol(what, "Bearer challenge without realm"))?;
+                let scope = format!("repository:{}:push,pull", self.reference.repository);
+                let service = params.get("service").cloned().unwrap_or_default();
+                let resp = match &self.credentials {
+                    Some(Credentials::IdentityToken(t)) => self.http.post(realm).form(&[
+                        ("grant_type", "refresh_token"),
+                        ("service", service.as_str()),
+                        ("scope", scope.as_str()),
+                        ("refresh_token", t.expose()),
+                    ]),
+                    creds => {
+                        let rb = self
+                            .http
+                            .get(realm)
+                            .query(&[("service", service.as_str()), ("scope", scope.as_str())]);
+                        match creds {
+                            Some(Credentials::Basic { username, password }) => {
+                                rb.basic_auth(username, Some(password.expose()))
+                            }
+                            _ => rb,
+                        }
+                    }
+                }
+                .send()
+                .map_err(|source| RegistryError::Connect {
+                    registry: self.reference.registry.clone(),
+                    what: format!("token endpoint {realm}"),
+                    source,
+                })?;
+                let status = resp.status();
+                let body = resp.text().unwrap_or_default();
+                if !status.is_success() {
+                    return Err(self.status_err(
+                        &format!("{what}: token from {realm}"),
+                        status,
+                        &body,
+                    ));
+                }
+                let v: Value = serde_json::from_str(&body).map_err(|e| {
+                    self.protocol(what, format!("token endpoint answered non-JSON: {e}"))
+                })?;
+                let token = v["token"]
+                    .as_str()
+                    .or(v["access_token"].as_str())
+                    .ok_or_else(|| {
+                        self.protocol(what, "token endpoint answered without a token")
+                    })?;
+                let life = v["expires_in"].as_u64().unwrap_or(60).max(10);
+                *self.token.lock().expect("lock") = Some((
+                    Secret::new(token),
+                    Instant::now() + Duration::from_secs(life - 5),
+                ));
+                *self.challenge.lock().expect("lock") = Some(params);
+                Ok(())
+            }
+            _ => Err(self.status_err(what, StatusCode::UNAUTHORIZED, "no credentials accepted")),
+        }
+    }
+
+    /// Sends a request built by `make` (called again for every attempt), with authentication
+    /// and retries. Returns responses of any non-retryable status; the caller judges them.
+    fn send(
+        &self,
+        what: &str,
+        make: &dyn Fn() -> Result<RequestBuilder, RegistryError>,
+    ) -> Result<Response, RegistryError> {
+        let mut answered = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self.authorize(make()?).send();
+            match result {
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !answered => {
+                    answered = true;
+                    self.token.lock().expect("lock").take();
+                    let headers = resp.headers().clone();
+                    self.answer(&headers, what)?;
+                    attempt -= 1;
+                }
+                Ok(resp) if retryable(resp.status()) && attempt < self.opts.attempts => {
+                    std::thread::sleep(backoff(attempt, retry_after(resp.headers())));
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e)
+                    if attempt < self.opts.attempts
+                        && (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()) =>
+                {
+                    std::thread::sleep(backoff(attempt, None));
+                }
+                Err(source) => {
+                    return Err(RegistryError::Connect {
+                        registry: self.reference.registry.clone(),
+                        what: what.to_owned(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    fn expect(
+        &self,
+        what: &str,
+        resp: Response,
+        ok: &[StatusCode],
+    ) -> Result<Response, RegistryError> {
+        if ok.contains(&resp.status()) {
+            Ok(resp)
+        } else {
+            let status = resp.status();
+            let body = resp.text().unwrap_or_default();
+            Err(self.status_err(what, status, &body))
+        }
+    }
+
+    /// Whether the registry has the blob.
+    pub fn has_blob(&self, d: &Digest) -> Result<bool, RegistryError> {
+        let what = format!("HEAD blob {d}");
+        let resp = self.send(&what, &|| {
+            Ok(self.http.head(self.url(&format!("blobs/{d}"))))
+        })?;
+        match resp.status() {
+            StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            s => Err(self.status_err(&what, s, "")),
+        }
+    }
+
+    /// Uploads a blob from `path` unless the registry has it; returns whether bytes were sent.
+    pub fn push_blob(&self, d: &Digest, size: u64, path: &Path) -> Result<bool, RegistryError> {
+        if self.has_blob(d)? {
+            return Ok(false);
+        }
+        let what = format!("upload of {d}");
+        let io_err = |source| RegistryError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let resp = self.send(&what, &|| {
+            Ok(self
+                .http
+                .post(self.url("blobs/uploads/"))
+                .header(CONTENT_LENGTH, 0))
+        })?;
+        let resp = self.expect(&what, resp, &[StatusCode::ACCEPTED])?;
+        let mut location = self.location(&what, &resp)?;
+        if size <= self.opts.chunk {
+            let url = with_digest(&location, d);
+            let resp = self.send(&what, &|| {
+                let f = fs::File::open(path).map_err(io_err)?;
+                Ok(self
+                    .http
+                    .put(&url)
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_LENGTH, size)
+                    .body(reqwest::blocking::Body::sized(f, size)))
+            })?;
+            self.expect(&what, resp, &[StatusCode::CREATED])?;
+            return Ok(true);
+        }
+        let mut offset = 0u64;
+        let mut failures = 0;
+        while offset < size {
+            let end = (offset + self.opts.chunk).min(size) - 1;
+            let len = end - offset + 1;
+            let url = location.clone();
+            let sent = self.send(&what, &|| {
+                let mut f = fs::File::open(path).map_err(io_err)?;
+                f.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+                Ok(self
+                    .http
+                    .request(Method::PATCH, &url)
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_RANGE, format!("{offset}-{end}"))
+                    .header(CONTENT_LENGTH, len)
+                    .body(reqwest::blocking::Body::sized(f.take(len), len)))
+            });
+            match sent {
+                Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
+                    location = self.location(&what, &resp)?;
+                    offset = end + 1;
+                    failures = 0;
+                }
+                other => {
+                    // Ask the registry how much it has and continue from there.
+                    failures += 1;
+                    if failures > self.opts.attempts {
+                        return match other {
+                            Ok(resp) => Err(self.expect(&what, resp, &[]).expect_err("non-202")),
+                            Err(e) => Err(e),
+                        };
+                    }
+                    std::thread::sleep(backoff(failures, None));
+                    let url = location.clone();
+                    let resp = self.send(&what, &|| Ok(self.http.get(&url)))?;
+                    let resp = self.expect(
+                        &format!("{what}: status of the upload"),
+                        resp,
+                        &[StatusCode::NO_CONTENT, StatusCode::ACCEPTED],
+                    )?;
+                    offset = resp
+                        .headers()
+                        .get(RANGE)
+                        .and_then(|r| r.to_str().ok())
+                        .and_then(|r| r.rsplit('-').next()?.parse::<u64>().ok())
+                        .map_or(0, |last| last + 1);
+                    location = self.location(&what, &resp).unwrap_or(location);
+                }
+            }
+        }
+        let url = with_digest(&location, d);
+        let resp = self.send(&what, &|| Ok(self.http.put(&url).header(CONTENT_LENGTH, 0)))?;
+        self.expect(&what, resp, &[StatusCode::CREATED])?;
+        Ok(true)
+    }
+
+    fn location(&self, what: &str, resp: &Response) -> Result<String, RegistryError> {
+        let l = resp
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| self.protocol(what, "upload answer without Location"))?;
+        Ok(self.absolute(l))
+    }
+
+    /// Puts a manifest under `reference` (a tag or a digest); checks the registry's digest.
+    pub fn push_manifest(
+        &self,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<Digest, RegistryError> {
+        let what = format!("PUT manifest {reference}");
+        let url = self.url(&format!("manifests/{reference}"));
+        let body = bytes.to_vec();
+        let resp = self.send(&what, &|| {
+            Ok(self
+                .http
+                .put(&url)
+                .header(CONTENT_TYPE, media_type)
+                .body(body.clone()))
+        })?;
+        let resp = self.expect(&what, resp, &[StatusCode::CREATED, StatusCode::OK])?;
+        let ours = Digest::of(bytes);
+        if let Some(theirs) = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+        {
+            if theirs != ours.to_string() {
+                return Err(
+                    self.protocol(&what, format!("registry stored {theirs}, expected {ours}"))
+                );
+            }
+        }
+        Ok(ours)
+    }
+
+    /// Fetches a manifest or index by digest (verified) or tag; returns bytes, media type, digest.
+    pub fn get_manifest(
+        &self,
+        reference: &str,
+    ) -> Result<(Vec<u8>, String, Digest), RegistryError> {
+        let what = format!("GET manifest {reference}");
+        let url = self.url(&format!("manifests/{reference}"));
+        let accept = [
+            MANIFEST_MEDIA_TYPE,
+            INDEX_MEDIA_TYPE,
+            DOCKER_MANIFEST,
+            DOCKER_LIST,
+        ]
+        .join(", ");
+        let resp = self.send(&what, &|| {
+            Ok(self.http.get(&url).header(ACCEPT, accept.clone()))
+        })?;
+        let resp = self.expect(&what, resp, &[StatusCode::OK])?;
+        let mt = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let bytes = resp
+            .bytes()
+            .map_err(|source| RegistryError::Connect {
+                registry: self.reference.registry.clone(),
+                what: what.clone(),
+                source,
+            })?
+            .to_vec();
+        let d = Digest::of(&bytes);
+        if let Ok(want) = reference.parse::<Digest>() {
+            if want != d {
+                return Err(self.protocol(
+                    &what,
+                    format!("the registry answered content with digest {d}"),
+                ));
+            }
+        }
+        let mt = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v["mediaType"].as_str().map(str::to_owned))
+            .unwrap_or(mt);
+        Ok((bytes, mt, d))
+    }
+
+    /// Streams a blob into the cache, verifying digest and size; never fetches what the cache has.
+    pub fn pull_blob(&self, d: &Digest, size: u64, cache: &Cache) -> Result<bool, RegistryError> {
+        if cache.has_blob(d) {
+            return Ok(false);
+        }
+        let what = format!("GET blob {d}");
+        let url = self.url(&format!("blobs/{d}"));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let resp = self.send(&what, &|| Ok(self.http.get(&url)))?;
+            let mut resp = self.expect(&what, resp, &[StatusCode::OK])?;
+            let mut tmp = cache.temp_file().map_err(|source| RegistryError::Io {
+                path: cache.root.clone(),
+                source,
+            })?;
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut n = 0u64;
+            let copied: io::Result<()> = (|| loop {
+                let k = resp.read(&mut buf)?;
+                if k == 0 {
+                    return Ok(());
+                }
+                h.update(&buf[..k]);
+                tmp.write_all(&buf[..k])?;
+                n += k as u64;
+            })();
+            if copied.is_ok() && n == size && Digest::from_sha256(h) == *d {
+                cache
+                    .commit_blob(tmp, d)
+                    .map_err(|source| RegistryError::Io {
+                        path: cache.root.clone(),
+                        source,
+                    })?;
+                return Ok(true);
+            }
+            if attempt == self.opts.attempts {
+                return Err(self.protocol(&what, format!("received {n} bytes that do not match the digest and size {size} ({copied:?})")));
+            }
+            std::thread::sleep(backoff(attempt, None));
+        }
+    }
+}
+
+fn with_digest(location: &str, d: &Digest) -> String {
+    let sep = if location.contains('?') { '&' } else { '?' };
+    format!("{location}{sep}digest={d}")
+}
+
+/// A manifest and its blobs, ready to push: (digest, size, file) for config and layers.
+#[derive(Debug, Clone)]
+pub struct Pushable {
+    pub manifest: Vec<u8>,
+    pub media_type: String,
+    pub blobs: Vec<(Digest, u64, PathBuf)>,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct PushReport {
+    pub reference: String,
+    pub uploaded: usize,
+    pub skipped: usize,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// Pushes every blob (in parallel, bounded), then the manifest under the tag (or its digest).
+pub fn push(
+    client: &Client,
+    image: &Pushable,
+    on_blob: &(dyn Fn(&Digest, u64, bool, f64) + Sync),
+) -> Result<PushReport, RegistryError> {
+    let start = Instant::now();
+    let queue = Mutex::new(image.blobs.clone());
+    let results: Mutex<Vec<(u64, bool)>> = Mutex::new(Vec::new());
+    let first_error: Mutex<Option<RegistryError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..client.opts.parallel.min(image.blobs.len().max(1)) {
+            s.spawn(|| loop {
+                if first_error.lock().expect("lock").is_some() {
+                    return;
+                }
+                let Some((d, size, path)) = queue.lock().expect("lock").pop() else {
+                    return;
+                };
+                let t = Instant::now();
+                match client.push_blob(&d, size, &path) {
+                    Ok(sent) => {
+                        on_blob(&d, size, sent, t.elapsed().as_secs_f64());
+                        results.lock().expect("lock").push((size, sent));
+                    }
+                    Err(e) => {
+                        first_error.lock().expect("lock").get_or_insert(e);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().expect("lock") {
+        return Err(e);
+    }
+    // Only after every blob is confirmed present does the manifest go up.
+    let results = results.into_inner().expect("lock");
+    let digest = Digest::of(&image.manifest);
+    let tag = client
+        .reference
+        .tag
+        .clone()
+        .unwrap_or_else(|| digest.to_string());
+    client.push_manifest(&tag, &image.media_type, &image.manifest)?;
+    let r = &client.reference;
+    Ok(PushReport {
+        reference: format!("{}/{}@{digest}", r.registry, r.repository),
+        uploaded: results.iter().filter(|(_, s)| *s).count(),
+        skipped: results.iter().filter(|(_, s)| !*s).count(),
+        bytes: results.iter().filter(|(_, s)| *s).map(|(n, _)| n).sum(),
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Pulls the image `reference` (pinned by digest) for `os/arch` into the cache; returns the
+/// platform manifest's digest, the manifest and the config.
+pub fn pull(
+    client: &Client,
+    digest: &Digest,
+    os: &str,
+    arch: &str,
+    cache: &Cache,
+) -> Result<(Digest, Value, Value), RegistryError> {
+    let (bytes, mt, d) = client.get_manifest(&digest.to_string())?;
+    let what = format!("pull {digest}");
+    let mut manifest: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| client.protocol(&what, format!("manifest is not JSON: {e}")))?;
+    let mut chosen = d;
+    if mt == INDEX_MEDIA_TYPE || mt == DOCKER_LIST || manifest["manifests"].is_array() {
+        let m = manifest["manifests"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|m| m["platform"]["os"] == os && m["platform"]["architecture"] == arch)
+                    .cloned()
+            })
+            .ok_or_else(|| {
+                client.protocol(&what, format!("the index has no {os}/{arch} manifest"))
+            })?;
+        let (b, _, d2) = client.get_manifest(m["digest"].as_str().unwrap_or(""))?;
+        manifest = serde_json::from_slice(&b).map_err(|e| client.protocol(&what, e.to_string()))?;
+        chosen = d2;
+        cache.put_bytes(&b).map_err(|source| RegistryError::Io {
+            path: cache.root.clone(),
+            source,
+        })?;
+    } else {
+        cache
+            .put_bytes(&bytes)
+            .map_err(|source| RegistryError::Io {
+                path: cache.root.clone(),
+                source,
+            })?;
+    }
+    let desc = |v: &Value| -> Result<(Digest, u64), RegistryError> {
+        let d = v["digest"]
+            .as_str()
+            .unwrap_or("")
+            .parse::<Digest>()
+            .map_err(|e| client.protocol(&what, e.to_string()))?;
+        Ok((d, v["size"].as_u64().unwrap_or(0)))
+    };
+    let (cd, csize) = desc(&manifest["config"])?;
+    client.pull_blob(&cd, csize, cache)?;
+    let config: Value =
+        serde_json::from_slice(&fs::read(cache.blob_path(&cd)).map_err(|source| {
+            RegistryError::Io {
+                path: cache.blob_path(&cd),
+                source,
+            }
+        })?)
+        .map_err(|e| client.protocol(&what, format!("config is not JSON: {e}")))?;
+    let layers: Vec<(Digest, u64)> = manifest["layers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(desc)
+        .collect::<Result<_, _>>()?;
+    let errors = Mutex::new(Vec::new());
+    let queue = Mutex::new(layers);
+    std::thread::scope(|s| {
+        for _ in 0..client.opts.parallel {
+            s.spawn(|| loop {
+                let Some((d, size)) = queue.lock().expect("lock").pop() else {
+                    return;
+                };
+                if let Err(e) = client.pull_blob(&d, size, cache) {
+                    errors.lock().expect("lock").push(e);
+                    return;
+                }
+            });
+        }
+    });
+    if let Some(e) = errors.into_inner().expect("lock").into_iter().next() {
+        return Err(e);
+    }
+    Ok((chosen, manifest, config))
+}
+
+/// Credentials for `registry` from Docker's config.json (`auths.<host>.auth` or
+/// `identitytoken`), if any.
+pub fn docker_config_credentials(registry: &str) -> Option<Credentials> {
+    let dir = std::env::var_os("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))?;
+    let v: Value = serde_json::from_slice(&fs::read(dir.join("config.json")).ok()?).ok()?;
+    let auths = v["auths"].as_object()?;
+    let entry = auths
+        .iter()
+        .find(|(k, _)| {
+            let k = k
+                .trim_start_matches("https://")
+                .trim_start_matches("http://");
+            k.split('/').next() == Some(registry)
+        })?
+        .1;
+    if let Some(t) = entry["identitytoken"].as_str().filter(|t| !t.is_empty()) {
+        return Some(Credentials::IdentityToken(Secret::new(t)));
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(entry["auth"].as_str()?)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some(Credentials::Basic {
+        username: u.to_owned(),
+        password: Secret::new(p),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references() {
+        let r: Reference = "127.0.0.1:5000/envbuild/mnist:v1".parse().unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("127.0.0.1:5000", "envbuild/mnist", Some("v1"))
+        );
+        let r: Reference = format!("myacr.azurecr.io/a/b@{}", Digest::of(b""))
+            .parse()
+            .unwrap();
+        assert_eq!((r.tag, r.digest), (None, Some(Digest::of(b""))));
+        let r: Reference = "ubuntu:24.04"
+            .parse::<Reference>()
+            .unwrap_or_else(|_| "docker.io/library/ubuntu:24.04".parse().unwrap());
+        assert_eq!(r.tag.as_deref(), Some("24.04"));
+        assert!("reg.io/UPPER".parse::<Reference>().is_err());
+        assert!("reg.io/a@sha256:12".parse::<Reference>().is_err());
+        assert!(
+            is_loopback("127.0.0.1:5000")
+                && is_loopback("localhost")
+                && !is_loopback("myacr.azurecr.io")
+        );
+    }
+
+    #[test]
+    fn challenges() {
+        let (s, p) = parse_challenge(
+            r#"Bearer realm="https://r.io/oauth2/token",service="r.io",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(s, "bearer");
+        assert_eq!(p["realm"], "https://r.io/oauth2/token");
+        assert_eq!(p["scope"], "repository:a/b:pull,push");
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry Realm""#).0,
+            "basic"
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = Credentials::Basic {
+            username: "u".into(),
+            password: Secret::new("hunter2"),
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert_eq!(Secret::new("x").to_string(), "<redacted>");
+    }
+
+    #[test]
+    fn retry_policy() {
+        assert!(
+            retryable(StatusCode::TOO_MANY_REQUESTS)
+                && retryable(StatusCode::BAD_GATEWAY)
+                && !retryable(StatusCode::NOT_FOUND)
+        );
+        assert_eq!(
+            backoff(1, Some(Duration::from_secs(3))),
+            Duration::from_secs(3)
+        );
+        assert!(backoff(2, None) >= Duration::from_millis(1000));
+        assert_eq!(
+            with_digest("http://h/u?x=1", &Digest::of(b"")),
+            format!("http://h/u?x=1&digest={}", Digest::of(b""))
+        );
+    }
+}

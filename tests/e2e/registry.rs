@@ -1,0 +1,222 @@
+//! `envbuild push` and registry base images against a real registry on loopback.
+
+use std::fs;
+use std::process::Command;
+
+use envbuild_e2e::{bins, last_line, ok, run, Registry};
+use serde_json::Value;
+
+use super::{build, checkout, envbuild, manifest, REPRO_ENV};
+
+fn push(
+    env: &std::path::Path,
+    dest: &str,
+    cache: &std::path::Path,
+    extra: &[&str],
+) -> (Value, String, String) {
+    let mut c = envbuild();
+    c.arg("push")
+        .arg(env)
+        .arg(dest)
+        .arg("--cache")
+        .arg(cache)
+        .arg("--json")
+        .args(extra);
+    let o = run(&mut c);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
+    assert!(o.status.success(), "push failed:\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let summary: Value = serde_json::from_str(lines[lines.len() - 2]).unwrap();
+    (summary, last_line(&stdout), stderr)
+}
+
+#[test]
+fn push_is_incremental_chunked_and_readable_by_skopeo_and_docker() {
+    let reg = Registry::start(None);
+    let t = tempfile::tempdir().unwrap();
+    let env = checkout(&t.path().join("c"), false);
+    let cache = t.path().join("cache");
+    let digest = build(&env, &cache, &[]);
+    let dest = format!("{}/envbuild/repro:v1", reg.addr);
+
+    // 1 MiB chunks: the 5.9 MB base layer goes up in PATCHes.
+    let (s, reference, _) = push(&env, &dest, &cache, &["--chunk-mib", "1"]);
+    assert_eq!(reference, format!("{}/envbuild/repro@{digest}", reg.addr));
+    assert_eq!(
+        (s["uploaded"].as_u64(), s["skipped"].as_u64()),
+        (Some(4), Some(0)),
+        "{s}"
+    );
+    let inspect: Value = serde_json::from_str(&ok(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{dest}"),
+    ])))
+    .unwrap();
+    assert_eq!(inspect["Digest"], digest.as_str());
+    // skopeo copies it back out byte for byte: same digest from the registry as from the build.
+    let back = t.path().join("back");
+    ok(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        &format!("docker://{dest}"),
+        &format!("oci:{}:x", back.display()),
+    ]));
+    assert_eq!(manifest(&back)["layers"], {
+        let m: Value = serde_json::from_slice(
+            &fs::read(
+                cache
+                    .join("blobs/sha256")
+                    .join(digest.trim_start_matches("sha256:")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        m["layers"].clone()
+    });
+
+    // Same image again: nothing travels but the manifest.
+    let (s, _, stderr) = push(&env, &dest, &cache, &[]);
+    assert_eq!(
+        (s["uploaded"].as_u64(), s["skipped"].as_u64()),
+        (Some(0), Some(4)),
+        "{s}\n{stderr}"
+    );
+
+    // A trainer change: only the trainer layer and the config travel.
+    let trainer = t.path().join("c/bin/trainer");
+    let mut bytes = fs::read(&trainer).unwrap();
+    bytes.push(1);
+    fs::write(&trainer, bytes).unwrap();
+    let (s, reference2, _) = push(&env, &dest, &cache, &[]);
+    assert_eq!(
+        (s["uploaded"].as_u64(), s["skipped"].as_u64()),
+        (Some(2), Some(2)),
+        "{s}"
+    );
+    assert_ne!(reference2, reference);
+
+    // The Docker engine pulls it by digest from the registry and runs it.
+    let _ = run(Command::new("docker").args(["rmi", "-f", &reference2]));
+    ok(Command::new("docker").args(["pull", "-q", &reference2]));
+    let out = ok(Command::new("docker").args(["run", "--rm", &reference2, "-c", "echo ran"]));
+    assert_eq!(out, "ran\n");
+    let _ = run(Command::new("docker").args(["rmi", "-f", &reference2]));
+}
+
+#[test]
+fn base_image_pulled_from_a_registry_by_digest() {
+    let reg = Registry::start(None);
+    let t = tempfile::tempdir().unwrap();
+    let base = envbuild_e2e::base_layout();
+    let mut c = Command::new(&bins().envbuild);
+    c.args([
+        "push",
+        &format!("oci:{}", base.display()),
+        &format!("{}/envbuild/base:1", reg.addr),
+    ]);
+    let base_ref = last_line(&ok(&mut c));
+    let dir = t.path().join("c");
+    checkout(&dir, false);
+    let env = dir.join("pulled.toml");
+    fs::write(
+        &env,
+        REPRO_ENV.replace(
+            "oci = \"${ENVBUILD_BASE}\"",
+            &format!("image = \"{base_ref}\""),
+        ),
+    )
+    .unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    build(
+        &dir.join("env.toml"),
+        &t.path().join("cache"),
+        &["--output", &format!("oci:{}", a.display())],
+    );
+    build(
+        &env,
+        &t.path().join("cache2"),
+        &["--output", &format!("oci:{}", b.display())],
+    );
+    // The same layers, base reused byte for byte; only the base name annotation differs.
+    assert_eq!(manifest(&a)["layers"], manifest(&b)["layers"]);
+    assert_eq!(
+        manifest(&b)["annotations"]["org.opencontainers.image.base.name"],
+        base_ref.as_str()
+    );
+    // A digest the registry does not have is a clear error.
+    let missing = format!("{}/envbuild/base@sha256:{}", reg.addr, "1".repeat(64));
+    fs::write(
+        &env,
+        REPRO_ENV.replace(
+            "oci = \"${ENVBUILD_BASE}\"",
+            &format!("image = \"{missing}\""),
+        ),
+    )
+    .unwrap();
+    let mut c = envbuild();
+    c.arg("build")
+        .arg(&env)
+        .arg("--cache")
+        .arg(t.path().join("cache3"));
+    let o = run(&mut c);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}/envbuild/base", reg.addr)) && stderr.contains("HTTP 404"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn basic_auth_wrong_password_is_clear_and_secrets_never_print() {
+    let reg = Registry::start(Some(("ml-user", "s3cret-pa55")));
+    let t = tempfile::tempdir().unwrap();
+    let env = checkout(&t.path().join("c"), false);
+    let cache = t.path().join("cache");
+    let dest = format!("{}/team/repro:v1", reg.addr);
+    let attempt = |user: Option<&str>, password: &str| {
+        let mut c = envbuild();
+        c.arg("push")
+            .arg(&env)
+            .arg(&dest)
+            .arg("--cache")
+            .arg(&cache)
+            .env("ENVBUILD_REGISTRY_PASSWORD", password)
+            .env("DOCKER_CONFIG", t.path());
+        if let Some(u) = user {
+            c.args(["--username", u]);
+        }
+        run(&mut c)
+    };
+    for (user, password) in [(None, ""), (Some("ml-user"), "wrong-password-123")] {
+        let o = attempt(user, password);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{}/team/repro", reg.addr)) && stderr.contains("401"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("hint:"), "{stderr}");
+        assert!(
+            password.is_empty() || !stderr.contains(password),
+            "password printed: {stderr}"
+        );
+    }
+    let o = attempt(Some("ml-user"), "s3cret-pa55");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{stderr}");
+    assert!(!stdout.contains("s3cret-pa55") && !stderr.contains("s3cret-pa55"));
+    // Nothing pushed carries the password.
+    for e in fs::read_dir(cache.join("blobs/sha256")).unwrap() {
+        let bytes = fs::read(e.unwrap().path()).unwrap();
+        assert!(!bytes.windows(11).any(|w| w == b"s3cret-pa55"));
+    }
+}
