@@ -105,12 +105,19 @@ impl std::str::FromStr for Reference {
             ),
             None => (s, None),
         };
-        let (first, path) = rest.split_once('/').ok_or_else(|| bad("no registry"))?;
-        let (registry, path) = if first.contains('.') || first.contains(':') || first == "localhost"
-        {
-            (first.to_owned(), path.to_owned())
+        // Docker's rules: no registry part means Docker Hub, whose official images live in library/.
+        let (registry, path) = match rest.split_once('/') {
+            Some((first, path))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
+                (first.to_owned(), path.to_owned())
+            }
+            _ => ("docker.io".to_owned(), rest.to_owned()),
+        };
+        let path = if registry == "docker.io" && !path.contains('/') {
+            format!("library/{path}")
         } else {
-            ("docker.io".to_owned(), rest.to_owned())
+            path
         };
         let (repository, tag) = match path.rsplit_once(':') {
             Some((r, t)) if !t.contains('/') => (r.to_owned(), Some(t.to_owned())),
@@ -975,10 +982,11 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!((r.tag, r.digest), (None, Some(Digest::of(b""))));
-        let r: Reference = "ubuntu:24.04"
-            .parse::<Reference>()
-            .unwrap_or_else(|_| "docker.io/library/ubuntu:24.04".parse().unwrap());
-        assert_eq!(r.tag.as_deref(), Some("24.04"));
+        let r: Reference = "ubuntu:24.04".parse().unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("docker.io", "library/ubuntu", Some("24.04"))
+        );
         assert!("reg.io/UPPER".parse::<Reference>().is_err());
         assert!("reg.io/a@sha256:12".parse::<Reference>().is_err());
         assert!(

@@ -556,6 +556,32 @@ env = { LD_LIBRARY_PATH = "/opt/torch/lib", HOME = "${NOPE:-/root}" }
     }
 
     #[test]
+    fn shipped_environment_files_parse() {
+        let mut v = vars();
+        for k in [
+            "ENVBUILD_SITE",
+            "CARGO_TARGET_DIR",
+            "PROJECT_ROOT",
+            "ROOTFS",
+        ] {
+            v.values.insert(k.into(), format!("/x/{k}"));
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let mut n = 0;
+        for dir in ["environments", "environments/examples", "docker/base"] {
+            for e in std::fs::read_dir(root.join(dir)).unwrap() {
+                let p = e.unwrap().path();
+                if p.extension().is_some_and(|x| x == "toml") {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    parse(&p, &text, &v).unwrap_or_else(|e| panic!("{e}"));
+                    n += 1;
+                }
+            }
+        }
+        assert!(n >= 4, "{n} files");
+    }
+
+    #[test]
     fn expansion_rules() {
         let v = vars();
         assert_eq!(v.expand("a$${SITE}").unwrap(), "a${SITE}");
