@@ -410,7 +410,12 @@ fn push_cmd(a: PushArgs) -> anyhow::Result<ExitCode> {
         let built = build::build(&env, &cache, &opts, &mut Stderr)?;
         envbuild::image::pushable_from_cache(&built.image, &cache)
     };
+    // Per-blob progress on a terminal; quiet in logs and pipes (--json gives the summary).
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let progress = |d: &envbuild::digest::Digest, size: u64, sent: bool, secs: f64| {
+        if !tty {
+            return;
+        }
         if sent {
             eprintln!(
                 "pushed  {d}  {:.1} MB in {secs:.1}s ({:.0} MB/s)",

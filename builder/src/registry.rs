@@ -550,10 +550,34 @@ impl Client {
     }
 
     /// Uploads a blob from `path` unless the registry has it; returns whether bytes were sent.
+    /// An upload session that fails for good (the registry lost it, or a lost answer left it
+    /// closed) is followed by a HEAD: the blob may be there after all; else a new session starts.
     pub fn push_blob(&self, d: &Digest, size: u64, path: &Path) -> Result<bool, RegistryError> {
         if self.has_blob(d)? {
             return Ok(false);
         }
+        let mut session = 0;
+        loop {
+            session += 1;
+            match self.upload(d, size, path) {
+                Ok(()) => return Ok(true),
+                Err(e @ RegistryError::Io { .. }) => return Err(e),
+                Err(e) => {
+                    if self.has_blob(d)? {
+                        return Ok(true);
+                    }
+                    if session >= self.opts.attempts {
+                        return Err(e);
+                    }
+                    std::thread::sleep(backoff(session, None));
+                }
+            }
+        }
+    }
+
+    /// One upload session: POST, then one PUT or PATCH chunks (resumed from the registry's
+    /// `Range` after a failure) and the closing PUT.
+    fn upload(&self, d: &Digest, size: u64, path: &Path) -> Result<(), RegistryError> {
         let what = format!("upload of {d}");
         let io_err = |source| RegistryError::Io {
             path: path.to_path_buf(),
@@ -579,7 +603,7 @@ impl Client {
                     .body(reqwest::blocking::Body::sized(f, size)))
             })?;
             self.expect(&what, resp, &[StatusCode::CREATED])?;
-            return Ok(true);
+            return Ok(());
         }
         let mut offset = 0u64;
         let mut failures = 0;
@@ -634,7 +658,7 @@ impl Client {
         let url = with_digest(&location, d);
         let resp = self.send(&what, &|| Ok(self.http.put(&url).header(CONTENT_LENGTH, 0)))?;
         self.expect(&what, resp, &[StatusCode::CREATED])?;
-        Ok(true)
+        Ok(())
     }
 
     fn location(&self, what: &str, resp: &Response) -> Result<String, RegistryError> {

@@ -220,3 +220,77 @@ fn basic_auth_wrong_password_is_clear_and_secrets_never_print() {
         assert!(!bytes.windows(11).any(|w| w == b"s3cret-pa55"));
     }
 }
+
+#[test]
+fn push_through_faults_completes_and_endless_faults_leave_no_manifest() {
+    let reg = Registry::start(None);
+    let t = tempfile::tempdir().unwrap();
+    let env = checkout(&t.path().join("c"), false);
+    let cache = t.path().join("cache");
+    let digest = build(&env, &cache, &[]);
+
+    // Every third request fails in one of six ways; 1 MiB chunks give many PATCHes to hit; one
+    // transfer at a time keeps the order of requests, and so the test, deterministic.
+    let proxy = envbuild_e2e::FaultProxy::start(&reg.addr, false);
+    let dest = format!("{}/faulty/repro:v1", proxy.addr);
+    let (s, reference, stderr) = push(&env, &dest, &cache, &["--chunk-mib", "1"]);
+    assert!(
+        proxy.faults.load(std::sync::atomic::Ordering::SeqCst) >= 6,
+        "too few faults injected"
+    );
+    assert_eq!(
+        reference,
+        format!("{}/faulty/repro@{digest}", proxy.addr),
+        "{s}\n{stderr}"
+    );
+    // The registry itself (not through the proxy) holds exactly what a clean push leaves.
+    let back = t.path().join("back");
+    ok(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        &format!("docker://{}/faulty/repro:v1", reg.addr),
+        &format!("oci:{}:x", back.display()),
+    ]));
+    let m: Value = serde_json::from_slice(
+        &fs::read(
+            cache
+                .join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest(&back)["layers"], m["layers"]);
+    assert_eq!(manifest(&back)["config"], m["config"]);
+
+    // Faults that never stop: a clear error after bounded retries, and no manifest.
+    let endless = envbuild_e2e::FaultProxy::start(&reg.addr, true);
+    let mut c = envbuild();
+    c.arg("push")
+        .arg(&env)
+        .arg(format!("{}/never/repro:v1", endless.addr))
+        .arg("--cache")
+        .arg(&cache);
+    let started = std::time::Instant::now();
+    let o = run(&mut c);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}/never/repro", endless.addr)),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(120),
+        "retries are bounded"
+    );
+    let o = run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{}/never/repro:v1", reg.addr),
+    ]));
+    assert!(
+        !o.status.success(),
+        "a manifest was pushed although its blobs failed"
+    );
+}
