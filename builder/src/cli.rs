@@ -220,13 +220,7 @@ fn build_cmd(a: BuildArgs) -> anyhow::Result<ExitCode> {
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         |t| t as usize,
     );
-    let registry = envbuild::registry::Options {
-        insecure: a.insecure_registry.clone(),
-        ca_file: a.ca_file.clone(),
-        chunk: 0,
-        parallel: 4,
-        attempts: 5,
-    };
+    let registry = registry_options(&a.insecure_registry, &a.ca_file, 0, 4);
     let opts = BuildOptions {
         threads,
         source_date_epoch: source_date_epoch()?,
@@ -327,6 +321,22 @@ fn diff_cmd(a: DiffArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(1))
 }
 
+/// How to reach registries; five attempts per request.
+fn registry_options(
+    insecure: &[String],
+    ca_file: &Option<PathBuf>,
+    chunk: u64,
+    parallel: usize,
+) -> envbuild::registry::Options {
+    envbuild::registry::Options {
+        insecure: insecure.to_vec(),
+        ca_file: ca_file.clone(),
+        chunk,
+        parallel,
+        attempts: 5,
+    }
+}
+
 /// Credentials from flags, then the environment, then Docker's config.json.
 fn credentials(
     a: &RegistryArgs,
@@ -364,13 +374,12 @@ fn registry_client(
     a: &RegistryArgs,
     reference: &envbuild::registry::Reference,
 ) -> anyhow::Result<envbuild::registry::Client> {
-    let opts = envbuild::registry::Options {
-        insecure: a.insecure_registry.clone(),
-        ca_file: a.ca_file.clone(),
-        chunk: a.chunk_mib << 20,
-        parallel: a.parallel as usize,
-        attempts: 5,
-    };
+    let opts = registry_options(
+        &a.insecure_registry,
+        &a.ca_file,
+        a.chunk_mib << 20,
+        a.parallel as usize,
+    );
     Ok(envbuild::registry::Client::new(
         reference,
         credentials(a, &reference.registry)?,
@@ -394,13 +403,7 @@ fn push_cmd(a: PushArgs) -> anyhow::Result<ExitCode> {
         let env = spec::load(&path, &spec::Vars::for_file(&path))?;
         let cache = Cache::open(&root).with_context(|| format!("cache {}", root.display()))?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let registry = envbuild::registry::Options {
-            insecure: a.registry.insecure_registry.clone(),
-            ca_file: a.registry.ca_file.clone(),
-            chunk: 0,
-            parallel: 4,
-            attempts: 5,
-        };
+        let registry = registry_options(&a.registry.insecure_registry, &a.registry.ca_file, 0, 4);
         let opts = BuildOptions {
             threads,
             source_date_epoch: source_date_epoch()?,

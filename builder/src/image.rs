@@ -300,45 +300,11 @@ pub fn load_oci(
     let (_, config_bytes) = layout_blob(dir, &cd, Some(csize))?;
     let config: Value = serde_json::from_slice(&config_bytes)
         .map_err(|e| invalid(&manifest_path, e.to_string()))?;
-    let diff_ids: Vec<Digest> = config["rootfs"]["diff_ids"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let layers = layer_descs(&manifest_path, &manifest, &config)?;
+    let blobs = layers
         .iter()
-        .map(|d| {
-            d.as_str()
-                .unwrap_or("")
-                .parse::<Digest>()
-                .map_err(|e| invalid(&manifest_path, e.to_string()))
-        })
-        .collect::<Result<_, _>>()?;
-    let layers_json = manifest["layers"].as_array().cloned().unwrap_or_default();
-    if layers_json.len() != diff_ids.len() {
-        return Err(invalid(
-            &manifest_path,
-            format!(
-                "{} layers but {} diff_ids in the config",
-                layers_json.len(),
-                diff_ids.len()
-            ),
-        ));
-    }
-    let mut layers = Vec::new();
-    let mut blobs = Vec::new();
-    for (l, diff_id) in layers_json.iter().zip(diff_ids) {
-        let (d, size) = desc_digest(&manifest_path, l)?;
-        blobs.push(dir.join("blobs/sha256").join(d.hex()));
-        let media_type = l["mediaType"].as_str().unwrap_or("").replace(
-            "application/vnd.docker.image.rootfs.diff.tar.gzip",
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-        );
-        layers.push(LayerDesc {
-            media_type,
-            digest: d,
-            size,
-            diff_id,
-        });
-    }
+        .map(|l| dir.join("blobs/sha256").join(l.digest.hex()))
+        .collect();
     Ok(BaseImage {
         name: dir.display().to_string(),
         digest: Some(chosen.0),
@@ -348,15 +314,13 @@ pub fn load_oci(
     })
 }
 
-/// A base image pulled from a registry into the cache.
-pub fn base_from_pulled(
-    name: &str,
-    digest: Digest,
+/// The layers a manifest lists, with the diff IDs its config gives them (docker media types
+/// mapped to OCI ones).
+fn layer_descs(
+    here: &Path,
     manifest: &Value,
-    config: Value,
-    cache: &Cache,
-) -> Result<BaseImage, ImageError> {
-    let here = Path::new(name);
+    config: &Value,
+) -> Result<Vec<LayerDesc>, ImageError> {
     let diff_ids: Vec<Digest> = config["rootfs"]["diff_ids"]
         .as_array()
         .cloned()
@@ -394,6 +358,18 @@ pub fn base_from_pulled(
             diff_id,
         });
     }
+    Ok(layers)
+}
+
+/// A base image pulled from a registry into the cache.
+pub fn base_from_pulled(
+    name: &str,
+    digest: Digest,
+    manifest: &Value,
+    config: Value,
+    cache: &Cache,
+) -> Result<BaseImage, ImageError> {
+    let layers = layer_descs(Path::new(name), manifest, &config)?;
     let blobs = layers.iter().map(|l| cache.blob_path(&l.digest)).collect();
     Ok(BaseImage {
         name: name.to_owned(),
