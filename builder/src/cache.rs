@@ -70,9 +70,13 @@ impl Cache {
             .tempfile_in(self.root.join("tmp"))
     }
 
-    /// Moves a finished temporary file to its content address.
+    /// Moves a finished temporary file to its content address, readable by all (blobs are
+    /// hard-linked into OCI layouts that other users and tools read; temp files start 0600).
     pub fn commit_blob(&self, tmp: tempfile::NamedTempFile, d: &Digest) -> io::Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt as _;
         let path = self.blob_path(d);
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
         tmp.persist(&path).map_err(|e| e.error)?;
         Ok(path)
     }

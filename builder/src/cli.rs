@@ -31,8 +31,8 @@ pub enum Command {
     Push(PushArgs),
     /// Store registry credentials the way `docker login` does (coming: issue #4)
     Login,
-    /// Run the image on the local Docker engine or as an Azure ML job (coming: issues #5 and #6)
-    Run,
+    /// Run the image on the local Docker engine (--local) or as an Azure ML job (--azure: coming, issue #6)
+    Run(RunArgs),
     /// Register the pushed image as an Azure ML environment version (coming: issue #6)
     Register,
     /// Build, push and register in one idempotent step (coming: issue #6)
@@ -122,6 +122,59 @@ pub struct PushArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RunArgs {
+    /// An environment file (built, and loaded into the engine when it is not there) or an image
+    /// reference REGISTRY/REPOSITORY@sha256:… or :TAG (pulled by digest when not there)
+    pub source: String,
+    /// Run on this machine's Docker engine (DOCKER_HOST or the default socket)
+    #[arg(long)]
+    pub local: bool,
+    /// Host directory with the data set, mounted read-only at /data
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/usr/share/datasets/fashion-mnist"
+    )]
+    pub data: PathBuf,
+    /// Host directory for checkpoints, metrics and the model, mounted read-write at /outputs
+    #[arg(long, value_name = "DIR", default_value = "outputs")]
+    pub outputs: PathBuf,
+    /// Environment variable for the trainer: KEY=VALUE, or KEY to pass this shell's value; repeatable
+    #[arg(long = "env", short = 'e', value_name = "KEY[=VALUE]")]
+    pub env: Vec<String>,
+    /// Size of /dev/shm (e.g. 2g; Azure ML's default is 2g)
+    #[arg(long, value_name = "SIZE", default_value = "2g", value_parser = envbuild::run::parse_size)]
+    pub shm_size: i64,
+    /// Memory limit (e.g. 16g) [default: none]
+    #[arg(long, value_name = "SIZE", value_parser = envbuild::run::parse_size)]
+    pub memory: Option<i64>,
+    /// GPUs: auto (all, when the engine has the nvidia runtime), all, a count, or none
+    #[arg(long, value_name = "WHICH", default_value = "auto")]
+    pub gpus: envbuild::run::Gpus,
+    /// UID:GID the trainer runs as [default: yours, so the outputs belong to you]
+    #[arg(long, value_name = "UID:GID")]
+    pub user: Option<String>,
+    /// Seconds between SIGTERM and SIGKILL when the run is interrupted
+    #[arg(long, value_name = "S", default_value_t = 10)]
+    pub stop_timeout: u32,
+    /// Keep the container after it exits (it is removed by default)
+    #[arg(long)]
+    pub keep: bool,
+    /// Cache directory for builds [default: $ENVBUILD_CACHE or ~/.cache/envbuild]
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Registry host reached over plain HTTP when resolving a tag (loopback ones always are); repeatable
+    #[arg(long, value_name = "HOST")]
+    pub insecure_registry: Vec<String>,
+    /// PEM file with a CA certificate to trust when resolving a tag
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Arguments for the trainer, after `--` (e.g. -- --epochs 1 --resume)
+    #[arg(last = true, value_name = "TRAINER ARGS")]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct InspectArgs {
     /// oci:DIR or docker-archive:FILE
     #[arg(value_parser = parse_output)]
@@ -154,7 +207,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diff(a) => diff_cmd(a),
         Command::Push(a) => push_cmd(a),
         Command::Login => coming("login", 4),
-        Command::Run => coming("run", 5),
+        Command::Run(a) => run_cmd(a),
         Command::Register | Command::Deploy => coming("register/deploy", 6),
     }
 }
@@ -202,9 +255,44 @@ fn check_writable(out: &Output) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Build options from the flags build, push and run share.
+fn build_options(
+    threads: Option<u32>,
+    insecure: &[String],
+    ca_file: &Option<PathBuf>,
+    skip_link_check: bool,
+) -> anyhow::Result<BuildOptions> {
+    let threads = threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |t| t as usize,
+    );
+    Ok(BuildOptions {
+        threads,
+        source_date_epoch: source_date_epoch()?,
+        skip_link_check,
+        registry: registry_options(insecure, ca_file, 0, 4),
+    })
+}
+
+/// Opens the cache (`--cache`, else the default) and builds `env` with it.
+fn build_with_cache(
+    env: &spec::Environment,
+    cache: Option<PathBuf>,
+    opts: &BuildOptions,
+) -> anyhow::Result<(Cache, build::Built)> {
+    let root = cache.unwrap_or_else(Cache::default_root);
+    let cache = Cache::open(&root).with_context(|| format!("cache {}", root.display()))?;
+    let built = build::build(env, &cache, opts, &mut Stderr)?;
+    Ok((cache, built))
+}
+
+/// Loads an environment file with its variables.
+fn load_env(path: &std::path::Path) -> anyhow::Result<spec::Environment> {
+    Ok(spec::load(path, &spec::Vars::for_file(path))?)
+}
+
 fn build_cmd(a: BuildArgs) -> anyhow::Result<ExitCode> {
-    let vars = spec::Vars::for_file(&a.env);
-    let env = spec::load(&a.env, &vars)?;
+    let env = load_env(&a.env)?;
     for out in &a.output {
         check_writable(out)?;
     }
@@ -216,20 +304,13 @@ fn build_cmd(a: BuildArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let threads = a.threads.map_or_else(
-        || std::thread::available_parallelism().map_or(1, |n| n.get()),
-        |t| t as usize,
-    );
-    let registry = registry_options(&a.insecure_registry, &a.ca_file, 0, 4);
-    let opts = BuildOptions {
-        threads,
-        source_date_epoch: source_date_epoch()?,
-        skip_link_check: a.skip_link_check,
-        registry,
-    };
-    let root = a.cache.unwrap_or_else(Cache::default_root);
-    let cache = Cache::open(&root).with_context(|| format!("cache {}", root.display()))?;
-    let built = build::build(&env, &cache, &opts, &mut Stderr)?;
+    let opts = build_options(
+        a.threads,
+        &a.insecure_registry,
+        &a.ca_file,
+        a.skip_link_check,
+    )?;
+    let (cache, built) = build_with_cache(&env, a.cache, &opts)?;
     let tag = env.publish.tag.clone().unwrap_or_else(|| "latest".into());
     for out in &a.output {
         match out {
@@ -399,18 +480,14 @@ fn push_cmd(a: PushArgs) -> anyhow::Result<ExitCode> {
     let image = if let Some(dir) = a.source.strip_prefix("oci:") {
         envbuild::image::pushable_from_oci(std::path::Path::new(dir))?
     } else {
-        let path = PathBuf::from(&a.source);
-        let env = spec::load(&path, &spec::Vars::for_file(&path))?;
-        let cache = Cache::open(&root).with_context(|| format!("cache {}", root.display()))?;
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let registry = registry_options(&a.registry.insecure_registry, &a.registry.ca_file, 0, 4);
-        let opts = BuildOptions {
-            threads,
-            source_date_epoch: source_date_epoch()?,
-            skip_link_check: false,
-            registry,
-        };
-        let built = build::build(&env, &cache, &opts, &mut Stderr)?;
+        let env = load_env(std::path::Path::new(&a.source))?;
+        let opts = build_options(
+            None,
+            &a.registry.insecure_registry,
+            &a.registry.ca_file,
+            false,
+        )?;
+        let (cache, built) = build_with_cache(&env, Some(root), &opts)?;
         envbuild::image::pushable_from_cache(&built.image, &cache)
     };
     // Per-blob progress on a terminal; quiet in logs and pipes (--json gives the summary).
@@ -435,4 +512,192 @@ fn push_cmd(a: PushArgs) -> anyhow::Result<ExitCode> {
     }
     println!("{}", report.reference);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `envbuild run --local`: the image by digest on the local engine, the trainer's exit code as
+/// ours.
+fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
+    use envbuild::run::{Gpus, Outcome, RunSpec};
+    anyhow::ensure!(
+        a.local,
+        "say where to run: `envbuild run --local …` (this machine's Docker engine); \
+         `--azure` is planned in issue #6"
+    );
+    anyhow::ensure!(
+        a.data.is_dir(),
+        "--data {}: not a directory (the data set is mounted read-only at /data)",
+        a.data.display()
+    );
+    let data = a
+        .data
+        .canonicalize()
+        .with_context(|| format!("--data {}", a.data.display()))?;
+    let env = a
+        .env
+        .iter()
+        .map(|kv| env_pair(kv))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let user = match &a.user {
+        Some(u) => {
+            anyhow::ensure!(
+                u.split_once(':')
+                    .is_some_and(|(x, y)| x.parse::<u32>().is_ok() && y.parse::<u32>().is_ok()),
+                "--user {u}: expected UID:GID (numbers), e.g. 1000:1000"
+            );
+            u.clone()
+        }
+        // SAFETY: getuid and getgid cannot fail and touch no memory.
+        None => unsafe { format!("{}:{}", libc::getuid(), libc::getgid()) },
+    };
+
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let engine = rt.block_on(envbuild::engine::connect())?;
+    // Made by us, as the caller, before the engine would make it as root.
+    std::fs::create_dir_all(&a.outputs)
+        .with_context(|| format!("--outputs {}: cannot create it", a.outputs.display()))?;
+    let outputs = a
+        .outputs
+        .canonicalize()
+        .with_context(|| format!("--outputs {}", a.outputs.display()))?;
+    let image = local_image(&a, &rt, &engine)?;
+    let nvidia = rt.block_on(engine.has_nvidia_runtime())?;
+    let gpus = envbuild::run::device_request(a.gpus, nvidia);
+    match (&gpus, a.gpus) {
+        (None, Gpus::Auto) => {
+            eprintln!("no nvidia runtime in the Docker engine: running on the CPU")
+        }
+        (None, _) => eprintln!("--gpus none: running on the CPU"),
+        (Some(_), g) => eprintln!("requesting GPUs: {g} (nvidia)"),
+    }
+    let spec = RunSpec {
+        image: image.clone(),
+        args: a.args.clone(),
+        data: data.clone(),
+        outputs: outputs.clone(),
+        env,
+        shm_size: Some(a.shm_size),
+        memory: a.memory,
+        gpus,
+        user,
+        stop_timeout: a.stop_timeout,
+        keep: a.keep,
+    };
+    eprintln!(
+        "running {image}: {} → /data (read-only), {} → /outputs",
+        data.display(),
+        outputs.display()
+    );
+    let (outcome, id) = rt.block_on(engine.run(&spec))?;
+    if a.keep {
+        eprintln!("kept container {id}");
+    }
+    Ok(match outcome {
+        Outcome::Exited { code: 0, .. } => {
+            let summary = outputs.join("summary.json");
+            let accuracy = std::fs::read(&summary)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["test_accuracy"].as_f64());
+            if let Some(acc) = accuracy {
+                println!(
+                    "test accuracy {:.2} %; model: {}",
+                    acc * 100.0,
+                    outputs.join("model.safetensors").display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Outcome::Exited { code, oom_killed } => {
+            eprintln!("envbuild: the trainer exited with code {code}");
+            if oom_killed {
+                eprintln!("envbuild: the container ran out of memory; raise --memory");
+            }
+            ExitCode::from(u8::try_from(code).ok().filter(|c| *c != 0).unwrap_or(1))
+        }
+        Outcome::Interrupted { signal } => {
+            eprintln!(
+                "envbuild: stopped; the last checkpoint is in {} — add `-- --resume` to continue",
+                outputs.display()
+            );
+            ExitCode::from(128 + signal as u8)
+        }
+    })
+}
+
+/// `KEY=VALUE`, or `KEY` with this process's value (as `docker run -e KEY`).
+fn env_pair(kv: &str) -> anyhow::Result<String> {
+    let (key, value) = match kv.split_once('=') {
+        Some((k, v)) => (k, Some(v.to_owned())),
+        None => (kv, None),
+    };
+    anyhow::ensure!(
+        !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "--env {kv}: `{key}` is not a variable name"
+    );
+    let value = match value {
+        Some(v) => v,
+        None => std::env::var(key)
+            .with_context(|| format!("--env {key}: not set in this shell (give {key}=VALUE)"))?,
+    };
+    Ok(format!("{key}={value}"))
+}
+
+/// Makes sure the engine has the image and returns the name to run it by: for an environment
+/// file, the built config's ID (loaded when missing); for a reference, REPO@DIGEST (a tag is
+/// resolved to its digest first; pulled when missing).
+fn local_image(
+    a: &RunArgs,
+    rt: &tokio::runtime::Runtime,
+    engine: &envbuild::engine::Engine,
+) -> anyhow::Result<String> {
+    let path = std::path::Path::new(&a.source);
+    if path.is_file() || a.source.ends_with(".toml") {
+        let env = load_env(path)?;
+        let opts = build_options(None, &a.insecure_registry, &a.ca_file, false)?;
+        let (cache, built) = build_with_cache(&env, a.cache.clone(), &opts)?;
+        let id = built.image.config_digest.to_string();
+        if rt.block_on(engine.has_image(&id))? {
+            eprintln!("the engine has {id} already");
+        } else {
+            let tag = env.publish.tag.clone().unwrap_or_else(|| "latest".into());
+            let repo_tag = format!("envbuild/{}:{tag}", env.name);
+            load(
+                rt,
+                engine,
+                &built.image,
+                &cache,
+                &repo_tag,
+                opts.source_date_epoch,
+            )?;
+        }
+        return Ok(id);
+    }
+    let reference: envbuild::registry::Reference = a.source.parse().map_err(|e: String| {
+        anyhow::anyhow!(
+            "{}: neither an environment file nor an image reference: {e}",
+            a.source
+        )
+    })?;
+    let digest = match &reference.digest {
+        Some(d) => d.to_string(),
+        None => {
+            let opts = registry_options(&a.insecure_registry, &a.ca_file, 0, 1);
+            let creds = envbuild::registry::docker_config_credentials(&reference.registry);
+            let client = envbuild::registry::Client::new(&reference, creds, &opts)?;
+            let tag = reference.tag.clone().unwrap_or_else(|| "latest".into());
+            let (_, _, d) = client.get_manifest(&tag)?;
+            eprintln!("{reference} is {d}");
+            d.to_string()
+        }
+    };
+    let name = format!("{}/{}@{digest}", reference.registry, reference.repository);
+    if !rt.block_on(engine.has_image(&name))? {
+        eprintln!("pulling {name} into the Docker engine");
+        let creds = envbuild::registry::docker_config_credentials(&reference.registry)
+            .map(|c| envbuild::run::engine_credentials(&c, &reference.registry));
+        rt.block_on(engine.pull(&name, creds))?;
+    }
+    Ok(name)
 }

@@ -11,4 +11,5 @@ pub mod inspect;
 pub mod layer;
 pub mod linkcheck;
 pub mod registry;
+pub mod run;
 pub mod spec;

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 mod registry;
+mod run;
 
 use envbuild_e2e::{base_layout, bins, last_line, ok, run, site_packages};
 use serde_json::Value;
@@ -274,6 +275,7 @@ fn one_byte_trainer_change_rebuilds_only_the_trainer_layer() {
 
 #[test]
 fn skopeo_umoci_and_docker_accept_the_image() {
+    let _engine = envbuild_e2e::engine_lock();
     // The real CPU environment: trainer, libtorch's CPU libraries, the Debian runtime base.
     let t = tempfile::tempdir().unwrap();
     let env = envbuild_e2e::root().join("environments/mnist-cpu.toml");

@@ -92,6 +92,12 @@ pub fn base_layout() -> &'static Path {
     })
 }
 
+/// Tests that load the CPU image into the engine and remove it again hold this, one at a time.
+pub fn engine_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Runs a command, returning its output (never panics on a non-zero exit).
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))

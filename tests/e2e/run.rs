@@ -1,0 +1,302 @@
+//! `envbuild run --local` on the real Docker engine: the CPU image trains on a Fashion-MNIST
+//! subset, as the caller, with the trainer's exit code; an interrupted run leaves a checkpoint
+//! that `--resume` finishes; the image pulled back from a registry behaves the same.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use envbuild_e2e::{base_layout, bins, engine_lock, ok, root, run, Registry};
+use serde_json::Value;
+
+use super::envbuild;
+
+const DATA: &str = "/usr/share/datasets/fashion-mnist";
+const SHORT: [&str; 6] = [
+    "--limit-train",
+    "2000",
+    "--limit-test",
+    "500",
+    "--threads",
+    "2",
+];
+
+fn cpu_env() -> PathBuf {
+    root().join("environments/mnist-cpu.toml")
+}
+
+/// A cache shared by these tests, inside the project (kept between test runs).
+fn cache() -> PathBuf {
+    root().join("target/e2e/run-cache")
+}
+
+/// `envbuild run --local SOURCE --outputs OUT [extra] -- ARGS`.
+fn run_local(source: &str, outputs: &Path, extra: &[&str], args: &[&str]) -> Command {
+    let mut c = envbuild();
+    c.args(["run", "--local", source, "--cache"])
+        .arg(cache())
+        .arg("--outputs")
+        .arg(outputs)
+        .args(extra)
+        .arg("--")
+        .args(args);
+    c
+}
+
+/// The container ID envbuild announces on stderr.
+fn container_id(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("container "))
+        .unwrap_or_else(|| panic!("no container line in:\n{stderr}"))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+fn container_exists(id: &str) -> bool {
+    run(Command::new("docker").args(["container", "inspect", id]))
+        .status
+        .success()
+}
+
+/// Per-epoch results without the timings: what must match between two identical runs.
+fn results(outputs: &Path) -> Vec<Value> {
+    fs::read_to_string(outputs.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            serde_json::json!([
+                v["epoch"],
+                v["train_loss"],
+                v["test_loss"],
+                v["test_accuracy"]
+            ])
+        })
+        .collect()
+}
+
+#[test]
+fn trains_in_the_engine_as_the_caller_and_returns_the_trainers_exit_code() {
+    let _engine = engine_lock();
+    let t = tempfile::tempdir().unwrap();
+    // A caller who is not root: uid 4321, in the docker group for the socket.
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let outputs = t.path().join("outputs");
+    let docker_gid = fs::metadata("/var/run/docker.sock").unwrap().gid();
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid=4321",
+        "--regid=4321",
+        &format!("--groups={docker_gid}"),
+    ])
+    .arg(&bins().envbuild)
+    .args(["run", "--local"])
+    .arg(cpu_env())
+    .arg("--cache")
+    .arg(t.path().join("cache"))
+    .arg("--outputs")
+    .arg(&outputs)
+    .args(["--data", DATA, "--", "--epochs", "1"])
+    .args(SHORT)
+    .env("HOME", t.path())
+    .env("ENVBUILD_BASE", base_layout());
+    let o = run(&mut c);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains("no nvidia runtime in the Docker engine: running on the CPU"),
+        "{stderr}"
+    );
+    // The trainer's own log lines come through, and envbuild sums up.
+    assert!(stdout.contains("epoch 1/1"), "{stdout}");
+    let last = stdout.lines().last().unwrap();
+    assert!(
+        last.starts_with("test accuracy ") && last.ends_with("/outputs/model.safetensors"),
+        "{last}"
+    );
+    for f in [
+        "model.safetensors",
+        "metrics.jsonl",
+        "checkpoint.safetensors",
+        "summary.json",
+    ] {
+        let m = fs::metadata(outputs.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (4321, 4321),
+            "{f} belongs to the caller"
+        );
+    }
+    assert_eq!(results(&outputs).len(), 1);
+    assert!(
+        !container_exists(&container_id(&stderr)),
+        "the container is removed"
+    );
+
+    // Bad data: the trainer's message and a non-zero exit come through; --keep keeps the container.
+    let bad = t.path().join("bad");
+    fs::create_dir(&bad).unwrap();
+    for f in [
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ] {
+        fs::write(bad.join(f), b"not an IDX file").unwrap();
+    }
+    let mut c = run_local(
+        cpu_env().to_str().unwrap(),
+        &t.path().join("out-bad"),
+        &["--keep", "--data", bad.to_str().unwrap()],
+        &["--epochs", "1"],
+    );
+    let o = run(&mut c);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("train-images-idx3-ubyte") && stderr.contains("magic"),
+        "the trainer's message: {stderr}"
+    );
+    assert!(stderr.contains("envbuild: the trainer exited with code 1"));
+    let id = container_id(&stderr);
+    assert!(container_exists(&id), "--keep keeps it");
+    ok(Command::new("docker").args(["rm", "-f", &id]));
+}
+
+#[test]
+fn an_interrupted_run_stops_the_container_and_resume_finishes_it() {
+    let _engine = engine_lock();
+    let t = tempfile::tempdir().unwrap();
+    let outputs = t.path().join("outputs");
+    let mut c = run_local(
+        cpu_env().to_str().unwrap(),
+        &outputs,
+        &["--data", DATA, "--stop-timeout", "20"],
+        &["--epochs", "50"],
+    );
+    c.args(SHORT).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    // Stop it once the first epoch's checkpoint is there.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !outputs.join("checkpoint.safetensors").exists() {
+        assert!(Instant::now() < deadline, "no checkpoint after 300 s");
+        assert!(child.try_wait().unwrap().is_none(), "envbuild ended early");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("add `-- --resume` to continue"), "{stderr}");
+    assert!(
+        !container_exists(&container_id(&stderr)),
+        "the container is gone"
+    );
+    assert!(
+        !outputs.join("model.safetensors").exists(),
+        "it was stopped"
+    );
+    let done = results(&outputs).len();
+    assert!((1..50).contains(&done), "{done} epochs");
+
+    let epochs = (done + 1).to_string();
+    let mut c = run_local(
+        cpu_env().to_str().unwrap(),
+        &outputs,
+        &["--data", DATA],
+        &["--epochs", &epochs, "--resume"],
+    );
+    c.args(SHORT);
+    let out = ok(&mut c);
+    assert!(out.contains("test accuracy"), "{out}");
+    assert_eq!(results(&outputs).len(), done + 1, "one more epoch, resumed");
+    assert!(outputs.join("model.safetensors").exists());
+}
+
+#[test]
+fn the_image_pulled_from_a_registry_by_tag_runs_the_same() {
+    let _engine = engine_lock();
+    let t = tempfile::tempdir().unwrap();
+    let env = cpu_env();
+    let args = ["--epochs", "1", "--seed", "7"];
+    let local = t.path().join("local");
+    let mut c = run_local(env.to_str().unwrap(), &local, &["--data", DATA], &args);
+    let o = run(c.args(SHORT));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let id = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("running sha256:"))
+        .and_then(|l| l.split(':').next())
+        .map(|hex| format!("sha256:{hex}"))
+        .unwrap_or_else(|| panic!("run by image ID: {stderr}"));
+
+    let reg = Registry::start(None);
+    let dest = format!("{}/envbuild/mnist-cpu:run", reg.addr);
+    let mut c = envbuild();
+    c.arg("push")
+        .arg(&env)
+        .arg(&dest)
+        .arg("--cache")
+        .arg(cache());
+    let pushed = envbuild_e2e::last_line(&ok(&mut c));
+    // Out of the engine (every tag of it), so that the run must pull it.
+    ok(Command::new("docker").args(["rmi", "-f", &id]));
+
+    let remote = t.path().join("remote");
+    let mut c = run_local(&dest, &remote, &["--data", DATA], &args);
+    let o = run(c.args(SHORT));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let digest = pushed.rsplit_once('@').unwrap().1;
+    assert!(
+        stderr.contains(&format!("{dest} is {digest}"))
+            && stderr.contains(&format!("pulling {}/envbuild/mnist-cpu@{digest}", reg.addr)),
+        "resolved by digest and pulled: {stderr}"
+    );
+    assert_eq!(results(&remote), results(&local), "same image, same seed");
+}
+
+#[test]
+fn no_engine_and_bad_flags_are_one_clear_error_each() {
+    let t = tempfile::tempdir().unwrap();
+    let env = cpu_env();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--data", DATA],
+            "no Docker engine at unix:///nonexistent/docker.sock — is the daemon running?",
+        ),
+        (
+            &["--data", "/nonexistent/data"],
+            "--data /nonexistent/data: not a directory",
+        ),
+        (
+            &["--data", DATA, "-e", "1X=2"],
+            "--env 1X=2: `1X` is not a variable name",
+        ),
+        (
+            &["--data", DATA, "--user", "bob"],
+            "--user bob: expected UID:GID",
+        ),
+    ];
+    for (extra, expect) in cases {
+        let mut c = run_local(env.to_str().unwrap(), &t.path().join("out"), extra, &[]);
+        c.env("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+        let o = run(&mut c);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(expect), "{expect}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    }
+    let o = run(envbuild().args(["run", "--data", DATA]).arg(&env));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("say where to run: `envbuild run --local"));
+}
