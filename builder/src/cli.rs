@@ -31,12 +31,18 @@ pub enum Command {
     Push(PushArgs),
     /// Store registry credentials the way `docker login` does (coming: issue #4)
     Login,
-    /// Run the image on the local Docker engine or as an Azure ML job (coming: issues #5 and #6)
-    Run,
-    /// Register the pushed image as an Azure ML environment version (coming: issue #6)
-    Register,
-    /// Build, push and register in one idempotent step (coming: issue #6)
-    Deploy,
+    /// Run the image on the local Docker engine (coming: issue #5) or as an Azure ML job (--azure)
+    Run(crate::cli_azure::RunArgs),
+    /// Register the pushed image as an Azure ML environment version
+    Register(crate::cli_azure::RegisterArgs),
+    /// Build, push and register in one idempotent step; prints the environment version's ARM id
+    Deploy(crate::cli_azure::DeployArgs),
+    /// Follow or cancel Azure ML jobs
+    #[command(subcommand)]
+    Job(crate::cli_azure::JobCommand),
+    /// Register Azure ML models from job outputs
+    #[command(subcommand)]
+    Model(crate::cli_azure::ModelCommand),
 }
 
 /// Where a build goes.
@@ -83,7 +89,7 @@ pub struct BuildArgs {
     pub skip_link_check: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RegistryArgs {
     /// Registry host reached over plain HTTP (loopback registries always are); repeatable
     #[arg(long, value_name = "HOST")]
@@ -154,12 +160,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diff(a) => diff_cmd(a),
         Command::Push(a) => push_cmd(a),
         Command::Login => coming("login", 4),
-        Command::Run => coming("run", 5),
-        Command::Register | Command::Deploy => coming("register/deploy", 6),
+        Command::Run(a) => crate::cli_azure::run_cmd(a),
+        Command::Register(a) => crate::cli_azure::register_cmd(a),
+        Command::Deploy(a) => crate::cli_azure::deploy_cmd(a),
+        Command::Job(a) => crate::cli_azure::job_cmd(a),
+        Command::Model(a) => crate::cli_azure::model_cmd(a),
     }
 }
 
-fn coming(what: &str, issue: u32) -> anyhow::Result<ExitCode> {
+pub(crate) fn coming(what: &str, issue: u32) -> anyhow::Result<ExitCode> {
     anyhow::bail!("`{what}` is not available yet; it is planned in issue #{issue}")
 }
 
@@ -370,7 +379,7 @@ fn credentials(
     })
 }
 
-fn registry_client(
+pub(crate) fn registry_client(
     a: &RegistryArgs,
     reference: &envbuild::registry::Reference,
 ) -> anyhow::Result<envbuild::registry::Client> {
@@ -388,6 +397,34 @@ fn registry_client(
 }
 
 fn push_cmd(a: PushArgs) -> anyhow::Result<ExitCode> {
+    let report = push_source(&a)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    println!("{}", report.reference);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds an environment file with the cache, as push does: the image and the checked spec.
+pub(crate) fn build_env(
+    path: &std::path::Path,
+    registry: &RegistryArgs,
+    cache: &Cache,
+) -> anyhow::Result<(spec::Environment, build::Built)> {
+    let env = spec::load(path, &spec::Vars::for_file(path))?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let opts = BuildOptions {
+        threads,
+        source_date_epoch: source_date_epoch()?,
+        skip_link_check: false,
+        registry: registry_options(&registry.insecure_registry, &registry.ca_file, 0, 4),
+    };
+    let built = build::build(&env, cache, &opts, &mut Stderr)?;
+    Ok((env, built))
+}
+
+/// `envbuild push` without the printing (deploy pushes too).
+pub(crate) fn push_source(a: &PushArgs) -> anyhow::Result<envbuild::registry::PushReport> {
     let dest: envbuild::registry::Reference = a.dest.parse().map_err(anyhow::Error::msg)?;
     anyhow::ensure!(
         dest.digest.is_none(),
@@ -399,18 +436,8 @@ fn push_cmd(a: PushArgs) -> anyhow::Result<ExitCode> {
     let image = if let Some(dir) = a.source.strip_prefix("oci:") {
         envbuild::image::pushable_from_oci(std::path::Path::new(dir))?
     } else {
-        let path = PathBuf::from(&a.source);
-        let env = spec::load(&path, &spec::Vars::for_file(&path))?;
         let cache = Cache::open(&root).with_context(|| format!("cache {}", root.display()))?;
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let registry = registry_options(&a.registry.insecure_registry, &a.registry.ca_file, 0, 4);
-        let opts = BuildOptions {
-            threads,
-            source_date_epoch: source_date_epoch()?,
-            skip_link_check: false,
-            registry,
-        };
-        let built = build::build(&env, &cache, &opts, &mut Stderr)?;
+        let (_, built) = build_env(std::path::Path::new(&a.source), &a.registry, &cache)?;
         envbuild::image::pushable_from_cache(&built.image, &cache)
     };
     // Per-blob progress on a terminal; quiet in logs and pipes (--json gives the summary).
@@ -429,10 +456,5 @@ fn push_cmd(a: PushArgs) -> anyhow::Result<ExitCode> {
             eprintln!("exists  {d}");
         }
     };
-    let report = envbuild::registry::push(&client, &image, &progress)?;
-    if a.json {
-        println!("{}", serde_json::to_string(&report)?);
-    }
-    println!("{}", report.reference);
-    Ok(ExitCode::SUCCESS)
+    Ok(envbuild::registry::push(&client, &image, &progress)?)
 }

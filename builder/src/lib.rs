@@ -1,6 +1,7 @@
 //! envbuild: reproducible, daemonless container images for tch trainers, pushed to a registry
 //! and run locally or on Azure ML. One module per step of the data's path (see the design).
 
+pub mod azureml;
 pub mod build;
 pub mod cache;
 pub mod compress;
