@@ -5,6 +5,7 @@ pub mod azureml;
 pub mod build;
 pub mod cache;
 pub mod compress;
+pub mod credential;
 pub mod digest;
 pub mod engine;
 pub mod image;

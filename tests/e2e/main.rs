@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
+mod auth;
 mod registry;
 
 use envbuild_e2e::{base_layout, bins, last_line, ok, run, site_packages};

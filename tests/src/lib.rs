@@ -1,6 +1,9 @@
 //! Helpers for the end-to-end tests: the release binaries (built once), the project's libtorch,
 //! the locally made base image, and running commands with their output captured.
 
+pub mod entra;
+pub mod tls;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -123,9 +126,28 @@ pub struct Registry {
     _dir: tempfile::TempDir,
 }
 
+/// distribution's token authentication (`auth.token`): the registry sends clients to `realm`
+/// and accepts JWTs from `issuer` signed by a key whose certificate chains to a root in
+/// `rootcertbundle`, for the service named by the registry's own address.
+#[derive(Debug, Clone)]
+pub struct TokenAuth {
+    pub realm: String,
+    pub issuer: String,
+    pub rootcertbundle: PathBuf,
+}
+
 impl Registry {
     /// Starts an open registry, or one with htpasswd Basic auth for `user`/`password`.
     pub fn start(basic: Option<(&str, &str)>) -> Registry {
+        Registry::launch(basic, None)
+    }
+
+    /// Starts a registry in token-auth mode (see [`TokenAuth`]).
+    pub fn start_token(token: &TokenAuth) -> Registry {
+        Registry::launch(None, Some(token))
+    }
+
+    fn launch(basic: Option<(&str, &str)>, token: Option<&TokenAuth>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -143,6 +165,14 @@ impl Registry {
             config.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: envbuild-test\n    path: {}\n",
                 dir.path().join("htpasswd").display()
+            ));
+        }
+        if let Some(t) = token {
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: {}\n    service: {addr}\n    issuer: {}\n    rootcertbundle: {}\n",
+                t.realm,
+                t.issuer,
+                t.rootcertbundle.display()
             ));
         }
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
