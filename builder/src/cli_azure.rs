@@ -249,11 +249,23 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// ARM tokens. TEMPORARY until the credential chain (branch `auth`) is merged: a token from
-/// ENVBUILD_TEST_ARM_TOKEN.
-fn arm_tokens(_ws: &WorkspaceArgs) -> anyhow::Result<Box<dyn TokenSource>> {
-    let t = std::env::var("ENVBUILD_TEST_ARM_TOKEN").unwrap_or_default();
-    Ok(Box::new(azureml::StaticToken(Secret::new(t))))
+/// ARM tokens from the credential chain (azure_identity: workload identity or client secret,
+/// managed identity, developer tools).
+fn arm_tokens(ws: &WorkspaceArgs) -> anyhow::Result<Box<dyn TokenSource>> {
+    Ok(Box::new(ChainTokens(
+        envbuild::credential::AzureAuth::from_env(ws.azure_ca_file.as_deref())?,
+    )))
+}
+
+struct ChainTokens(envbuild::credential::AzureAuth);
+
+impl TokenSource for ChainTokens {
+    fn token(&self, scope: &str) -> Result<Secret, String> {
+        self.0
+            .token(scope)
+            .map(|t| t.secret)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Registry settings for builds that only read base images (no credentials given).

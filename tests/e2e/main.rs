@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 mod auth;
+mod azure;
 mod registry;
 
 use envbuild_e2e::{base_layout, bins, last_line, ok, run, site_packages};

@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: the release binaries (built once), the project's libtorch,
 //! the locally made base image, and running commands with their output captured.
 
+pub mod azure;
 pub mod entra;
 pub mod tls;
 

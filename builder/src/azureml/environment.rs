@@ -160,14 +160,9 @@ pub fn register(client: &Client, env: &EnvironmentVersion) -> Result<Outcome, Az
     match client.ws(Method::PUT, &env.path(), Some(&env.body())) {
         Ok(r) if r.status == 201 => Ok(Outcome::Created),
         Ok(_) => Ok(Outcome::Unchanged),
-        Err(AzureError::Arm {
-            status: 409,
-            message,
-            request_id,
-            ..
-        }) => Err(AzureError::Invalid(format!(
-            "environment {} version {}: {message} (x-ms-request-id: {request_id})\nhint: Azure ML versions are immutable — only description and tags can change. envbuild derives the version from the image digest, so a new image gets a new version; this version was made by something else with other settings",
-            env.name, env.version
+        Err(AzureError::Arm(a)) if a.status == 409 => Err(AzureError::Invalid(format!(
+            "environment {} version {}: {} (x-ms-request-id: {})\nhint: Azure ML versions are immutable — only description and tags can change. envbuild derives the version from the image digest, so a new image gets a new version; this version was made by something else with other settings",
+            env.name, env.version, a.message, a.request_id
         ))),
         Err(e) => Err(e),
     }

@@ -72,16 +72,8 @@ impl Default for Settings {
 /// Why an Azure ML request failed. Every variant names the request; none carries a token.
 #[derive(Debug, Error)]
 pub enum AzureError {
-    #[error("{method} {path}: HTTP {status} {code}: {message} (x-ms-request-id: {request_id}){}", hint.as_ref().map(|h| format!("\nhint: {h}")).unwrap_or_default())]
-    Arm {
-        method: String,
-        path: String,
-        status: u16,
-        code: String,
-        message: String,
-        request_id: String,
-        hint: Option<String>,
-    },
+    #[error("{0}")]
+    Arm(Box<ArmFailure>),
     #[error("{method} {url}: {source}")]
     Connect {
         method: String,
@@ -105,9 +97,35 @@ impl AzureError {
     /// The HTTP status of an ARM error.
     pub fn status(&self) -> Option<u16> {
         match self {
-            AzureError::Arm { status, .. } => Some(*status),
+            AzureError::Arm(a) => Some(a.status),
             _ => None,
         }
+    }
+}
+
+/// An ARM error answer: the request, the service's code and message, its request id.
+#[derive(Debug)]
+pub struct ArmFailure {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+    pub request_id: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ArmFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}: HTTP {} {}: {} (x-ms-request-id: {})",
+            self.method, self.path, self.status, self.code, self.message, self.request_id
+        )?;
+        if let Some(h) = &self.hint {
+            write!(f, "\nhint: {h}")?;
+        }
+        Ok(())
     }
 }
 
@@ -316,7 +334,7 @@ impl Client {
                             .as_str()
                             .map(str::to_owned)
                             .unwrap_or_else(|| text.chars().take(300).collect());
-                        return Err(AzureError::Arm {
+                        return Err(AzureError::Arm(Box::new(ArmFailure {
                             method: method.to_string(),
                             path: path.to_owned(),
                             status: status.as_u16(),
@@ -324,7 +342,7 @@ impl Client {
                             code,
                             message,
                             request_id,
-                        });
+                        })));
                     }
                 }
             };
@@ -337,11 +355,11 @@ impl Client {
     pub fn get_opt(&self, path: &str) -> Result<Option<Value>, AzureError> {
         match self.ws(Method::GET, path, None) {
             Ok(r) => Ok(Some(r.body)),
-            Err(e @ AzureError::Arm { .. }) if e.status() == Some(404) => {
-                if let AzureError::Arm { code, .. } = &e {
+            Err(e @ AzureError::Arm(_)) if e.status() == Some(404) => {
+                if let AzureError::Arm(a) = &e {
                     // A missing workspace is an error, not "no such asset".
                     if matches!(
-                        code.as_str(),
+                        a.code.as_str(),
                         "ParentResourceNotFound" | "ResourceGroupNotFound" | "SubscriptionNotFound"
                     ) {
                         return Err(e);

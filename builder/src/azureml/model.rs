@@ -97,9 +97,9 @@ pub fn register(client: &Client, m: &ModelVersion) -> Result<(String, String), A
     let r = client.ws(Method::PUT, &path, Some(&m.body()));
     match r {
         Ok(_) => Ok((version, format!("{}/{path}", client.workspace.arm_id()))),
-        Err(AzureError::Arm { status: 409, message, request_id, .. }) => Err(AzureError::Invalid(format!(
-            "model {} version {version}: {message} (x-ms-request-id: {request_id})\nhint: versions are immutable; leave out --version to take the next one"
-            , m.name
+        Err(AzureError::Arm(a)) if a.status == 409 => Err(AzureError::Invalid(format!(
+            "model {} version {version}: {} (x-ms-request-id: {})\nhint: versions are immutable; leave out --version to take the next one"
+            , m.name, a.message, a.request_id
         ))),
         Err(e) => Err(e),
     }
