@@ -691,3 +691,57 @@ pub fn model_cmd(c: ModelCommand) -> anyhow::Result<ExitCode> {
     println!("{id}");
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_azure_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "envbuild",
+            "run",
+            "--azure",
+            "environments/mnist-cpu.toml",
+            "--compute",
+            "gpu",
+            "--input",
+            "data=azureml://datastores/workspaceblobstore/paths/mnist",
+            "--env",
+            "A=1",
+            "--timeout",
+            "30m",
+            "--",
+            "--epochs",
+            "3",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        assert!(r.azure);
+        assert_eq!(r.azure_args.compute.as_deref(), Some("gpu"));
+        assert_eq!(
+            r.azure_args.input,
+            vec![(
+                "data".to_owned(),
+                "azureml://datastores/workspaceblobstore/paths/mnist".to_owned()
+            )]
+        );
+        assert_eq!(
+            r.azure_args.env_vars,
+            vec![("A".to_owned(), "1".to_owned())]
+        );
+        assert_eq!(r.trainer_args, vec!["--epochs", "3"]);
+        assert_eq!(r.azure_args.output, "model");
+        let bad = Cli::try_parse_from(["envbuild", "run", "--azure", "e", "--input", "novalue"]);
+        assert!(bad.unwrap_err().to_string().contains("is not NAME=VALUE"));
+    }
+}

@@ -564,6 +564,31 @@ fn deploy_run_and_register_a_model_end_to_end() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(last_line(&out), env_id);
     assert_eq!(puts(&arm, "/environments/"), vec![201]);
+    // `register ENV` finds the pushed image by building from the cache; unknown repository: clear error.
+    let repo = format!("{}/envbuild/mnist-cpu", registry.addr);
+    let (code, out, err) = cmd(&[
+        "register",
+        env_file.to_str().unwrap(),
+        "--image-repository",
+        &repo,
+        "--cache",
+        cache.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(last_line(&out), env_id);
+    let (code, _, err) = cmd(&[
+        "register",
+        env_file.to_str().unwrap(),
+        "--image-repository",
+        &format!("{}/not/pushed", registry.addr),
+        "--cache",
+        cache.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("is not in the registry") && err.contains("hint:"),
+        "{err}"
+    );
 
     let trainer = [
         "--epochs",
@@ -740,15 +765,57 @@ fn deploy_run_and_register_a_model_end_to_end() {
     assert_eq!(code, 1);
     assert!(err.contains("is Failed, not Completed"), "{err}");
 
-    // Detach, cancel, follow: Canceled is a non-zero end.
-    let (code, out, err) = run_job(
-        "mnist-cancel",
-        &["--detach"],
-        &["--epochs", "50", "--threads", "1"],
+    // Ctrl-C detaches (the job goes on), `job cancel` cancels, `job show --follow` sees Canceled.
+    let mut c = az_cmd(
+        &entra,
+        &arm,
+        Cred::Secret(&secret),
+        &[
+            "run",
+            "--azure",
+            env_file.to_str().unwrap(),
+            "--compute",
+            "cpu-cluster",
+            "--input",
+            "data=azureml://datastores/workspaceblobstore/paths/fashion-mnist",
+            "--cache",
+            cache.to_str().unwrap(),
+            "--job-name",
+            "mnist-cancel",
+            "--",
+            "--epochs",
+            "50",
+            "--threads",
+            "1",
+        ],
     );
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(last_line(&out), "mnist-cancel");
-    assert!(err.contains("envbuild job cancel mnist-cancel"), "{err}");
+    c.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while arm
+        .shared
+        .job("mnist-cancel")
+        .map(|j| j["properties"]["status"] == "Running")
+        != Some(true)
+    {
+        assert!(std::time::Instant::now() < deadline, "the job never ran");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    envbuild_e2e::ok(Command::new("kill").args(["-INT", &child.id().to_string()]));
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("detached; job mnist-cancel is Running")
+            && err.contains("envbuild job cancel mnist-cancel"),
+        "{err}"
+    );
+    assert_eq!(
+        arm.shared.job("mnist-cancel").unwrap()["properties"]["status"],
+        "Running"
+    );
     let (code, _, err) = cmd(&["job", "cancel", "mnist-cancel"]);
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = cmd(&["job", "show", "mnist-cancel", "--follow"]);
