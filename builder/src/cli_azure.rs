@@ -223,6 +223,7 @@ pub enum ModelCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(disable_version_flag = true)]
 pub struct ModelArgs {
     /// Model name
     pub name: String,
