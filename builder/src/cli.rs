@@ -467,8 +467,11 @@ fn push_cmd(a: PushArgs) -> anyhow::Result<ExitCode> {
         "push destination {} names a digest; give REGISTRY/REPOSITORY[:TAG]",
         a.dest
     );
-    let client = registry_client(&a.registry, &dest)?;
     let root = a.cache.clone().unwrap_or_else(Cache::default_root);
+    let client =
+        registry_client(&a.registry, &dest)?.with_push_record(envbuild::registry::PushRecord {
+            dir: root.join("pushed"),
+        });
     let image = if let Some(dir) = a.source.strip_prefix("oci:") {
         envbuild::image::pushable_from_oci(std::path::Path::new(dir))?
     } else {

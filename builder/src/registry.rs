@@ -230,6 +230,8 @@ pub struct Client {
     answering: Mutex<()>,
     /// Other repositories whose blobs this client may mount (pull scope asked for them too).
     mount_sources: Mutex<Vec<String>>,
+    /// Where pushes are recorded, for cross-repository mounts.
+    record: Option<PushRecord>,
     opts: Options,
 }
 
@@ -368,8 +370,15 @@ impl Client {
             azure: Mutex::new(None),
             answering: Mutex::new(()),
             mount_sources: Mutex::new(Vec::new()),
+            record: None,
             opts,
         })
+    }
+
+    /// Records pushes in `record` and mounts blobs that it knows in other repositories.
+    pub fn with_push_record(mut self, record: PushRecord) -> Client {
+        self.record = Some(record);
+        self
     }
 
     fn url(&self, path: &str) -> String {
@@ -759,18 +768,49 @@ impl Client {
     /// An upload session that fails for good (the registry lost it, or a lost answer left it
     /// closed) is followed by a HEAD: the blob may be there after all; else a new session starts.
     pub fn push_blob(&self, d: &Digest, size: u64, path: &Path) -> Result<bool, RegistryError> {
+        Ok(self.push_blob_from(d, size, path, &[])? == Sent::Uploaded)
+    }
+
+    /// [`Self::push_blob`], first trying a cross-repository mount from each of `sources`
+    /// (other repositories of this registry known to hold the blob). A refused mount (202)
+    /// becomes the upload session of the fallback.
+    pub fn push_blob_from(
+        &self,
+        d: &Digest,
+        size: u64,
+        path: &Path,
+        sources: &[String],
+    ) -> Result<Sent, RegistryError> {
         if self.has_blob(d)? {
-            return Ok(false);
+            return Ok(Sent::Skipped);
+        }
+        let mut started = None;
+        for from in sources.iter().filter(|s| **s != self.reference.repository) {
+            let what = format!("mount of {d} from {from}");
+            let url = format!("{}?mount={d}&from={}", self.url("blobs/uploads/"), from);
+            let resp = self.send(&what, &|| {
+                Ok(self.http.post(&url).header(CONTENT_LENGTH, 0))
+            })?;
+            match resp.status() {
+                StatusCode::CREATED => return Ok(Sent::Mounted),
+                // Not mounted; the registry opened an upload session instead: use it.
+                StatusCode::ACCEPTED => {
+                    started = self.location(&what, &resp).ok();
+                    break;
+                }
+                // Some registries fail on mount outright: upload as usual.
+                _ => {}
+            }
         }
         let mut session = 0;
         loop {
             session += 1;
-            match self.upload(d, size, path) {
-                Ok(()) => return Ok(true),
+            match self.upload(d, size, path, started.take()) {
+                Ok(()) => return Ok(Sent::Uploaded),
                 Err(e @ RegistryError::Io { .. }) => return Err(e),
                 Err(e) => {
                     if self.has_blob(d)? {
-                        return Ok(true);
+                        return Ok(Sent::Uploaded);
                     }
                     if session >= self.opts.attempts {
                         return Err(e);
@@ -783,20 +823,31 @@ impl Client {
 
     /// One upload session: POST, then one PUT or PATCH chunks (resumed from the registry's
     /// `Range` after a failure) and the closing PUT.
-    fn upload(&self, d: &Digest, size: u64, path: &Path) -> Result<(), RegistryError> {
+    fn upload(
+        &self,
+        d: &Digest,
+        size: u64,
+        path: &Path,
+        started: Option<String>,
+    ) -> Result<(), RegistryError> {
         let what = format!("upload of {d}");
         let io_err = |source| RegistryError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let resp = self.send(&what, &|| {
-            Ok(self
-                .http
-                .post(self.url("blobs/uploads/"))
-                .header(CONTENT_LENGTH, 0))
-        })?;
-        let resp = self.expect(&what, resp, &[StatusCode::ACCEPTED])?;
-        let mut location = self.location(&what, &resp)?;
+        let mut location = match started {
+            Some(l) => l,
+            None => {
+                let resp = self.send(&what, &|| {
+                    Ok(self
+                        .http
+                        .post(self.url("blobs/uploads/"))
+                        .header(CONTENT_LENGTH, 0))
+                })?;
+                let resp = self.expect(&what, resp, &[StatusCode::ACCEPTED])?;
+                self.location(&what, &resp)?
+            }
+        };
         if size <= self.opts.chunk {
             let url = with_digest(&location, d);
             let resp = self.send(&what, &|| {
@@ -1035,6 +1086,81 @@ fn with_digest(location: &str, d: &Digest) -> String {
     format!("{location}{sep}digest={d}")
 }
 
+/// What happened to one blob of a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// The registry had it.
+    Skipped,
+    /// Mounted from another repository of the registry.
+    Mounted,
+    /// Its bytes went up.
+    Uploaded,
+}
+
+/// Which repositories of which registries hold which blobs, as far as this machine's pushes
+/// know: one append-only file per registry (`<digest> <repository>` lines) under `dir`
+/// (the cache's `pushed/`), read to offer cross-repository mounts.
+#[derive(Debug, Clone)]
+pub struct PushRecord {
+    pub dir: PathBuf,
+}
+
+impl PushRecord {
+    fn file(&self, registry: &str) -> PathBuf {
+        let name: String = registry
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.dir.join(format!("{name}.log"))
+    }
+
+    /// Repositories of `registry` known to hold each blob.
+    pub fn sources(&self, registry: &str) -> BTreeMap<String, Vec<String>> {
+        let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let text = fs::read_to_string(self.file(registry)).unwrap_or_default();
+        for line in text.lines() {
+            if let Some((d, repo)) = line.split_once(' ') {
+                let v = m.entry(d.to_owned()).or_default();
+                if !v.iter().any(|r| r == repo) {
+                    v.push(repo.to_owned());
+                }
+            }
+        }
+        m
+    }
+
+    /// Notes that `repository` of `registry` holds `blobs` (best effort: a lost note only
+    /// costs a later upload).
+    pub fn record(&self, registry: &str, repository: &str, blobs: &[Digest]) {
+        let known = self.sources(registry);
+        let lines: String = blobs
+            .iter()
+            .filter(|d| {
+                !known
+                    .get(&d.to_string())
+                    .is_some_and(|v| v.iter().any(|r| r == repository))
+            })
+            .map(|d| format!("{d} {repository}\n"))
+            .collect();
+        if lines.is_empty() {
+            return;
+        }
+        let _ = fs::create_dir_all(&self.dir).and_then(|()| {
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.file(registry))?
+                .write_all(lines.as_bytes())
+        });
+    }
+}
+
 /// A manifest and its blobs, ready to push: (digest, size, file) for config and layers.
 #[derive(Debug, Clone)]
 pub struct Pushable {
@@ -1049,6 +1175,8 @@ pub struct PushReport {
     pub reference: String,
     pub uploaded: usize,
     pub skipped: usize,
+    /// Blobs mounted from another repository of the registry.
+    pub mounted: usize,
     pub bytes: u64,
     pub seconds: f64,
 }
@@ -1060,8 +1188,32 @@ pub fn push(
     on_blob: &(dyn Fn(&Digest, u64, bool, f64) + Sync),
 ) -> Result<PushReport, RegistryError> {
     let start = Instant::now();
+    let r = &client.reference;
+    // Blobs known in other repositories of this registry: mount candidates, whose pull scope
+    // the token must include.
+    let known = client
+        .record
+        .as_ref()
+        .map(|rec| rec.sources(&r.registry))
+        .unwrap_or_default();
+    let sources = |d: &Digest| -> Vec<String> {
+        known
+            .get(&d.to_string())
+            .map(|v| v.iter().filter(|s| **s != r.repository).cloned().collect())
+            .unwrap_or_default()
+    };
+    {
+        let mut m = client.mount_sources.lock().expect("lock");
+        for (d, _, _) in &image.blobs {
+            for s in sources(d) {
+                if !m.contains(&s) {
+                    m.push(s);
+                }
+            }
+        }
+    }
     let queue = Mutex::new(image.blobs.clone());
-    let results: Mutex<Vec<(u64, bool)>> = Mutex::new(Vec::new());
+    let results: Mutex<Vec<(u64, Sent)>> = Mutex::new(Vec::new());
     let first_error: Mutex<Option<RegistryError>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..client.opts.parallel.min(image.blobs.len().max(1)) {
@@ -1073,9 +1225,9 @@ pub fn push(
                     return;
                 };
                 let t = Instant::now();
-                match client.push_blob(&d, size, &path) {
+                match client.push_blob_from(&d, size, &path, &sources(&d)) {
                     Ok(sent) => {
-                        on_blob(&d, size, sent, t.elapsed().as_secs_f64());
+                        on_blob(&d, size, sent == Sent::Uploaded, t.elapsed().as_secs_f64());
                         results.lock().expect("lock").push((size, sent));
                     }
                     Err(e) => {
@@ -1098,12 +1250,21 @@ pub fn push(
         .clone()
         .unwrap_or_else(|| digest.to_string());
     client.push_manifest(&tag, &image.media_type, &image.manifest)?;
-    let r = &client.reference;
+    if let Some(rec) = &client.record {
+        let digests: Vec<Digest> = image.blobs.iter().map(|(d, _, _)| *d).collect();
+        rec.record(&r.registry, &r.repository, &digests);
+    }
+    let count = |k: Sent| results.iter().filter(|(_, s)| *s == k).count();
     Ok(PushReport {
         reference: format!("{}/{}@{digest}", r.registry, r.repository),
-        uploaded: results.iter().filter(|(_, s)| *s).count(),
-        skipped: results.iter().filter(|(_, s)| !*s).count(),
-        bytes: results.iter().filter(|(_, s)| *s).map(|(n, _)| n).sum(),
+        uploaded: count(Sent::Uploaded),
+        skipped: count(Sent::Skipped),
+        mounted: count(Sent::Mounted),
+        bytes: results
+            .iter()
+            .filter(|(_, s)| *s == Sent::Uploaded)
+            .map(|(n, _)| n)
+            .sum(),
         seconds: start.elapsed().as_secs_f64(),
     })
 }

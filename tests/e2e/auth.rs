@@ -645,3 +645,77 @@ fn password_login_is_verified_first_and_credential_helpers_hold_the_secrets() {
         .iter()
         .any(|r| held["Secret"] == r.as_str()));
 }
+
+#[test]
+fn a_second_repository_mounts_known_blobs_and_a_refused_mount_falls_back_to_upload() {
+    let entra = Entra::start();
+    let acr = Acr::start(entra.verifier());
+    let t = tempfile::tempdir().unwrap();
+    let layout = tiny_layout(&t.path().join("img"), 2);
+    let addr = acr.registry.addr.clone();
+    let admin = ["--username", &acr.user, "--password-stdin"];
+    let push = |dest: &str| {
+        let mut c = envbuild_in(t.path(), &[]);
+        c.arg("push")
+            .arg(format!("oci:{}", layout.display()))
+            .arg(dest)
+            .arg("--json")
+            .args(admin);
+        let o = with_stdin(c, &acr.password);
+        let (stdout, stderr) = outputs(&o);
+        assert!(o.status.success(), "push to {dest} failed:\n{stderr}");
+        let lines: Vec<&str> = stdout.lines().collect();
+        serde_json::from_str::<Value>(lines[lines.len() - 2]).unwrap()
+    };
+    let first = push(&format!("{addr}/team/a:v1"));
+    assert_eq!(
+        (first["uploaded"].as_u64(), first["mounted"].as_u64()),
+        (Some(3), Some(0)),
+        "{first}"
+    );
+    // Same registry, another repository: every blob is mounted from team/a, none uploaded,
+    // and the token asked for pull on team/a too.
+    let second = push(&format!("{addr}/team/b:v1"));
+    assert_eq!(
+        (
+            second["uploaded"].as_u64(),
+            second["mounted"].as_u64(),
+            second["bytes"].as_u64()
+        ),
+        (Some(0), Some(3), Some(0)),
+        "{second}"
+    );
+    assert!(
+        acr.log()
+            .iter()
+            .any(|l| l.contains("repository:team/b:pull,push")
+                && l.contains("repository:team/a:pull")),
+        "{:?}",
+        acr.log()
+    );
+    let inspect: Value = serde_json::from_str(&ok(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--creds",
+        &format!("{}:{}", acr.user, acr.password),
+        &format!("docker://{addr}/team/b:v1"),
+    ])))
+    .unwrap();
+    assert_eq!(inspect["Layers"].as_array().map(Vec::len), Some(2));
+
+    // The registry no longer links the blobs to team/a and team/b (their layer links are gone):
+    // each mount is refused (202) and the blobs go up again through the session it opened.
+    let repos = acr
+        .registry
+        .storage()
+        .join("docker/registry/v2/repositories/team");
+    for r in ["a", "b"] {
+        std::fs::remove_dir_all(repos.join(r).join("_layers")).unwrap();
+    }
+    let third = push(&format!("{addr}/team/c:v1"));
+    assert_eq!(
+        (third["uploaded"].as_u64(), third["mounted"].as_u64()),
+        (Some(3), Some(0)),
+        "{third}"
+    );
+}
