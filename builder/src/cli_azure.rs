@@ -276,6 +276,7 @@ fn default_registry_args() -> RegistryArgs {
         ca_file: None,
         username: None,
         password_stdin: false,
+        auth: None,
         parallel: 4,
         chunk_mib: 16,
     }

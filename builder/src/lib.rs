@@ -7,6 +7,7 @@ pub mod cache;
 pub mod compress;
 pub mod credential;
 pub mod digest;
+pub mod docker_config;
 pub mod engine;
 pub mod image;
 pub mod inspect;

@@ -276,6 +276,17 @@ impl Entra {
         })
     }
 
+    /// Every token issued by the token and managed-identity endpoints.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.shared
+            .issued
+            .lock()
+            .expect("lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// How many token requests (token endpoint and managed identity) the stand-in answered.
     pub fn requests(&self) -> usize {
         self.shared.requests.load(Ordering::SeqCst)

@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: the release binaries (built once), the project's libtorch,
 //! the locally made base image, and running commands with their output captured.
 
+pub mod acr;
 pub mod azure;
 pub mod entra;
 pub mod tls;
@@ -74,6 +75,32 @@ pub fn release_build(dir: &Path, args: &[&str], target_dir: Option<&Path>) -> Ou
         c.env("CARGO_TARGET_DIR", t);
     }
     c.output().expect("bash runs cargo")
+}
+
+/// The debug `envbuild` binary, built once per test process: for tests of the registry and
+/// authentication paths, which need no release image contents.
+pub fn envbuild_debug() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                ". scripts/env.sh && exec \"{cargo}\" build --locked -p envbuild"
+            ))
+            .current_dir(root())
+            .output()
+            .expect("bash runs cargo");
+        assert!(
+            out.status.success(),
+            "debug build of envbuild failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join("target"))
+            .join("debug/envbuild")
+    })
 }
 
 /// The locally made Debian runtime base image (docker/base/make-base.sh), made once.
@@ -181,7 +208,7 @@ impl Registry {
             .arg("serve")
             .arg(dir.path().join("config.yml"))
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("registry.log")).unwrap())
             .spawn()
             .expect("docker-registry (Debian package docker-registry) starts");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -197,6 +224,18 @@ impl Registry {
             child,
             _dir: dir,
         }
+    }
+}
+
+impl Registry {
+    /// What the registry logged (errors only), for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// The registry's storage directory (every blob and manifest it holds).
+    pub fn storage(&self) -> PathBuf {
+        self._dir.path().join("data")
     }
 }
 
