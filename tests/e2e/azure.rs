@@ -6,9 +6,10 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use envbuild_e2e::acr::Acr;
 use envbuild_e2e::azure::{AzureStandIn, RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE};
 use envbuild_e2e::entra::Entra;
-use envbuild_e2e::{bins, last_line, run, tls, Registry};
+use envbuild_e2e::{bins, last_line, run, tls};
 use serde_json::{json, Value};
 
 use super::envbuild;
@@ -510,17 +511,25 @@ fn deploy_run_and_register_a_model_end_to_end() {
     let entra = Entra::start();
     let arm = AzureStandIn::with_entra(&entra);
     arm.datastore("workspaceblobstore", Path::new("/usr/share/datasets"));
-    let registry = Registry::start(None);
+    // A private registry behind ACR's token service: envbuild pushes with an Entra token.
+    let acr = Acr::start(entra.verifier());
+    let registry = &acr.registry;
     let t = tempfile::tempdir().unwrap();
     let cache = t.path().join("cache");
     let env_file = envbuild_e2e::root().join("environments/mnist-cpu.toml");
     let secret = entra.client_secret.clone();
     let cmd = |args: &[&str]| {
-        go(
-            &entra,
-            &arm,
-            az_cmd(&entra, &arm, Cred::Secret(&secret), args),
-        )
+        let mut c = az_cmd(&entra, &arm, Cred::Secret(&secret), args);
+        c.env("ENVBUILD_REGISTRY_AUTH", "entra")
+            .env("DOCKER_CONFIG", t.path().join("docker"));
+        let r = go(&entra, &arm, c);
+        for s in acr.access_tokens().into_iter().chain(acr.refresh_tokens()) {
+            assert!(
+                !r.1.contains(&s) && !r.2.contains(&s),
+                "an ACR token in the output"
+            );
+        }
+        r
     };
     let dest = format!("{}/envbuild/mnist-cpu:latest", registry.addr);
     let yaml = t.path().join("mnist.yml");
@@ -558,6 +567,10 @@ fn deploy_run_and_register_a_model_end_to_end() {
     assert!(
         env_id.ends_with(&image[image.len() - 64..image.len() - 52]),
         "version from the digest"
+    );
+    assert!(
+        acr.log().iter().any(|l| l == "exchange"),
+        "pushed with an Entra token"
     );
     // Idempotent: same id, no second environment PUT.
     let (code, out, err) = cmd(&deploy);
@@ -625,6 +638,16 @@ fn deploy_run_and_register_a_model_end_to_end() {
         a.extend_from_slice(targs);
         cmd(&a)
     };
+    // The compute cannot pull from the private registry until it is granted AcrPull.
+    let (code, _, err) = run_job("mnist-nopull", &[], &trainer);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("job mnist-nopull: Failed") && err.contains("ImagePullFailed"),
+        "{err}"
+    );
+    assert!(err.contains("AcrPull"), "{err}");
+    arm.grant_acr_pull(&acr.user, &acr.password);
+
     let (code, out, err) = run_job("mnist-ok", &[], &trainer);
     assert_eq!(code, 0, "{err}");
     assert_eq!(last_line(&out), "mnist-ok");

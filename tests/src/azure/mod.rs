@@ -40,6 +40,8 @@ pub struct State {
     pub(crate) jobs: BTreeMap<String, Job>,
     /// Pause between status changes of a job (so a client sees them).
     pub step: Duration,
+    /// What the compute's identity pulls images with (its AcrPull grant): user and password.
+    pub pull_credentials: Option<(String, String)>,
 }
 
 /// An asset container (environment or model) with its versions, by workspace-relative key.
@@ -96,6 +98,7 @@ impl Shared {
                 models: BTreeMap::new(),
                 jobs: BTreeMap::new(),
                 step: Duration::from_millis(100),
+                pull_credentials: None,
             }),
             check,
             jobs_dir,
@@ -240,6 +243,12 @@ impl AzureStandIn {
             .unwrap()
             .datastores
             .insert(name.into(), dir.into());
+    }
+
+    /// Gives the compute's identity pull access to the image registry (AcrPull): the runner
+    /// pulls with these credentials; without them a private registry refuses the pull.
+    pub fn grant_acr_pull(&self, user: &str, password: &str) {
+        self.shared.state.lock().unwrap().pull_credentials = Some((user.into(), password.into()));
     }
 
     /// The next `n` ARM requests get a 500.

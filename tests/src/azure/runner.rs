@@ -125,13 +125,25 @@ async fn run(sh: Arc<Shared>, key: String, image: String) {
         }
     };
     // Preparing: the image by digest, from its registry, the way the compute pulls it.
+    let creds = sh
+        .state
+        .lock()
+        .unwrap()
+        .pull_credentials
+        .clone()
+        .map(|(u, p)| bollard::auth::DockerCredentials {
+            username: Some(u),
+            password: Some(p),
+            serveraddress: image.split('/').next().map(str::to_owned),
+            ..Default::default()
+        });
     let mut pull = docker.create_image(
         Some(CreateImageOptions {
             from_image: Some(image.clone()),
             ..Default::default()
         }),
         None,
-        None,
+        creds,
     );
     while let Some(r) = pull.next().await {
         if let Err(e) = r {
