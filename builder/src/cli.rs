@@ -29,14 +29,20 @@ pub enum Command {
     Diff(DiffArgs),
     /// Push an image (an environment file, built first, or oci:DIR) to a registry
     Push(PushArgs),
-    /// Store registry credentials the way `docker login` does (coming: issue #4)
-    Login,
-    /// Run the image on the local Docker engine (--local) or as an Azure ML job (--azure: coming, issue #6)
+    /// Check registry credentials and store them the way `docker login` does
+    Login(LoginArgs),
+    /// Run the image on the local Docker engine (--local) or as an Azure ML command job (--azure)
     Run(RunArgs),
-    /// Register the pushed image as an Azure ML environment version (coming: issue #6)
-    Register,
-    /// Build, push and register in one idempotent step (coming: issue #6)
-    Deploy,
+    /// Register the pushed image as an Azure ML environment version
+    Register(crate::cli_azure::RegisterArgs),
+    /// Build, push and register in one idempotent step; prints the environment version's ARM id
+    Deploy(crate::cli_azure::DeployArgs),
+    /// Follow or cancel Azure ML jobs
+    #[command(subcommand)]
+    Job(crate::cli_azure::JobCommand),
+    /// Register Azure ML models from job outputs
+    #[command(subcommand)]
+    Model(crate::cli_azure::ModelCommand),
 }
 
 /// Where a build goes.
@@ -83,7 +89,7 @@ pub struct BuildArgs {
     pub skip_link_check: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RegistryArgs {
     /// Registry host reached over plain HTTP (loopback registries always are); repeatable
     #[arg(long, value_name = "HOST")]
@@ -97,12 +103,49 @@ pub struct RegistryArgs {
     /// Read the password or token from standard input
     #[arg(long)]
     pub password_stdin: bool,
+    /// How to authenticate: `entra` (Microsoft Entra ID, the default for *.azurecr.io), `docker`
+    /// (Docker's config.json and credential helpers), `anonymous` [env: ENVBUILD_REGISTRY_AUTH]
+    #[arg(long, value_enum)]
+    pub auth: Option<AuthMode>,
     /// Parallel blob transfers
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub parallel: u32,
     /// Blobs larger than this many MiB are sent in chunks of that size
     #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub chunk_mib: u64,
+}
+
+/// How a registry is authenticated to, besides --username/--password-stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Microsoft Entra ID through the Azure credential chain (ACR's token exchange)
+    Entra,
+    /// Docker's config.json: auths, credHelpers, credsStore
+    Docker,
+    /// No credentials
+    Anonymous,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The registry host, e.g. myacr.azurecr.io
+    pub registry: String,
+    /// User name (with --password-stdin) for a password login; else Microsoft Entra ID for
+    /// *.azurecr.io or with --auth entra
+    #[arg(long, short)]
+    pub username: Option<String>,
+    /// Read the password or token from standard input
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// `entra` to log in with Microsoft Entra ID whatever the host [env: ENVBUILD_REGISTRY_AUTH]
+    #[arg(long, value_enum)]
+    pub auth: Option<AuthMode>,
+    /// Registry host reached over plain HTTP (loopback registries always are); repeatable
+    #[arg(long, value_name = "HOST")]
+    pub insecure_registry: Vec<String>,
+    /// PEM file with a CA certificate to trust besides the system's (registry and Entra ID)
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -127,8 +170,11 @@ pub struct RunArgs {
     /// reference REGISTRY/REPOSITORY@sha256:… or :TAG (pulled by digest when not there)
     pub source: String,
     /// Run on this machine's Docker engine (DOCKER_HOST or the default socket)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "azure")]
     pub local: bool,
+    /// Run as an Azure ML command job in the workspace (see the Azure options below)
+    #[arg(long)]
+    pub azure: bool,
     /// Host directory with the data set, mounted read-only at /data
     #[arg(
         long,
@@ -139,7 +185,7 @@ pub struct RunArgs {
     /// Host directory for checkpoints, metrics and the model, mounted read-write at /outputs
     #[arg(long, value_name = "DIR", default_value = "outputs")]
     pub outputs: PathBuf,
-    /// Environment variable for the trainer: KEY=VALUE, or KEY to pass this shell's value; repeatable
+    /// Environment variable for the trainer (both modes): KEY=VALUE, or KEY to pass this shell's value; repeatable
     #[arg(long = "env", short = 'e', value_name = "KEY[=VALUE]")]
     pub env: Vec<String>,
     /// Size of /dev/shm (e.g. 2g; Azure ML's default is 2g)
@@ -169,6 +215,10 @@ pub struct RunArgs {
     /// PEM file with a CA certificate to trust when resolving a tag
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
+    #[command(flatten, next_help_heading = "Azure ML (--azure)")]
+    pub azure_args: crate::cli_azure::AzureRunArgs,
+    #[command(flatten, next_help_heading = "Azure ML workspace (--azure)")]
+    pub ws: crate::cli_azure::WorkspaceArgs,
     /// Arguments for the trainer, after `--` (e.g. -- --epochs 1 --resume)
     #[arg(last = true, value_name = "TRAINER ARGS")]
     pub args: Vec<String>,
@@ -206,13 +256,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(a) => inspect_cmd(a),
         Command::Diff(a) => diff_cmd(a),
         Command::Push(a) => push_cmd(a),
-        Command::Login => coming("login", 4),
+        Command::Login(a) => login_cmd(a),
         Command::Run(a) => run_cmd(a),
-        Command::Register | Command::Deploy => coming("register/deploy", 6),
+        Command::Register(a) => crate::cli_azure::register_cmd(a),
+        Command::Deploy(a) => crate::cli_azure::deploy_cmd(a),
+        Command::Job(a) => crate::cli_azure::job_cmd(a),
+        Command::Model(a) => crate::cli_azure::model_cmd(a),
     }
 }
 
-fn coming(what: &str, issue: u32) -> anyhow::Result<ExitCode> {
+pub(crate) fn coming(what: &str, issue: u32) -> anyhow::Result<ExitCode> {
     anyhow::bail!("`{what}` is not available yet; it is planned in issue #{issue}")
 }
 
@@ -418,13 +471,32 @@ fn registry_options(
     }
 }
 
-/// Credentials from flags, then the environment, then Docker's config.json.
+fn auth_mode(flag: Option<AuthMode>) -> anyhow::Result<Option<AuthMode>> {
+    if flag.is_some() {
+        return Ok(flag);
+    }
+    match std::env::var("ENVBUILD_REGISTRY_AUTH") {
+        Ok(v) if !v.is_empty() => <AuthMode as clap::ValueEnum>::from_str(&v, true)
+            .map(Some)
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "ENVBUILD_REGISTRY_AUTH=`{v}` is not one of entra, docker, anonymous"
+                )
+            }),
+        _ => Ok(None),
+    }
+}
+
+/// Credentials from flags, then the environment, then the auth mode: Entra when asked for,
+/// Docker's config.json (and its credential helpers), Entra by default for *.azurecr.io.
 fn credentials(
-    a: &RegistryArgs,
+    username: Option<&str>,
+    password_stdin: bool,
+    auth: Option<AuthMode>,
     registry: &str,
 ) -> anyhow::Result<Option<envbuild::registry::Credentials>> {
     use envbuild::registry::{Credentials, Secret};
-    let password = if a.password_stdin {
+    let password = if password_stdin {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
             .context("reading the password from stdin")?;
@@ -434,11 +506,14 @@ fn credentials(
             .ok()
             .filter(|s| !s.is_empty())
     };
-    let username = a
-        .username
-        .clone()
-        .or_else(|| std::env::var("ENVBUILD_REGISTRY_USERNAME").ok());
+    let username = username
+        .map(str::to_owned)
+        .or_else(|| std::env::var("ENVBUILD_REGISTRY_USERNAME").ok())
+        .filter(|u| !u.is_empty());
     Ok(match (username, password) {
+        (Some(u), Some(p)) if u == envbuild::registry::ACR_TOKEN_USERNAME => {
+            Some(Credentials::IdentityToken(Secret::new(p)))
+        }
         (Some(u), Some(p)) => Some(Credentials::Basic {
             username: u,
             password: Secret::new(p),
@@ -447,11 +522,20 @@ fn credentials(
         (Some(u), None) => {
             anyhow::bail!("--username {u} needs --password-stdin (or ENVBUILD_REGISTRY_PASSWORD)")
         }
-        (None, None) => envbuild::registry::docker_config_credentials(registry),
+        (None, None) => match auth_mode(auth)? {
+            Some(AuthMode::Entra) => Some(Credentials::Entra),
+            Some(AuthMode::Anonymous) => None,
+            Some(AuthMode::Docker) => {
+                envbuild::docker_config::credentials(registry).context("Docker's config.json")?
+            }
+            None => envbuild::docker_config::credentials(registry)
+                .context("Docker's config.json")?
+                .or_else(|| envbuild::registry::is_acr(registry).then_some(Credentials::Entra)),
+        },
     })
 }
 
-fn registry_client(
+pub(crate) fn registry_client(
     a: &RegistryArgs,
     reference: &envbuild::registry::Reference,
 ) -> anyhow::Result<envbuild::registry::Client> {
@@ -463,31 +547,55 @@ fn registry_client(
     );
     Ok(envbuild::registry::Client::new(
         reference,
-        credentials(a, &reference.registry)?,
+        credentials(
+            a.username.as_deref(),
+            a.password_stdin,
+            a.auth,
+            &reference.registry,
+        )?,
         &opts,
     )?)
 }
 
 fn push_cmd(a: PushArgs) -> anyhow::Result<ExitCode> {
+    let report = push_source(&a)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    println!("{}", report.reference);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds an environment file with the cache, as push does: the image and the checked spec.
+pub(crate) fn build_env(
+    path: &std::path::Path,
+    registry: &RegistryArgs,
+    cache: &Cache,
+) -> anyhow::Result<(spec::Environment, build::Built)> {
+    let env = load_env(path)?;
+    let opts = build_options(None, &registry.insecure_registry, &registry.ca_file, false)?;
+    let built = build::build(&env, cache, &opts, &mut Stderr)?;
+    Ok((env, built))
+}
+
+/// `envbuild push` without the printing (deploy pushes too).
+pub(crate) fn push_source(a: &PushArgs) -> anyhow::Result<envbuild::registry::PushReport> {
     let dest: envbuild::registry::Reference = a.dest.parse().map_err(anyhow::Error::msg)?;
     anyhow::ensure!(
         dest.digest.is_none(),
         "push destination {} names a digest; give REGISTRY/REPOSITORY[:TAG]",
         a.dest
     );
-    let client = registry_client(&a.registry, &dest)?;
     let root = a.cache.clone().unwrap_or_else(Cache::default_root);
+    let client =
+        registry_client(&a.registry, &dest)?.with_push_record(envbuild::registry::PushRecord {
+            dir: root.join("pushed"),
+        });
     let image = if let Some(dir) = a.source.strip_prefix("oci:") {
         envbuild::image::pushable_from_oci(std::path::Path::new(dir))?
     } else {
-        let env = load_env(std::path::Path::new(&a.source))?;
-        let opts = build_options(
-            None,
-            &a.registry.insecure_registry,
-            &a.registry.ca_file,
-            false,
-        )?;
-        let (cache, built) = build_with_cache(&env, Some(root), &opts)?;
+        let cache = Cache::open(&root).with_context(|| format!("cache {}", root.display()))?;
+        let (_, built) = build_env(std::path::Path::new(&a.source), &a.registry, &cache)?;
         envbuild::image::pushable_from_cache(&built.image, &cache)
     };
     // Per-blob progress on a terminal; quiet in logs and pipes (--json gives the summary).
@@ -506,11 +614,61 @@ fn push_cmd(a: PushArgs) -> anyhow::Result<ExitCode> {
             eprintln!("exists  {d}");
         }
     };
-    let report = envbuild::registry::push(&client, &image, &progress)?;
-    if a.json {
-        println!("{}", serde_json::to_string(&report)?);
+    Ok(envbuild::registry::push(&client, &image, &progress)?)
+}
+
+/// `envbuild login REGISTRY`: checks the credentials against the registry (for Entra, the
+/// token exchange gives an ACR refresh token), then stores them as `docker login` does.
+fn login_cmd(a: LoginArgs) -> anyhow::Result<ExitCode> {
+    use envbuild::registry::{Client, Credentials, Reference};
+    let host = a
+        .registry
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    anyhow::ensure!(
+        !host.is_empty() && !host.contains('/'),
+        "`{}` is not a registry host (expected e.g. myacr.azurecr.io or 127.0.0.1:5000)",
+        a.registry
+    );
+    let creds = match (a.username.is_some() || a.password_stdin, auth_mode(a.auth)?) {
+        (false, Some(AuthMode::Anonymous)) => {
+            anyhow::bail!("`--auth anonymous` has nothing to log in with")
+        }
+        (false, Some(AuthMode::Entra)) => Some(Credentials::Entra),
+        (false, _) if envbuild::registry::is_acr(host) => Some(Credentials::Entra),
+        _ => credentials(a.username.as_deref(), a.password_stdin, None, host)?,
+    };
+    let Some(creds) = creds else {
+        anyhow::bail!("no credentials for {host}: give --username and --password-stdin, or --auth entra for Microsoft Entra ID");
+    };
+    let reference = Reference {
+        registry: host.to_owned(),
+        repository: String::new(),
+        tag: None,
+        digest: None,
+    };
+    let opts = registry_options(&a.insecure_registry, &a.ca_file, 0, 1);
+    let client = Client::new(&reference, Some(creds), &opts)?;
+    let Some(store) = client.login()? else {
+        anyhow::bail!("{host}: the registry accepted the request without asking for credentials; nothing to store");
+    };
+    let entra = matches!(store, Credentials::IdentityToken(_));
+    match envbuild::docker_config::store(host, &store)? {
+        envbuild::docker_config::Stored::File(p) => eprintln!(
+            "stored {} for {host} in {}",
+            if entra {
+                "an identity token"
+            } else {
+                "the password"
+            },
+            p.display()
+        ),
+        envbuild::docker_config::Stored::Helper(h) => {
+            eprintln!("stored the credentials for {host} with docker-credential-{h}")
+        }
     }
-    println!("{}", report.reference);
+    println!("Login Succeeded");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -519,10 +677,19 @@ fn push_cmd(a: PushArgs) -> anyhow::Result<ExitCode> {
 fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
     use envbuild::run::{Gpus, Outcome, RunSpec};
     anyhow::ensure!(
-        a.local,
-        "say where to run: `envbuild run --local …` (this machine's Docker engine); \
-         `--azure` is planned in issue #6"
+        a.local || a.azure,
+        "say where to run: `envbuild run --local …` (this machine's Docker engine) or \
+         `envbuild run --azure … --compute NAME` (an Azure ML command job)"
     );
+    if a.azure {
+        let mut azure_args = a.azure_args.clone();
+        for kv in &a.env {
+            let kv = env_pair(kv)?;
+            let (k, v) = kv.split_once('=').expect("env_pair gives KEY=VALUE");
+            azure_args.env_vars.push((k.to_owned(), v.to_owned()));
+        }
+        return crate::cli_azure::run_azure(&a.source, &a.args, &azure_args, &a.ws, &a.cache);
+    }
     anyhow::ensure!(
         a.data.is_dir(),
         "--data {}: not a directory (the data set is mounted read-only at /data)",

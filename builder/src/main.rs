@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod cli;
+mod cli_azure;
 
 fn main() -> ExitCode {
     match cli::run(cli::Cli::parse()) {

@@ -68,7 +68,13 @@ pub enum Credentials {
     },
     /// An identity (refresh) token, exchanged at the token endpoint.
     IdentityToken(Secret),
+    /// Microsoft Entra ID through the credential chain ([`crate::credential`]): an Entra token
+    /// for the ACR audience, exchanged at `/oauth2/exchange` for an ACR refresh token.
+    Entra,
 }
+
+/// Username under which Docker's config and ACR carry an ACR refresh token as the password.
+pub const ACR_TOKEN_USERNAME: &str = "00000000-0000-0000-0000-000000000000";
 
 /// `registry/repository[:tag][@digest]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +180,13 @@ pub enum RegistryError {
         #[source]
         source: reqwest::Error,
     },
+    #[error("{registry}/{repository}: no Microsoft Entra ID token for the registry")]
+    Entra {
+        registry: String,
+        repository: String,
+        #[source]
+        source: crate::credential::CredentialError,
+    },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -209,6 +222,16 @@ pub struct Client {
     /// From the last challenge: realm, service.
     challenge: Mutex<Option<BTreeMap<String, String>>>,
     basic: Mutex<bool>,
+    /// The ACR refresh token from `/oauth2/exchange` (Entra credentials), reused until refused.
+    refresh: Mutex<Option<Secret>>,
+    /// The Entra credential chain, made on first use.
+    azure: Mutex<Option<std::sync::Arc<crate::credential::AzureAuth>>>,
+    /// Serialises answers to challenges, so parallel transfers fetch one token, not one each.
+    answering: Mutex<()>,
+    /// Other repositories whose blobs this client may mount (pull scope asked for them too).
+    mount_sources: Mutex<Vec<String>>,
+    /// Where pushes are recorded, for cross-repository mounts.
+    record: Option<PushRecord>,
     opts: Options,
 }
 
@@ -343,8 +366,19 @@ impl Client {
             token: Mutex::new(None),
             challenge: Mutex::new(None),
             basic: Mutex::new(false),
+            refresh: Mutex::new(None),
+            azure: Mutex::new(None),
+            answering: Mutex::new(()),
+            mount_sources: Mutex::new(Vec::new()),
+            record: None,
             opts,
         })
+    }
+
+    /// Records pushes in `record` and mounts blobs that it knows in other repositories.
+    pub fn with_push_record(mut self, record: PushRecord) -> Client {
+        self.record = Some(record);
+        self
     }
 
     fn url(&self, path: &str) -> String {
@@ -360,7 +394,22 @@ impl Client {
     }
 
     fn status_err(&self, what: &str, status: StatusCode, body: &str) -> RegistryError {
+        self.status_err_with(what, status, &HeaderMap::new(), body)
+    }
+
+    fn status_err_with(
+        &self,
+        what: &str,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &str,
+    ) -> RegistryError {
+        let insufficient = headers
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|h| h.contains("insufficient_scope"));
         let hint = match status.as_u16() {
+            401 | 403 if insufficient => Some("the token does not grant this action on the repository: pushing to ACR needs the AcrPush role (pulling needs AcrPull)"),
             401 => Some("check the credentials (--username/--password-stdin, docker login, or `az acr login`)"),
             403 => Some("the identity lacks permission on this repository (on ACR: the AcrPush role to push, AcrPull to pull)"),
             404 => Some("the repository or image does not exist, or the credentials cannot see it"),
@@ -385,11 +434,19 @@ impl Client {
         }
     }
 
-    fn authorize(&self, rb: RequestBuilder) -> RequestBuilder {
-        if let Some((t, until)) = self.token.lock().expect("lock").as_ref() {
-            if Instant::now() < *until {
-                return rb.header(AUTHORIZATION, format!("Bearer {}", t.expose()));
-            }
+    /// The cached Bearer token while it is valid.
+    fn current_token(&self) -> Option<Secret> {
+        self.token
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .filter(|(_, until)| Instant::now() < *until)
+            .map(|(t, _)| t.clone())
+    }
+
+    fn authorize(&self, rb: RequestBuilder, token: Option<&Secret>) -> RequestBuilder {
+        if let Some(t) = token {
+            return rb.header(AUTHORIZATION, format!("Bearer {}", t.expose()));
         }
         if *self.basic.lock().expect("lock") {
             if let Some(Credentials::Basic { username, password }) = &self.credentials {
@@ -421,63 +478,214 @@ impl Client {
             "bearer" => {
                 let realm = params
                     .get("realm")
-                    .ok_or_else(|| self.protocol(what, "Bearer challenge without realm"))?;
-                let scope = format!("repository:{}:push,pull", self.reference.repository);
+                    .ok_or_else(|| self.protocol(what, "Bearer challenge without realm"))?
+                    .clone();
                 let service = params.get("service").cloned().unwrap_or_default();
-                let resp = match &self.credentials {
-                    Some(Credentials::IdentityToken(t)) => self.http.post(realm).form(&[
-                        ("grant_type", "refresh_token"),
-                        ("service", service.as_str()),
-                        ("scope", scope.as_str()),
-                        ("refresh_token", t.expose()),
-                    ]),
+                let v = match &self.credentials {
+                    Some(Credentials::Entra) => self.entra_token(&realm, &service, what)?,
+                    Some(Credentials::IdentityToken(t)) => {
+                        let resp = self.refresh_grant(&realm, &service, t)?;
+                        self.token_json(resp, &realm, what, Some("the stored identity token was refused (expired?): run `envbuild login` for this registry again"))?
+                    }
                     creds => {
-                        let rb = self
-                            .http
-                            .get(realm)
-                            .query(&[("service", service.as_str()), ("scope", scope.as_str())]);
-                        match creds {
+                        let mut query = vec![("service", service.clone())];
+                        query.extend(self.scopes().into_iter().map(|s| ("scope", s)));
+                        let rb = self.http.get(&realm).query(&query);
+                        let rb = match creds {
                             Some(Credentials::Basic { username, password }) => {
                                 rb.basic_auth(username, Some(password.expose()))
                             }
                             _ => rb,
-                        }
+                        };
+                        let resp = rb
+                            .send()
+                            .map_err(|source| self.connect_err(&realm, source))?;
+                        self.token_json(resp, &realm, what, None)?
                     }
-                }
-                .send()
-                .map_err(|source| RegistryError::Connect {
-                    registry: self.reference.registry.clone(),
-                    what: format!("token endpoint {realm}"),
-                    source,
-                })?;
-                let status = resp.status();
-                let body = resp.text().unwrap_or_default();
-                if !status.is_success() {
-                    return Err(self.status_err(
-                        &format!("{what}: token from {realm}"),
-                        status,
-                        &body,
-                    ));
-                }
-                let v: Value = serde_json::from_str(&body).map_err(|e| {
-                    self.protocol(what, format!("token endpoint answered non-JSON: {e}"))
-                })?;
+                };
                 let token = v["token"]
                     .as_str()
                     .or(v["access_token"].as_str())
                     .ok_or_else(|| {
                         self.protocol(what, "token endpoint answered without a token")
                     })?;
-                let life = v["expires_in"].as_u64().unwrap_or(60).max(10);
+                let life = v["expires_in"]
+                    .as_u64()
+                    .or_else(|| jwt_seconds_left(token))
+                    .unwrap_or(60);
                 *self.token.lock().expect("lock") = Some((
                     Secret::new(token),
-                    Instant::now() + Duration::from_secs(life - 5),
+                    Instant::now() + Duration::from_secs(life.saturating_sub(5)),
                 ));
                 *self.challenge.lock().expect("lock") = Some(params);
                 Ok(())
             }
             _ => Err(self.status_err(what, StatusCode::UNAUTHORIZED, "no credentials accepted")),
         }
+    }
+
+    /// The token scopes of this client: push and pull on its repository, pull on the
+    /// repositories it may mount from.
+    fn scopes(&self) -> Vec<String> {
+        if self.reference.repository.is_empty() {
+            return Vec::new();
+        }
+        let mut v = vec![format!(
+            "repository:{}:pull,push",
+            self.reference.repository
+        )];
+        for m in self.mount_sources.lock().expect("lock").iter() {
+            v.push(format!("repository:{m}:pull"));
+        }
+        v
+    }
+
+    fn connect_err(&self, url: &str, source: reqwest::Error) -> RegistryError {
+        RegistryError::Connect {
+            registry: self.reference.registry.clone(),
+            what: format!("token endpoint {url}"),
+            source,
+        }
+    }
+
+    /// The JSON of a token endpoint's answer, or the error naming the endpoint.
+    fn token_json(
+        &self,
+        resp: Response,
+        url: &str,
+        what: &str,
+        hint_401: Option<&'static str>,
+    ) -> Result<Value, RegistryError> {
+        let status = resp.status();
+        let body = resp.text().unwrap_or_default();
+        if !status.is_success() {
+            let mut e = self.status_err(&format!("{what}: token from {url}"), status, &body);
+            if let (RegistryError::Status { hint, .. }, Some(h), 401) =
+                (&mut e, hint_401, status.as_u16())
+            {
+                *hint = Some(h);
+            }
+            return Err(e);
+        }
+        serde_json::from_str(&body)
+            .map_err(|e| self.protocol(what, format!("{url} answered non-JSON: {e}")))
+    }
+
+    /// `POST realm` with `grant_type=refresh_token` (ACR and Docker identity tokens).
+    fn refresh_grant(
+        &self,
+        realm: &str,
+        service: &str,
+        refresh: &Secret,
+    ) -> Result<Response, RegistryError> {
+        let scope = self.scopes().join(" ");
+        let mut form = vec![
+            ("grant_type", "refresh_token"),
+            ("service", service),
+            ("refresh_token", refresh.expose()),
+        ];
+        if !scope.is_empty() {
+            form.push(("scope", scope.as_str()));
+        }
+        self.http
+            .post(realm)
+            .form(&form)
+            .send()
+            .map_err(|source| self.connect_err(realm, source))
+    }
+
+    /// The Entra credential chain, made on first use (with this client's CA file).
+    fn azure(&self) -> Result<std::sync::Arc<crate::credential::AzureAuth>, RegistryError> {
+        let mut a = self.azure.lock().expect("lock");
+        if let Some(a) = a.as_ref() {
+            return Ok(a.clone());
+        }
+        let auth = crate::credential::AzureAuth::from_env(self.opts.ca_file.as_deref())
+            .map_err(|source| self.entra_err(source))?;
+        let auth = std::sync::Arc::new(auth);
+        *a = Some(auth.clone());
+        Ok(auth)
+    }
+
+    fn entra_err(&self, source: crate::credential::CredentialError) -> RegistryError {
+        RegistryError::Entra {
+            registry: self.reference.registry.clone(),
+            repository: self.reference.repository.clone(),
+            source,
+        }
+    }
+
+    /// ACR's Entra flow: an Entra token for the ACR audience → `POST /oauth2/exchange` → an
+    /// ACR refresh token (kept) → `POST /oauth2/token` → an access token. A refused refresh
+    /// token is exchanged anew once.
+    fn entra_token(&self, realm: &str, service: &str, what: &str) -> Result<Value, RegistryError> {
+        let cached = self.refresh.lock().expect("lock").clone();
+        let refresh = match cached {
+            Some(r) => r,
+            None => self.exchange(realm, service, what)?,
+        };
+        let resp = self.refresh_grant(realm, service, &refresh)?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            let refresh = self.exchange(realm, service, what)?;
+            let resp = self.refresh_grant(realm, service, &refresh)?;
+            return self.token_json(resp, realm, what, None);
+        }
+        self.token_json(resp, realm, what, None)
+    }
+
+    /// `POST <registry>/oauth2/exchange`: an Entra access token for an ACR refresh token.
+    fn exchange(&self, realm: &str, service: &str, what: &str) -> Result<Secret, RegistryError> {
+        let entra = self
+            .azure()?
+            .token(crate::credential::ACR_SCOPE)
+            .map_err(|source| self.entra_err(source))?;
+        let url = exchange_url(realm);
+        let tenant = std::env::var("AZURE_TENANT_ID")
+            .ok()
+            .filter(|t| !t.is_empty());
+        let mut form = vec![
+            ("grant_type", "access_token"),
+            ("service", service),
+            ("access_token", entra.secret.expose()),
+        ];
+        if let Some(t) = &tenant {
+            form.push(("tenant", t.as_str()));
+        }
+        let resp = self
+            .http
+            .post(&url)
+            .form(&form)
+            .send()
+            .map_err(|source| self.connect_err(&url, source))?;
+        let v = self.token_json(resp, &url, what, Some("the registry refused the Microsoft Entra ID token: the identity needs a role on this registry (AcrPush to push, AcrPull to pull)"))?;
+        let refresh = v["refresh_token"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                self.protocol(what, format!("{url} answered without a refresh_token"))
+            })?;
+        let refresh = Secret::new(refresh);
+        *self.refresh.lock().expect("lock") = Some(refresh.clone());
+        Ok(refresh)
+    }
+
+    /// Checks that the credentials open the registry (`GET /v2/`, answering its challenge) and
+    /// returns what `docker login` would store: the ACR refresh token for Entra credentials,
+    /// else the credentials themselves.
+    pub fn login(&self) -> Result<Option<Credentials>, RegistryError> {
+        let what = "login";
+        let url = format!("{}/v2/", self.base);
+        let resp = self.send(what, &|| Ok(self.http.get(&url)))?;
+        self.expect(what, resp, &[StatusCode::OK])?;
+        Ok(match &self.credentials {
+            Some(Credentials::Entra) => self
+                .refresh
+                .lock()
+                .expect("lock")
+                .clone()
+                .map(Credentials::IdentityToken),
+            other => other.clone(),
+        })
     }
 
     /// Sends a request built by `make` (called again for every attempt), with authentication
@@ -491,13 +699,19 @@ impl Client {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = self.authorize(make()?).send();
+            let used = self.current_token();
+            let result = self.authorize(make()?, used.as_ref()).send();
             match result {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !answered => {
                     answered = true;
-                    self.token.lock().expect("lock").take();
                     let headers = resp.headers().clone();
-                    self.answer(&headers, what)?;
+                    // One thread answers; the others find its new token and just retry.
+                    let _one = self.answering.lock().expect("lock");
+                    let now = self.current_token();
+                    if now.is_none() || now == used {
+                        self.token.lock().expect("lock").take();
+                        self.answer(&headers, what)?;
+                    }
                     attempt -= 1;
                 }
                 Ok(resp) if retryable(resp.status()) && attempt < self.opts.attempts => {
@@ -531,8 +745,9 @@ impl Client {
             Ok(resp)
         } else {
             let status = resp.status();
+            let headers = resp.headers().clone();
             let body = resp.text().unwrap_or_default();
-            Err(self.status_err(what, status, &body))
+            Err(self.status_err_with(what, status, &headers, &body))
         }
     }
 
@@ -553,18 +768,49 @@ impl Client {
     /// An upload session that fails for good (the registry lost it, or a lost answer left it
     /// closed) is followed by a HEAD: the blob may be there after all; else a new session starts.
     pub fn push_blob(&self, d: &Digest, size: u64, path: &Path) -> Result<bool, RegistryError> {
+        Ok(self.push_blob_from(d, size, path, &[])? == Sent::Uploaded)
+    }
+
+    /// [`Self::push_blob`], first trying a cross-repository mount from each of `sources`
+    /// (other repositories of this registry known to hold the blob). A refused mount (202)
+    /// becomes the upload session of the fallback.
+    pub fn push_blob_from(
+        &self,
+        d: &Digest,
+        size: u64,
+        path: &Path,
+        sources: &[String],
+    ) -> Result<Sent, RegistryError> {
         if self.has_blob(d)? {
-            return Ok(false);
+            return Ok(Sent::Skipped);
+        }
+        let mut started = None;
+        for from in sources.iter().filter(|s| **s != self.reference.repository) {
+            let what = format!("mount of {d} from {from}");
+            let url = format!("{}?mount={d}&from={}", self.url("blobs/uploads/"), from);
+            let resp = self.send(&what, &|| {
+                Ok(self.http.post(&url).header(CONTENT_LENGTH, 0))
+            })?;
+            match resp.status() {
+                StatusCode::CREATED => return Ok(Sent::Mounted),
+                // Not mounted; the registry opened an upload session instead: use it.
+                StatusCode::ACCEPTED => {
+                    started = self.location(&what, &resp).ok();
+                    break;
+                }
+                // Some registries fail on mount outright: upload as usual.
+                _ => {}
+            }
         }
         let mut session = 0;
         loop {
             session += 1;
-            match self.upload(d, size, path) {
-                Ok(()) => return Ok(true),
+            match self.upload(d, size, path, started.take()) {
+                Ok(()) => return Ok(Sent::Uploaded),
                 Err(e @ RegistryError::Io { .. }) => return Err(e),
                 Err(e) => {
                     if self.has_blob(d)? {
-                        return Ok(true);
+                        return Ok(Sent::Uploaded);
                     }
                     if session >= self.opts.attempts {
                         return Err(e);
@@ -577,20 +823,31 @@ impl Client {
 
     /// One upload session: POST, then one PUT or PATCH chunks (resumed from the registry's
     /// `Range` after a failure) and the closing PUT.
-    fn upload(&self, d: &Digest, size: u64, path: &Path) -> Result<(), RegistryError> {
+    fn upload(
+        &self,
+        d: &Digest,
+        size: u64,
+        path: &Path,
+        started: Option<String>,
+    ) -> Result<(), RegistryError> {
         let what = format!("upload of {d}");
         let io_err = |source| RegistryError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let resp = self.send(&what, &|| {
-            Ok(self
-                .http
-                .post(self.url("blobs/uploads/"))
-                .header(CONTENT_LENGTH, 0))
-        })?;
-        let resp = self.expect(&what, resp, &[StatusCode::ACCEPTED])?;
-        let mut location = self.location(&what, &resp)?;
+        let mut location = match started {
+            Some(l) => l,
+            None => {
+                let resp = self.send(&what, &|| {
+                    Ok(self
+                        .http
+                        .post(self.url("blobs/uploads/"))
+                        .header(CONTENT_LENGTH, 0))
+                })?;
+                let resp = self.expect(&what, resp, &[StatusCode::ACCEPTED])?;
+                self.location(&what, &resp)?
+            }
+        };
         if size <= self.opts.chunk {
             let url = with_digest(&location, d);
             let resp = self.send(&what, &|| {
@@ -796,9 +1053,112 @@ impl Client {
     }
 }
 
+/// ACR's exchange endpoint beside its token endpoint (the challenge's realm).
+fn exchange_url(realm: &str) -> String {
+    match realm.strip_suffix("/oauth2/token") {
+        Some(base) => format!("{base}/oauth2/exchange"),
+        None => {
+            let after_scheme = realm.find("://").map_or(0, |i| i + 3);
+            let end = realm[after_scheme..]
+                .find('/')
+                .map_or(realm.len(), |i| after_scheme + i);
+            format!("{}/oauth2/exchange", &realm[..end])
+        }
+    }
+}
+
+/// Seconds until a JWT-shaped token's `exp` (ACR tokens carry no `expires_in`).
+fn jwt_seconds_left(token: &str) -> Option<u64> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let exp = serde_json::from_slice::<Value>(&bytes).ok()?["exp"].as_i64()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs() as i64;
+    Some(exp.saturating_sub(now).max(0) as u64)
+}
+
 fn with_digest(location: &str, d: &Digest) -> String {
     let sep = if location.contains('?') { '&' } else { '?' };
     format!("{location}{sep}digest={d}")
+}
+
+/// What happened to one blob of a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// The registry had it.
+    Skipped,
+    /// Mounted from another repository of the registry.
+    Mounted,
+    /// Its bytes went up.
+    Uploaded,
+}
+
+/// Which repositories of which registries hold which blobs, as far as this machine's pushes
+/// know: one append-only file per registry (`<digest> <repository>` lines) under `dir`
+/// (the cache's `pushed/`), read to offer cross-repository mounts.
+#[derive(Debug, Clone)]
+pub struct PushRecord {
+    pub dir: PathBuf,
+}
+
+impl PushRecord {
+    fn file(&self, registry: &str) -> PathBuf {
+        let name: String = registry
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.dir.join(format!("{name}.log"))
+    }
+
+    /// Repositories of `registry` known to hold each blob.
+    pub fn sources(&self, registry: &str) -> BTreeMap<String, Vec<String>> {
+        let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let text = fs::read_to_string(self.file(registry)).unwrap_or_default();
+        for line in text.lines() {
+            if let Some((d, repo)) = line.split_once(' ') {
+                let v = m.entry(d.to_owned()).or_default();
+                if !v.iter().any(|r| r == repo) {
+                    v.push(repo.to_owned());
+                }
+            }
+        }
+        m
+    }
+
+    /// Notes that `repository` of `registry` holds `blobs` (best effort: a lost note only
+    /// costs a later upload).
+    pub fn record(&self, registry: &str, repository: &str, blobs: &[Digest]) {
+        let known = self.sources(registry);
+        let lines: String = blobs
+            .iter()
+            .filter(|d| {
+                !known
+                    .get(&d.to_string())
+                    .is_some_and(|v| v.iter().any(|r| r == repository))
+            })
+            .map(|d| format!("{d} {repository}\n"))
+            .collect();
+        if lines.is_empty() {
+            return;
+        }
+        let _ = fs::create_dir_all(&self.dir).and_then(|()| {
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.file(registry))?
+                .write_all(lines.as_bytes())
+        });
+    }
 }
 
 /// A manifest and its blobs, ready to push: (digest, size, file) for config and layers.
@@ -815,6 +1175,8 @@ pub struct PushReport {
     pub reference: String,
     pub uploaded: usize,
     pub skipped: usize,
+    /// Blobs mounted from another repository of the registry.
+    pub mounted: usize,
     pub bytes: u64,
     pub seconds: f64,
 }
@@ -826,8 +1188,32 @@ pub fn push(
     on_blob: &(dyn Fn(&Digest, u64, bool, f64) + Sync),
 ) -> Result<PushReport, RegistryError> {
     let start = Instant::now();
+    let r = &client.reference;
+    // Blobs known in other repositories of this registry: mount candidates, whose pull scope
+    // the token must include.
+    let known = client
+        .record
+        .as_ref()
+        .map(|rec| rec.sources(&r.registry))
+        .unwrap_or_default();
+    let sources = |d: &Digest| -> Vec<String> {
+        known
+            .get(&d.to_string())
+            .map(|v| v.iter().filter(|s| **s != r.repository).cloned().collect())
+            .unwrap_or_default()
+    };
+    {
+        let mut m = client.mount_sources.lock().expect("lock");
+        for (d, _, _) in &image.blobs {
+            for s in sources(d) {
+                if !m.contains(&s) {
+                    m.push(s);
+                }
+            }
+        }
+    }
     let queue = Mutex::new(image.blobs.clone());
-    let results: Mutex<Vec<(u64, bool)>> = Mutex::new(Vec::new());
+    let results: Mutex<Vec<(u64, Sent)>> = Mutex::new(Vec::new());
     let first_error: Mutex<Option<RegistryError>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..client.opts.parallel.min(image.blobs.len().max(1)) {
@@ -839,9 +1225,9 @@ pub fn push(
                     return;
                 };
                 let t = Instant::now();
-                match client.push_blob(&d, size, &path) {
+                match client.push_blob_from(&d, size, &path, &sources(&d)) {
                     Ok(sent) => {
-                        on_blob(&d, size, sent, t.elapsed().as_secs_f64());
+                        on_blob(&d, size, sent == Sent::Uploaded, t.elapsed().as_secs_f64());
                         results.lock().expect("lock").push((size, sent));
                     }
                     Err(e) => {
@@ -864,12 +1250,21 @@ pub fn push(
         .clone()
         .unwrap_or_else(|| digest.to_string());
     client.push_manifest(&tag, &image.media_type, &image.manifest)?;
-    let r = &client.reference;
+    if let Some(rec) = &client.record {
+        let digests: Vec<Digest> = image.blobs.iter().map(|(d, _, _)| *d).collect();
+        rec.record(&r.registry, &r.repository, &digests);
+    }
+    let count = |k: Sent| results.iter().filter(|(_, s)| *s == k).count();
     Ok(PushReport {
         reference: format!("{}/{}@{digest}", r.registry, r.repository),
-        uploaded: results.iter().filter(|(_, s)| *s).count(),
-        skipped: results.iter().filter(|(_, s)| !*s).count(),
-        bytes: results.iter().filter(|(_, s)| *s).map(|(n, _)| n).sum(),
+        uploaded: count(Sent::Uploaded),
+        skipped: count(Sent::Skipped),
+        mounted: count(Sent::Mounted),
+        bytes: results
+            .iter()
+            .filter(|(_, s)| *s == Sent::Uploaded)
+            .map(|(n, _)| n)
+            .sum(),
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -961,34 +1356,19 @@ pub fn pull(
 }
 
 /// Credentials for `registry` from Docker's config.json (`auths.<host>.auth` or
-/// `identitytoken`), if any.
+/// `identitytoken`, or the `credHelpers`/`credsStore` helper), if any; an unreadable config or
+/// a failing helper counts as none (see [`crate::docker_config::credentials`] for the error).
 pub fn docker_config_credentials(registry: &str) -> Option<Credentials> {
-    let dir = std::env::var_os("DOCKER_CONFIG")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))?;
-    let v: Value = serde_json::from_slice(&fs::read(dir.join("config.json")).ok()?).ok()?;
-    let auths = v["auths"].as_object()?;
-    let entry = auths
+    crate::docker_config::credentials(registry).ok().flatten()
+}
+
+/// Whether `registry` is an Azure Container Registry (public and sovereign clouds), where
+/// Microsoft Entra ID is the default authentication.
+pub fn is_acr(registry: &str) -> bool {
+    let host = registry.split(':').next().unwrap_or(registry);
+    [".azurecr.io", ".azurecr.cn", ".azurecr.us"]
         .iter()
-        .find(|(k, _)| {
-            let k = k
-                .trim_start_matches("https://")
-                .trim_start_matches("http://");
-            k.split('/').next() == Some(registry)
-        })?
-        .1;
-    if let Some(t) = entry["identitytoken"].as_str().filter(|t| !t.is_empty()) {
-        return Some(Credentials::IdentityToken(Secret::new(t)));
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(entry["auth"].as_str()?)
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (u, p) = text.split_once(':')?;
-    Some(Credentials::Basic {
-        username: u.to_owned(),
-        password: Secret::new(p),
-    })
+        .any(|s| host.ends_with(s))
 }
 
 #[cfg(test)]

@@ -1,6 +1,11 @@
 //! Helpers for the end-to-end tests: the release binaries (built once), the project's libtorch,
 //! the locally made base image, and running commands with their output captured.
 
+pub mod acr;
+pub mod azure;
+pub mod entra;
+pub mod tls;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -72,6 +77,32 @@ pub fn release_build(dir: &Path, args: &[&str], target_dir: Option<&Path>) -> Ou
     c.output().expect("bash runs cargo")
 }
 
+/// The debug `envbuild` binary, built once per test process: for tests of the registry and
+/// authentication paths, which need no release image contents.
+pub fn envbuild_debug() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                ". scripts/env.sh && exec \"{cargo}\" build --locked -p envbuild"
+            ))
+            .current_dir(root())
+            .output()
+            .expect("bash runs cargo");
+        assert!(
+            out.status.success(),
+            "debug build of envbuild failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join("target"))
+            .join("debug/envbuild")
+    })
+}
+
 /// The locally made Debian runtime base image (docker/base/make-base.sh), made once.
 pub fn base_layout() -> &'static Path {
     static BASE: OnceLock<PathBuf> = OnceLock::new();
@@ -129,9 +160,28 @@ pub struct Registry {
     _dir: tempfile::TempDir,
 }
 
+/// distribution's token authentication (`auth.token`): the registry sends clients to `realm`
+/// and accepts JWTs from `issuer` signed by a key whose certificate chains to a root in
+/// `rootcertbundle`, for the service named by the registry's own address.
+#[derive(Debug, Clone)]
+pub struct TokenAuth {
+    pub realm: String,
+    pub issuer: String,
+    pub rootcertbundle: PathBuf,
+}
+
 impl Registry {
     /// Starts an open registry, or one with htpasswd Basic auth for `user`/`password`.
     pub fn start(basic: Option<(&str, &str)>) -> Registry {
+        Registry::launch(basic, None)
+    }
+
+    /// Starts a registry in token-auth mode (see [`TokenAuth`]).
+    pub fn start_token(token: &TokenAuth) -> Registry {
+        Registry::launch(None, Some(token))
+    }
+
+    fn launch(basic: Option<(&str, &str)>, token: Option<&TokenAuth>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -151,12 +201,20 @@ impl Registry {
                 dir.path().join("htpasswd").display()
             ));
         }
+        if let Some(t) = token {
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: {}\n    service: {addr}\n    issuer: {}\n    rootcertbundle: {}\n",
+                t.realm,
+                t.issuer,
+                t.rootcertbundle.display()
+            ));
+        }
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(dir.path().join("config.yml"))
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("registry.log")).unwrap())
             .spawn()
             .expect("docker-registry (Debian package docker-registry) starts");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -172,6 +230,18 @@ impl Registry {
             child,
             _dir: dir,
         }
+    }
+}
+
+impl Registry {
+    /// What the registry logged (errors only), for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// The registry's storage directory (every blob and manifest it holds).
+    pub fn storage(&self) -> PathBuf {
+        self._dir.path().join("data")
     }
 }
 

@@ -1,0 +1,375 @@
+//! Command jobs: the request body (the trainer with `${{inputs.*}}`/`${{outputs.*}}`), submit,
+//! follow with backoff until a terminal status, cancel, and the log's tail where one is served.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::{valid_name, AzureError, Client};
+
+/// Where the trainer lives in envbuild images.
+pub const TRAINER: &str = "/opt/envbuild/bin/trainer";
+/// Statuses after which a job does not change.
+pub const TERMINAL: [&str; 5] = ["Completed", "Failed", "Canceled", "NotResponding", "Paused"];
+
+/// A command job to submit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandJob {
+    pub id: String,
+    pub command: String,
+    /// Full ARM id of the environment version.
+    pub environment_id: String,
+    /// Full ARM id of the compute; None = serverless.
+    pub compute_id: Option<String>,
+    pub display_name: Option<String>,
+    pub experiment_name: String,
+    pub environment_variables: BTreeMap<String, String>,
+    /// Input name → `azureml://…` or `https://…` URI of a folder.
+    pub inputs: BTreeMap<String, String>,
+    /// Output names (uri_folder, read-write mount).
+    pub outputs: Vec<String>,
+    pub instance_type: Option<String>,
+    pub instance_count: u32,
+    /// ISO 8601 duration, e.g. `PT2H`.
+    pub timeout: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Quotes one word for `/bin/sh` when it needs it.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// The trainer's command line: `--data ${{inputs.data}}` when there is a `data` input,
+/// `--output ${{outputs.<output>}}`, then the user's arguments, quoted.
+pub fn trainer_command(has_data_input: bool, output: &str, args: &[String]) -> String {
+    let mut c = TRAINER.to_owned();
+    if has_data_input {
+        c += " --data ${{inputs.data}}";
+    }
+    c += &format!(" --output ${{{{outputs.{output}}}}}");
+    for a in args {
+        c.push(' ');
+        c += &shell_quote(a);
+    }
+    c
+}
+
+/// `2h`, `90m`, `45s`, `1h30m`, or ISO 8601 `PT…` → ISO 8601 (`PT2H`, `PT1H30M`).
+pub fn parse_timeout(s: &str) -> Result<String, String> {
+    let bad = || format!("timeout `{s}` is not a duration (use e.g. 2h, 90m, 1h30m, 600s or PT2H)");
+    let t = s.trim();
+    let body = t
+        .strip_prefix("PT")
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_else(|| t.to_ascii_lowercase());
+    let mut secs: u64 = 0;
+    let mut num = String::new();
+    for ch in body.chars() {
+        if ch.is_ascii_digit() {
+            num.push(ch);
+            continue;
+        }
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        num.clear();
+        secs += n * match ch {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(bad()),
+        };
+    }
+    if !num.is_empty() || secs == 0 {
+        return Err(bad());
+    }
+    let (h, m, sec) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    let mut iso = String::from("PT");
+    for (v, u) in [(h, 'H'), (m, 'M'), (sec, 'S')] {
+        if v > 0 {
+            iso += &format!("{v}{u}");
+        }
+    }
+    Ok(iso)
+}
+
+/// A fresh job id: `{prefix}-{unix seconds}-{4 hex}` (the asset name rule holds for a valid prefix).
+pub fn new_job_id(prefix: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let salt = (now.subsec_nanos() ^ std::process::id().rotate_left(16)) & 0xffff;
+    let p: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(200)
+        .collect();
+    format!(
+        "{}-{}-{salt:04x}",
+        p.trim_start_matches(['-', '_']),
+        now.as_secs()
+    )
+}
+
+impl CommandJob {
+    pub fn check(&self) -> Result<(), AzureError> {
+        if !valid_name(&self.id) {
+            return Err(AzureError::Invalid(format!(
+                "job name `{}` is not valid: letters, digits, - and _, starting with a letter or digit",
+                self.id
+            )));
+        }
+        for name in self.inputs.keys().chain(self.outputs.iter()) {
+            if !valid_name(name) || name.contains('-') {
+                return Err(AzureError::Invalid(format!(
+                    "input/output name `{name}` is not valid: letters, digits and _"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The PUT body.
+    pub fn body(&self) -> Value {
+        let inputs: serde_json::Map<String, Value> = self
+            .inputs
+            .iter()
+            .map(|(k, uri)| {
+                (
+                    k.clone(),
+                    json!({"jobInputType": "uri_folder", "uri": uri, "mode": "ReadOnlyMount"}),
+                )
+            })
+            .collect();
+        let outputs: serde_json::Map<String, Value> = self
+            .outputs
+            .iter()
+            .map(|k| {
+                (
+                    k.clone(),
+                    json!({"jobOutputType": "uri_folder", "mode": "ReadWriteMount"}),
+                )
+            })
+            .collect();
+        let mut resources = json!({"instanceCount": self.instance_count});
+        if let Some(t) = &self.instance_type {
+            resources["instanceType"] = json!(t);
+        }
+        let mut p = json!({
+            "jobType": "Command",
+            "command": self.command,
+            "environmentId": self.environment_id,
+            "experimentName": self.experiment_name,
+            "environmentVariables": self.environment_variables,
+            "inputs": inputs,
+            "outputs": outputs,
+            "resources": resources,
+            "limits": {"jobLimitsType": "Command", "timeout": self.timeout},
+            "tags": self.tags,
+        });
+        if let Some(c) = &self.compute_id {
+            p["computeId"] = json!(c);
+        }
+        if let Some(d) = &self.display_name {
+            p["displayName"] = json!(d);
+        }
+        json!({ "properties": p })
+    }
+}
+
+/// PUT the job; the service's answer (with `services.Studio.endpoint`).
+pub fn submit(client: &Client, job: &CommandJob) -> Result<Value, AzureError> {
+    job.check()?;
+    Ok(client
+        .ws(Method::PUT, &format!("jobs/{}", job.id), Some(&job.body()))?
+        .body)
+}
+
+pub fn get(client: &Client, id: &str) -> Result<Value, AzureError> {
+    Ok(client.ws(Method::GET, &format!("jobs/{id}"), None)?.body)
+}
+
+/// POST cancel (200 or 202).
+pub fn cancel(client: &Client, id: &str) -> Result<(), AzureError> {
+    client.ws(Method::POST, &format!("jobs/{id}/cancel"), None)?;
+    Ok(())
+}
+
+pub fn status(job: &Value) -> &str {
+    job["properties"]["status"].as_str().unwrap_or("Unknown")
+}
+
+pub fn studio_link(job: &Value) -> Option<&str> {
+    job["properties"]["services"]["Studio"]["endpoint"].as_str()
+}
+
+/// Poll intervals: from `min`, growing by half each poll, up to `max` (the SDK: 2 s → 60 s).
+#[derive(Debug, Clone, Copy)]
+pub struct Poll {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Default for Poll {
+    fn default() -> Poll {
+        Poll {
+            min: Duration::from_secs(2),
+            max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How following ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Followed {
+    /// A terminal status.
+    Done(String),
+    /// `stop` was set (Ctrl-C): the job goes on.
+    Detached(String),
+}
+
+/// Polls until a terminal status, calling `on_status` with each new status (and the job body).
+/// Transient poll failures are retried by the client; `stop` detaches within ~100 ms.
+pub fn follow(
+    client: &Client,
+    id: &str,
+    poll: Poll,
+    stop: &AtomicBool,
+    on_status: &mut dyn FnMut(&str, &Value),
+) -> Result<Followed, AzureError> {
+    let mut last = String::new();
+    let mut wait = poll.min;
+    loop {
+        let job = get(client, id)?;
+        let s = status(&job).to_owned();
+        if s != last {
+            on_status(&s, &job);
+            last.clone_from(&s);
+        }
+        if TERMINAL.contains(&s.as_str()) {
+            return Ok(Followed::Done(s));
+        }
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(Followed::Detached(s));
+            }
+            std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
+        }
+        wait = (wait + wait / 2).min(poll.max);
+    }
+}
+
+/// The last `lines` lines of the job's `user_logs/std_log.txt`, from the artifact store at
+/// `logs_endpoint` (`{endpoint}/ExperimentRun/dcid.{id}/user_logs/std_log.txt`).
+pub fn log_tail(
+    client: &Client,
+    logs_endpoint: &str,
+    id: &str,
+    lines: usize,
+) -> Result<String, AzureError> {
+    let url = format!(
+        "{}/ExperimentRun/dcid.{id}/user_logs/std_log.txt",
+        logs_endpoint.trim_end_matches('/')
+    );
+    let text = client.get_text(&url)?;
+    let all: Vec<&str> = text.lines().collect();
+    Ok(all[all.len().saturating_sub(lines)..].join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> CommandJob {
+        CommandJob {
+            id: "envbuild-mnist-1-abcd".into(),
+            command: trainer_command(
+                true,
+                "model",
+                &["--epochs".into(), "1".into(), "--note".into(), "it's here".into()],
+            ),
+            environment_id: "/subscriptions/s/resourceGroups/r/providers/Microsoft.MachineLearningServices/workspaces/w/environments/e/versions/0123456789ab".into(),
+            compute_id: Some("/subscriptions/s/resourceGroups/r/providers/Microsoft.MachineLearningServices/workspaces/w/computes/cpu".into()),
+            display_name: Some("mnist".into()),
+            experiment_name: "Default".into(),
+            environment_variables: [("A".to_owned(), "1".to_owned())].into(),
+            inputs: [("data".to_owned(), "azureml://datastores/workspaceblobstore/paths/mnist/".to_owned())].into(),
+            outputs: vec!["model".into()],
+            instance_type: None,
+            instance_count: 1,
+            timeout: "PT2H".into(),
+            tags: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn command_job_body_has_the_recorded_shape() {
+        let j = job();
+        assert_eq!(
+            j.command,
+            "/opt/envbuild/bin/trainer --data ${{inputs.data}} --output ${{outputs.model}} --epochs 1 --note 'it'\\''s here'"
+        );
+        let b = j.body();
+        let p = &b["properties"];
+        assert_eq!(p["jobType"], "Command");
+        assert_eq!(p["environmentId"], j.environment_id.as_str());
+        assert_eq!(p["computeId"], j.compute_id.as_deref().unwrap());
+        assert_eq!(
+            p["inputs"]["data"],
+            json!({"jobInputType":"uri_folder","uri":"azureml://datastores/workspaceblobstore/paths/mnist/","mode":"ReadOnlyMount"})
+        );
+        assert_eq!(
+            p["outputs"]["model"],
+            json!({"jobOutputType":"uri_folder","mode":"ReadWriteMount"})
+        );
+        assert_eq!(
+            p["limits"],
+            json!({"jobLimitsType":"Command","timeout":"PT2H"})
+        );
+        assert_eq!(p["resources"], json!({"instanceCount": 1}));
+        assert_eq!(p["experimentName"], "Default");
+        assert_eq!(p["displayName"], "mnist");
+        assert_eq!(p["environmentVariables"], json!({"A":"1"}));
+        let mut serverless = j.clone();
+        serverless.compute_id = None;
+        assert!(serverless.body()["properties"].get("computeId").is_none());
+        let mut bad = j;
+        bad.inputs.insert("my-data".into(), "x".into());
+        assert!(bad.check().unwrap_err().to_string().contains("`my-data`"));
+    }
+
+    #[test]
+    fn timeouts_become_iso_durations() {
+        assert_eq!(parse_timeout("2h").unwrap(), "PT2H");
+        assert_eq!(parse_timeout("90m").unwrap(), "PT1H30M");
+        assert_eq!(parse_timeout("1h30m15s").unwrap(), "PT1H30M15S");
+        assert_eq!(parse_timeout("PT45M").unwrap(), "PT45M");
+        assert_eq!(parse_timeout("600s").unwrap(), "PT10M");
+        for bad in ["", "2", "2d", "h", "0s", "PT"] {
+            assert!(parse_timeout(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn job_ids_are_valid_names() {
+        let id = new_job_id("envbuild-mnist.cpu");
+        assert!(valid_name(&id), "{id}");
+        assert!(id.starts_with("envbuild-mnist-cpu-"), "{id}");
+    }
+}

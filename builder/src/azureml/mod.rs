@@ -1,0 +1,436 @@
+//! Azure Machine Learning over Azure Resource Manager: the workspace, a blocking ARM client with
+//! retries and clear errors, and the three things envbuild does there — environment versions,
+//! command jobs, model versions (one submodule each).
+
+pub mod environment;
+pub mod job;
+pub mod model;
+pub mod workspace;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::blocking::Client as Http;
+use reqwest::header::{HeaderMap, AUTHORIZATION, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::registry::Secret;
+pub use workspace::Workspace;
+
+/// The ARM token scope for Azure ML's control plane.
+pub const ARM_SCOPE: &str = "https://management.azure.com/.default";
+/// Public Azure's ARM endpoint.
+pub const DEFAULT_ENDPOINT: &str = "https://management.azure.com";
+/// The newest stable Microsoft.MachineLearningServices api-version.
+pub const DEFAULT_API_VERSION: &str = "2025-12-01";
+
+/// Where tokens come from: the credential chain in the CLI, a fixed source in tests.
+pub trait TokenSource: Send + Sync {
+    /// An access token for `scope`, or why none could be had (listing what was tried).
+    fn token(&self, scope: &str) -> Result<Secret, String>;
+}
+
+/// A token source that always answers with one token (tests, and callers that hold a token).
+#[derive(Debug, Clone)]
+pub struct StaticToken(pub Secret);
+
+impl TokenSource for StaticToken {
+    fn token(&self, _scope: &str) -> Result<Secret, String> {
+        Ok(self.0.clone())
+    }
+}
+
+/// How to reach ARM.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `https://management.azure.com` or a stand-in's URL (no trailing slash).
+    pub endpoint: String,
+    pub api_version: String,
+    /// PEM bundle with extra CA certificates to trust.
+    pub ca_file: Option<PathBuf>,
+    /// Attempts per request (first try included) for 5xx, 429, 408 and connection errors.
+    pub attempts: u32,
+    /// Backoff before the first retry when the server gives no Retry-After; doubles each time.
+    pub retry_base: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            endpoint: DEFAULT_ENDPOINT.into(),
+            api_version: DEFAULT_API_VERSION.into(),
+            ca_file: None,
+            attempts: 5,
+            retry_base: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Why an Azure ML request failed. Every variant names the request; none carries a token.
+#[derive(Debug, Error)]
+pub enum AzureError {
+    #[error("{0}")]
+    Arm(Box<ArmFailure>),
+    #[error("{method} {url}: {source}")]
+    Connect {
+        method: String,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("no access token for {scope}: {why}")]
+    Token { scope: String, why: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl AzureError {
+    /// The HTTP status of an ARM error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            AzureError::Arm(a) => Some(a.status),
+            _ => None,
+        }
+    }
+}
+
+/// An ARM error answer: the request, the service's code and message, its request id.
+#[derive(Debug)]
+pub struct ArmFailure {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+    pub request_id: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ArmFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}: HTTP {} {}: {} (x-ms-request-id: {})",
+            self.method, self.path, self.status, self.code, self.message, self.request_id
+        )?;
+        if let Some(h) = &self.hint {
+            write!(f, "\nhint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A successful ARM answer.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub body: Value,
+    pub request_id: String,
+}
+
+/// A blocking ARM client for one workspace.
+pub struct Client {
+    http: Http,
+    settings: Settings,
+    tokens: Box<dyn TokenSource>,
+    pub workspace: Workspace,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("settings", &self.settings)
+            .field("workspace", &self.workspace)
+            .finish_non_exhaustive()
+    }
+}
+
+fn retryable(s: StatusCode) -> bool {
+    matches!(s.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
+}
+
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let v = h
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(Duration::from_secs(v.min(60)))
+}
+
+fn header(h: &HeaderMap, name: &str) -> String {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none")
+        .to_owned()
+}
+
+/// The hint for an ARM failure: the role that is missing, or how to check the workspace.
+fn hint_for(status: u16, code: &str, ws: &Workspace) -> Option<String> {
+    match (status, code) {
+        (401, _) => Some(format!(
+            "the token was refused; sign in again (`az login`, or check AZURE_TENANT_ID/AZURE_CLIENT_ID/AZURE_CLIENT_SECRET) — the identity needs the \"AzureML Data Scientist\" role on workspace {}",
+            ws.name
+        )),
+        (403, _) => Some(format!(
+            "the identity lacks a role: grant it \"AzureML Data Scientist\" on workspace {} (resource group {}); the workspace's compute needs AcrPull on the image's registry",
+            ws.name, ws.resource_group
+        )),
+        (404, "ParentResourceNotFound" | "ResourceGroupNotFound" | "SubscriptionNotFound") => Some(format!(
+            "check the workspace: subscription {}, resource group {}, workspace {} (flags --subscription/--resource-group/--workspace, AZURE_SUBSCRIPTION_ID/AZURE_RESOURCE_GROUP/AZUREML_WORKSPACE_NAME, or config.json)",
+            ws.subscription_id, ws.resource_group, ws.name
+        )),
+        _ => None,
+    }
+}
+
+impl Client {
+    pub fn new(
+        workspace: Workspace,
+        settings: Settings,
+        tokens: Box<dyn TokenSource>,
+    ) -> Result<Client, AzureError> {
+        let mut b = Http::builder()
+            .timeout(Duration::from_secs(120))
+            .connect_timeout(Duration::from_secs(30))
+            .user_agent(concat!("envbuild/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &settings.ca_file {
+            let what = format!("CA bundle {}", ca.display());
+            let pem = std::fs::read(ca).map_err(|source| AzureError::Io {
+                what: what.clone(),
+                source,
+            })?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| AzureError::Io {
+                    what: what.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+            if certs.is_empty() {
+                return Err(AzureError::Invalid(format!("{what}: no PEM certificate")));
+            }
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        let http = b.build().map_err(|source| AzureError::Connect {
+            method: "TLS set-up for".into(),
+            url: settings.endpoint.clone(),
+            source,
+        })?;
+        Ok(Client {
+            http,
+            settings,
+            tokens,
+            workspace,
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The access token for ARM.
+    fn bearer(&self) -> Result<Secret, AzureError> {
+        self.tokens
+            .token(ARM_SCOPE)
+            .map_err(|why| AzureError::Token {
+                scope: ARM_SCOPE.into(),
+                why,
+            })
+    }
+
+    /// `method` on `{workspace}/{path}` (empty path: the workspace itself).
+    pub fn ws(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Response, AzureError> {
+        let full = if path.is_empty() {
+            self.workspace.arm_id()
+        } else {
+            format!("{}/{path}", self.workspace.arm_id())
+        };
+        self.request(method, &full, body)
+    }
+
+    /// One ARM request with retries on 5xx, 429, 408 and connection errors (never on other 4xx).
+    pub fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Response, AzureError> {
+        let url = format!(
+            "{}{path}?api-version={}",
+            self.settings.endpoint.trim_end_matches('/'),
+            self.settings.api_version
+        );
+        let token = self.bearer()?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut rb = self
+                .http
+                .request(method.clone(), &url)
+                .header(AUTHORIZATION, format!("Bearer {}", token.expose()));
+            if let Some(b) = body {
+                rb = rb.json(b);
+            }
+            let wait = match rb.send() {
+                Err(source) => {
+                    if attempt >= self.settings.attempts {
+                        return Err(AzureError::Connect {
+                            method: method.to_string(),
+                            url: format!("{}{path}", self.settings.endpoint),
+                            source,
+                        });
+                    }
+                    None
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let headers = resp.headers().clone();
+                    let request_id = header(&headers, "x-ms-request-id");
+                    if retryable(status) && attempt < self.settings.attempts {
+                        retry_after(&headers)
+                    } else {
+                        let text = resp.text().unwrap_or_default();
+                        if status.is_success() {
+                            let body = if text.trim().is_empty() {
+                                Value::Null
+                            } else {
+                                serde_json::from_str(&text).map_err(|e| {
+                                    AzureError::Invalid(format!(
+                                        "{method} {path}: HTTP {status} with a body that is not JSON ({e}) (x-ms-request-id: {request_id})"
+                                    ))
+                                })?
+                            };
+                            return Ok(Response {
+                                status: status.as_u16(),
+                                body,
+                                request_id,
+                            });
+                        }
+                        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                        let code = v["error"]["code"]
+                            .as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| {
+                                status.canonical_reason().unwrap_or("error").to_owned()
+                            });
+                        let message = v["error"]["message"]
+                            .as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| text.chars().take(300).collect());
+                        return Err(AzureError::Arm(Box::new(ArmFailure {
+                            method: method.to_string(),
+                            path: path.to_owned(),
+                            status: status.as_u16(),
+                            hint: hint_for(status.as_u16(), &code, &self.workspace),
+                            code,
+                            message,
+                            request_id,
+                        })));
+                    }
+                }
+            };
+            let d = wait.unwrap_or(self.settings.retry_base * (1 << (attempt - 1).min(6)));
+            std::thread::sleep(d);
+        }
+    }
+
+    /// A GET that may find nothing: `Ok(None)` for 404.
+    pub fn get_opt(&self, path: &str) -> Result<Option<Value>, AzureError> {
+        match self.ws(Method::GET, path, None) {
+            Ok(r) => Ok(Some(r.body)),
+            Err(e @ AzureError::Arm(_)) if e.status() == Some(404) => {
+                if let AzureError::Arm(a) = &e {
+                    // A missing workspace is an error, not "no such asset".
+                    if matches!(
+                        a.code.as_str(),
+                        "ParentResourceNotFound" | "ResourceGroupNotFound" | "SubscriptionNotFound"
+                    ) {
+                        return Err(e);
+                    }
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// GET on a URL outside ARM (a log endpoint), with the same token; the body as text.
+    pub fn get_text(&self, url: &str) -> Result<String, AzureError> {
+        let token = self.bearer()?;
+        let resp = self
+            .http
+            .get(url)
+            .header(AUTHORIZATION, format!("Bearer {}", token.expose()))
+            .send()
+            .map_err(|source| AzureError::Connect {
+                method: "GET".into(),
+                url: url.to_owned(),
+                source,
+            })?;
+        let status = resp.status();
+        let text = resp.text().unwrap_or_default();
+        if !status.is_success() {
+            return Err(AzureError::Invalid(format!("GET {url}: HTTP {status}")));
+        }
+        Ok(text)
+    }
+}
+
+/// Whether `s` is a valid Azure ML asset or job name: `^[a-zA-Z0-9][a-zA-Z0-9\-_]{0,254}$`.
+pub fn valid_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && s.len() <= 255
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_service_rule() {
+        for ok in ["a", "envbuild-mnist", "A_1", "0abc", &"x".repeat(255)] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", "-a", "_a", "a.b", "a b", "a/b", &"x".repeat(256), "é"] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hints_name_the_role() {
+        let ws = Workspace {
+            subscription_id: "s".into(),
+            resource_group: "rg".into(),
+            name: "w".into(),
+        };
+        assert!(hint_for(403, "AuthorizationFailed", &ws)
+            .unwrap()
+            .contains("AzureML Data Scientist"));
+        assert!(hint_for(401, "AuthenticationFailed", &ws)
+            .unwrap()
+            .contains("AzureML Data Scientist"));
+        assert!(hint_for(404, "ParentResourceNotFound", &ws)
+            .unwrap()
+            .contains("resource group rg"));
+        assert!(hint_for(400, "UserError", &ws).is_none());
+    }
+}

@@ -1,0 +1,721 @@
+//! The Azure ML commands: `register`, `deploy`, `run --azure`, `job`, `model` — clap structs and
+//! one small function each, turning arguments into calls of `envbuild::azureml`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+
+use envbuild::azureml::{self, environment, job, model, Client, TokenSource};
+use envbuild::cache::Cache;
+use envbuild::registry::{Reference, Secret};
+
+use crate::cli::{PushArgs, RegistryArgs};
+
+/// Which workspace, and how to reach Azure.
+#[derive(Debug, Clone, Args)]
+pub struct WorkspaceArgs {
+    /// Azure subscription id [default: $AZURE_SUBSCRIPTION_ID, else config.json]
+    #[arg(long, value_name = "ID")]
+    pub subscription: Option<String>,
+    /// Resource group [default: $AZURE_RESOURCE_GROUP, else config.json]
+    #[arg(long, value_name = "NAME")]
+    pub resource_group: Option<String>,
+    /// Azure ML workspace [default: $AZUREML_WORKSPACE_NAME, else config.json]
+    #[arg(long, value_name = "NAME")]
+    pub workspace: Option<String>,
+    /// Azure ML config.json [default: ./config.json or ./.azureml/config.json, here or in a parent]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Azure Resource Manager endpoint
+    #[arg(long, value_name = "URL", env = "ENVBUILD_ARM_ENDPOINT", default_value = azureml::DEFAULT_ENDPOINT)]
+    pub arm_endpoint: String,
+    /// Microsoft.MachineLearningServices api-version
+    #[arg(long, value_name = "VERSION", env = "ENVBUILD_AZUREML_API_VERSION", default_value = azureml::DEFAULT_API_VERSION)]
+    pub api_version: String,
+    /// PEM bundle of extra CA certificates for ARM and Entra ID
+    #[arg(long, value_name = "FILE", env = "ENVBUILD_CA_FILE")]
+    pub azure_ca_file: Option<PathBuf>,
+    /// Artifact-store endpoint that serves job logs (ExperimentRun/dcid.ID/user_logs/std_log.txt)
+    #[arg(long, value_name = "URL", env = "ENVBUILD_AZUREML_LOGS_ENDPOINT")]
+    pub logs_endpoint: Option<String>,
+    /// Backoff before the first retry of a failed ARM request, in milliseconds
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "ENVBUILD_AZURE_RETRY_MS",
+        default_value_t = 500,
+        hide = true
+    )]
+    pub retry_ms: u64,
+}
+
+/// Ctrl-C and poll pacing of a followed job.
+#[derive(Debug, Clone, Args)]
+pub struct FollowArgs {
+    /// First poll interval in milliseconds (grows by half each poll)
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "ENVBUILD_AZURE_POLL_MIN_MS",
+        default_value_t = 2000,
+        hide = true
+    )]
+    pub poll_min_ms: u64,
+    /// Longest poll interval in milliseconds
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "ENVBUILD_AZURE_POLL_MAX_MS",
+        default_value_t = 60000,
+        hide = true
+    )]
+    pub poll_max_ms: u64,
+    /// Lines of the job's log to show when it fails
+    #[arg(long, value_name = "N", default_value_t = 40)]
+    pub log_lines: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// REGISTRY/REPOSITORY@sha256:… as `envbuild push` printed it, or an environment file
+    /// (built from the cache to learn its digest; it must have been pushed)
+    pub source: String,
+    /// Environment name [default: the file's publish.azureml_environment]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Description [default: the file's description, or the image reference]
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Source revision for the tags [default: the image's org.opencontainers.image.revision]
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Also write the Azure ML CLI v2 environment YAML here (for `az ml environment create -f`)
+    #[arg(long, value_name = "FILE")]
+    pub emit_yaml: Option<PathBuf>,
+    /// REGISTRY/REPOSITORY the environment file's image was pushed to [default: its publish section]
+    #[arg(long, value_name = "REF")]
+    pub image_repository: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Cache directory [default: $ENVBUILD_CACHE or ~/.cache/envbuild]
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    #[command(flatten)]
+    pub ws: WorkspaceArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Environment file
+    pub env: PathBuf,
+    /// REGISTRY/REPOSITORY[:TAG] to push to [default: the file's publish section]
+    #[arg(long, value_name = "REF")]
+    pub dest: Option<String>,
+    /// Environment name [default: the file's publish.azureml_environment]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Also write the Azure ML CLI v2 environment YAML here
+    #[arg(long, value_name = "FILE")]
+    pub emit_yaml: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Cache directory [default: $ENVBUILD_CACHE or ~/.cache/envbuild]
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    #[command(flatten)]
+    pub ws: WorkspaceArgs,
+}
+
+/// `envbuild run --azure`: the command job's settings.
+#[derive(Debug, Clone, Args)]
+pub struct AzureRunArgs {
+    /// Compute cluster name [default: serverless, with --instance-type]
+    #[arg(long, value_name = "NAME")]
+    pub compute: Option<String>,
+    /// A folder input: NAME=URI (azureml://datastores/…/paths/…); `data` becomes the trainer's --data
+    #[arg(long, value_name = "NAME=URI", value_parser = parse_kv)]
+    pub input: Vec<(String, String)>,
+    /// Name of the output that receives the model (the trainer's --output)
+    #[arg(long, value_name = "NAME", default_value = "model")]
+    pub output: String,
+    /// Experiment name [default: the environment name]
+    #[arg(long, value_name = "NAME")]
+    pub experiment: Option<String>,
+    /// Display name in Azure ML studio
+    #[arg(long, value_name = "TEXT")]
+    pub display_name: Option<String>,
+    /// Job name (unique in the workspace) [default: ENV-TIME-XXXX]
+    #[arg(long, value_name = "NAME")]
+    pub job_name: Option<String>,
+    /// Environment variables for the job (from `envbuild run --env`)
+    #[arg(skip)]
+    pub env_vars: Vec<(String, String)>,
+    /// Stop the job after this long (2h, 90m, PT2H …), so a forgotten GPU job does not run up costs
+    #[arg(long, value_name = "DURATION", default_value = "2h")]
+    pub timeout: String,
+    /// VM size (e.g. Standard_NC24ads_A100_v4)
+    #[arg(long, value_name = "SIZE")]
+    pub instance_type: Option<String>,
+    /// Nodes
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub instance_count: u32,
+    /// Environment name, when the source is an image reference
+    #[arg(long, value_name = "NAME")]
+    pub environment_name: Option<String>,
+    /// Submit and return without following the job
+    #[arg(long, alias = "no-wait")]
+    pub detach: bool,
+    #[command(flatten)]
+    pub follow: FollowArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Show a job's status (and follow it to the end with --follow)
+    Show(JobArgs),
+    /// Cancel a job
+    Cancel(JobArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// Job name
+    pub id: String,
+    /// Follow until the job ends; exit 0 only if it Completed
+    #[arg(long)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub pacing: FollowArgs,
+    #[command(flatten)]
+    pub ws: WorkspaceArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Register a job's output as a model version
+    Register(ModelArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(disable_version_flag = true)]
+pub struct ModelArgs {
+    /// Model name
+    pub name: String,
+    /// The job whose output holds the model
+    #[arg(long, value_name = "ID")]
+    pub job: String,
+    /// The job's output
+    #[arg(long, value_name = "NAME", default_value = "model")]
+    pub output: String,
+    /// Version [default: the next one]
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Description
+    #[arg(long)]
+    pub description: Option<String>,
+    #[command(flatten)]
+    pub ws: WorkspaceArgs,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}` is not NAME=VALUE")),
+    }
+}
+
+/// ARM tokens from the credential chain (azure_identity: workload identity or client secret,
+/// managed identity, developer tools).
+fn arm_tokens(ws: &WorkspaceArgs) -> anyhow::Result<Box<dyn TokenSource>> {
+    Ok(Box::new(ChainTokens(
+        envbuild::credential::AzureAuth::from_env(ws.azure_ca_file.as_deref())?,
+    )))
+}
+
+struct ChainTokens(envbuild::credential::AzureAuth);
+
+impl TokenSource for ChainTokens {
+    fn token(&self, scope: &str) -> Result<Secret, String> {
+        self.0
+            .token(scope)
+            .map(|t| t.secret)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Registry settings for builds that only read base images (no credentials given).
+fn default_registry_args() -> RegistryArgs {
+    RegistryArgs {
+        insecure_registry: Vec::new(),
+        ca_file: None,
+        username: None,
+        password_stdin: false,
+        auth: None,
+        parallel: 4,
+        chunk_mib: 16,
+    }
+}
+
+/// The workspace and a client for it.
+pub fn client(ws: &WorkspaceArgs) -> anyhow::Result<Client> {
+    let cwd = std::env::current_dir().context("current directory")?;
+    let config = ws
+        .config
+        .clone()
+        .or_else(|| azureml::workspace::find_config(&cwd));
+    let workspace = azureml::workspace::resolve(
+        azureml::workspace::Partial {
+            subscription_id: ws.subscription.clone(),
+            resource_group: ws.resource_group.clone(),
+            workspace_name: ws.workspace.clone(),
+        },
+        azureml::workspace::from_env(|k| std::env::var(k).ok()),
+        config.as_deref(),
+    )?;
+    anyhow::ensure!(
+        ws.arm_endpoint.starts_with("https://"),
+        "ARM endpoint {} is not https:// (tokens are only sent over TLS)",
+        ws.arm_endpoint
+    );
+    let settings = azureml::Settings {
+        endpoint: ws.arm_endpoint.trim_end_matches('/').to_owned(),
+        api_version: ws.api_version.clone(),
+        ca_file: ws.azure_ca_file.clone(),
+        attempts: 5,
+        retry_base: Duration::from_millis(ws.retry_ms),
+    };
+    Ok(Client::new(workspace, settings, arm_tokens(ws)?)?)
+}
+
+fn open_cache(dir: &Option<PathBuf>) -> anyhow::Result<Cache> {
+    let root = dir.clone().unwrap_or_else(Cache::default_root);
+    Cache::open(&root).with_context(|| format!("cache {}", root.display()))
+}
+
+/// What a source names: an image by digest, or an environment file.
+enum Source {
+    Image(String),
+    File(PathBuf),
+}
+
+fn source(s: &str) -> Source {
+    if Path::new(s).is_file() || s.ends_with(".toml") {
+        Source::File(s.into())
+    } else {
+        Source::Image(s.to_owned())
+    }
+}
+
+/// An environment file's image: built from the cache, at `repository` (or its publish section),
+/// checked to be in the registry. Returns the pinned reference and the file's metadata.
+fn pushed_image_of(
+    file: &Path,
+    repository: Option<&str>,
+    registry: &RegistryArgs,
+    cache: &Option<PathBuf>,
+) -> anyhow::Result<(String, envbuild::spec::Environment)> {
+    let cache = open_cache(cache)?;
+    let (env, built) = crate::cli::build_env(file, registry, &cache)?;
+    let repo = match repository {
+        Some(r) => r.to_owned(),
+        None => match (&env.publish.registry, &env.publish.repository) {
+            (Some(reg), Some(repo)) => format!("{reg}/{repo}"),
+            _ => anyhow::bail!(
+                "{}: no publish.registry/publish.repository, so the pushed image is unknown\nhint: pass --image-repository REGISTRY/REPOSITORY, or register the REGISTRY/REPOSITORY@sha256:… that `envbuild push` printed",
+                file.display()
+            ),
+        },
+    };
+    let reference: Reference = format!("{repo}@{}", built.image.digest)
+        .parse()
+        .map_err(anyhow::Error::msg)?;
+    let client = crate::cli::registry_client(registry, &reference)?;
+    client
+        .get_manifest(&built.image.digest.to_string())
+        .with_context(|| {
+            format!(
+                "image {reference} (built from {}) is not in the registry\nhint: `envbuild push {} {repo}` first, or use `envbuild deploy`",
+                file.display(),
+                file.display()
+            )
+        })?;
+    Ok((reference.to_string(), env))
+}
+
+fn register_version(
+    client: &Client,
+    version: &environment::EnvironmentVersion,
+    emit_yaml: &Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    if let Some(p) = emit_yaml {
+        environment::write_yaml(version, p)?;
+        eprintln!("wrote {}", p.display());
+    }
+    let outcome = environment::register(client, version)?;
+    eprintln!(
+        "environment {}:{} {} (image {})",
+        version.name,
+        version.version,
+        match outcome {
+            environment::Outcome::Created => "registered",
+            environment::Outcome::Unchanged => "already registered with this image; nothing to do",
+        },
+        version.image
+    );
+    println!("{}", version.arm_id(&client.workspace));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn env_name(
+    flag: &Option<String>,
+    env: Option<&envbuild::spec::Environment>,
+) -> anyhow::Result<String> {
+    flag.clone()
+        .or_else(|| env.and_then(|e| e.publish.azureml_environment.clone()))
+        .or_else(|| env.map(|e| e.name.clone()))
+        .context("no environment name: pass --name")
+}
+
+pub fn register_cmd(a: RegisterArgs) -> anyhow::Result<ExitCode> {
+    let (image, env) = match source(&a.source) {
+        Source::Image(i) => (i, None),
+        Source::File(f) => {
+            let (i, e) = pushed_image_of(&f, a.image_repository.as_deref(), &a.registry, &a.cache)?;
+            (i, Some(e))
+        }
+    };
+    let name = env_name(&a.name, env.as_ref())?;
+    let revision = a.revision.clone().or_else(|| {
+        env.as_ref().and_then(|e| {
+            e.config
+                .annotations
+                .get("org.opencontainers.image.revision")
+                .cloned()
+        })
+    });
+    let description = a
+        .description
+        .clone()
+        .or_else(|| env.as_ref().and_then(|e| e.description.clone()));
+    // Name and digest are checked before any request.
+    let version = environment::EnvironmentVersion::new(&name, &image, description, revision)?;
+    let client = client(&a.ws)?;
+    register_version(&client, &version, &a.emit_yaml)
+}
+
+pub fn deploy_cmd(a: DeployArgs) -> anyhow::Result<ExitCode> {
+    let env = envbuild::spec::load(&a.env, &envbuild::spec::Vars::for_file(&a.env))?;
+    let name = env_name(&a.name, Some(&env))?;
+    environment::check_name(&name)?;
+    let dest = match &a.dest {
+        Some(d) => d.clone(),
+        None => match (&env.publish.registry, &env.publish.repository) {
+            (Some(reg), Some(repo)) => format!(
+                "{reg}/{repo}{}",
+                env.publish
+                    .tag
+                    .as_ref()
+                    .map(|t| format!(":{t}"))
+                    .unwrap_or_default()
+            ),
+            _ => anyhow::bail!(
+                "{}: no publish.registry/publish.repository; pass --dest REGISTRY/REPOSITORY[:TAG]",
+                a.env.display()
+            ),
+        },
+    };
+    // The workspace is checked before the push, so a typo does not cost an upload.
+    let client = client(&a.ws)?;
+    let push = PushArgs {
+        source: a.env.display().to_string(),
+        dest,
+        registry: a.registry.clone(),
+        cache: a.cache.clone(),
+        json: false,
+    };
+    let report = crate::cli::push_source(&push)?;
+    eprintln!(
+        "pushed {} ({} blobs uploaded, {} already there)",
+        report.reference, report.uploaded, report.skipped
+    );
+    let version = environment::EnvironmentVersion::new(
+        &name,
+        &report.reference,
+        env.description.clone(),
+        env.config
+            .annotations
+            .get("org.opencontainers.image.revision")
+            .cloned(),
+    )?;
+    register_version(&client, &version, &a.emit_yaml)
+}
+
+/// The environment version's ARM id and name for a run source.
+fn environment_for_run(
+    client: &Client,
+    src: &str,
+    a: &AzureRunArgs,
+    cache: &Option<PathBuf>,
+) -> anyhow::Result<(String, String)> {
+    let ws = client.workspace.arm_id();
+    if let Some(rest) = src.strip_prefix("azureml:") {
+        let (name, version) = rest
+            .split_once(':')
+            .with_context(|| format!("`{src}`: give azureml:NAME:VERSION (ARM has no @latest)"))?;
+        return Ok((
+            format!("{ws}/environments/{name}/versions/{version}"),
+            name.to_owned(),
+        ));
+    }
+    let (name, version) = match source(src) {
+        Source::File(f) => {
+            let env = envbuild::spec::load(&f, &envbuild::spec::Vars::for_file(&f))?;
+            let cache = open_cache(cache)?;
+            let reg = default_registry_args();
+            let (_, built) = crate::cli::build_env(&f, &reg, &cache)?;
+            (
+                env_name(&a.environment_name, Some(&env))?,
+                environment::version_for(&built.image.digest),
+            )
+        }
+        Source::Image(i) => {
+            let name = a
+                .environment_name
+                .clone()
+                .context("an image source needs --environment-name (the registered environment)")?;
+            let v = environment::EnvironmentVersion::new(&name, &i, None, None)?;
+            (name, v.version)
+        }
+    };
+    let path = format!("environments/{name}/versions/{version}");
+    if client.get_opt(&path)?.is_none() {
+        anyhow::bail!(
+            "environment {name} version {version} is not registered in workspace {}\nhint: `envbuild deploy {src}` builds, pushes and registers it",
+            client.workspace.name
+        );
+    }
+    Ok((format!("{ws}/{path}"), name))
+}
+
+/// Sets the flag on the first Ctrl-C (the job keeps running; we only stop following).
+fn detach_on_ctrl_c() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        if rt.block_on(tokio::signal::ctrl_c()).is_ok() {
+            f.store(true, Ordering::SeqCst);
+        }
+    });
+    flag
+}
+
+/// Follows a job to its end: status changes and the Studio link on stderr; exit 0 only for
+/// Completed; otherwise the status and the log's tail.
+fn follow_job(
+    client: &Client,
+    id: &str,
+    f: &FollowArgs,
+    logs: &Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let stop = detach_on_ctrl_c();
+    let poll = job::Poll {
+        min: Duration::from_millis(f.poll_min_ms.max(1)),
+        max: Duration::from_millis(f.poll_max_ms.max(f.poll_min_ms).max(1)),
+    };
+    let mut linked = false;
+    let end = job::follow(client, id, poll, &stop, &mut |s, j| {
+        if !linked {
+            if let Some(link) = job::studio_link(j) {
+                eprintln!("job {id}: {link}");
+                linked = true;
+            }
+        }
+        eprintln!("job {id}: {s}");
+    })?;
+    match end {
+        job::Followed::Done(s) if s == "Completed" => {
+            println!("{id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        job::Followed::Done(s) => {
+            eprintln!("job {id} ended {s}");
+            match logs {
+                Some(endpoint) => match job::log_tail(client, endpoint, id, f.log_lines) {
+                    Ok(t) if !t.is_empty() => {
+                        eprintln!("--- last lines of user_logs/std_log.txt ---\n{t}\n---")
+                    }
+                    Ok(_) => eprintln!("(the job's log is empty)"),
+                    Err(e) => eprintln!("(no log: {e})"),
+                },
+                None => eprintln!(
+                    "the log is in Azure ML studio: the job's Outputs + logs, user_logs/std_log.txt"
+                ),
+            }
+            anyhow::bail!(
+                "Azure ML job {id} ended with status {s}{}",
+                if s == "Failed" {
+                    "\nhint: if it failed in Preparing with `unauthorized: authentication required`, the compute's identity needs AcrPull on the image's registry"
+                } else {
+                    ""
+                }
+            )
+        }
+        job::Followed::Detached(s) => {
+            eprintln!(
+                "detached; job {id} is {s} and goes on.\n  follow: envbuild job show {id} --follow\n  cancel: envbuild job cancel {id}"
+            );
+            Ok(ExitCode::from(130))
+        }
+    }
+}
+
+/// `envbuild run --azure`: PUT the command job, then follow it unless detached.
+pub fn run_azure(
+    env_or_image: &str,
+    trainer_args: &[String],
+    a: &AzureRunArgs,
+    ws: &WorkspaceArgs,
+    cache: &Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let timeout = job::parse_timeout(&a.timeout).map_err(anyhow::Error::msg)?;
+    let client = client(ws)?;
+    let (environment_id, env_name) = environment_for_run(&client, env_or_image, a, cache)?;
+    let inputs: BTreeMap<String, String> = a.input.iter().cloned().collect();
+    let id = a
+        .job_name
+        .clone()
+        .unwrap_or_else(|| job::new_job_id(&env_name));
+    let spec = job::CommandJob {
+        command: job::trainer_command(inputs.contains_key("data"), &a.output, trainer_args),
+        environment_id,
+        compute_id: a
+            .compute
+            .as_ref()
+            .map(|c| format!("{}/computes/{c}", client.workspace.arm_id())),
+        display_name: a.display_name.clone(),
+        experiment_name: a.experiment.clone().unwrap_or_else(|| env_name.clone()),
+        environment_variables: a.env_vars.iter().cloned().collect(),
+        inputs,
+        outputs: vec![a.output.clone()],
+        instance_type: a.instance_type.clone(),
+        instance_count: a.instance_count,
+        timeout,
+        tags: [("envbuild.environment".to_owned(), env_name)].into(),
+        id: id.clone(),
+    };
+    let submitted = job::submit(&client, &spec)?;
+    eprintln!("submitted job {id} ({})", job::status(&submitted));
+    if let Some(link) = job::studio_link(&submitted) {
+        eprintln!("studio: {link}");
+    }
+    if a.detach {
+        eprintln!("follow: envbuild job show {id} --follow\ncancel: envbuild job cancel {id}");
+        println!("{id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow_job(&client, &id, &a.follow, &ws.logs_endpoint)
+}
+
+pub fn job_cmd(c: JobCommand) -> anyhow::Result<ExitCode> {
+    match c {
+        JobCommand::Show(a) => {
+            let client = client(&a.ws)?;
+            if a.follow {
+                return follow_job(&client, &a.id, &a.pacing, &a.ws.logs_endpoint);
+            }
+            let j = job::get(&client, &a.id)?;
+            println!("{}", job::status(&j));
+            if let Some(link) = job::studio_link(&j) {
+                eprintln!("studio: {link}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JobCommand::Cancel(a) => {
+            let client = client(&a.ws)?;
+            job::cancel(&client, &a.id)?;
+            eprintln!("cancel requested for job {}", a.id);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub fn model_cmd(c: ModelCommand) -> anyhow::Result<ExitCode> {
+    let ModelCommand::Register(a) = c;
+    let client = client(&a.ws)?;
+    let m = model::ModelVersion {
+        name: a.name.clone(),
+        version: a.version.clone(),
+        job: a.job.clone(),
+        output: a.output.clone(),
+        description: a.description.clone(),
+    };
+    let (version, id) = model::register(&client, &m)?;
+    eprintln!("model {}:{version} registered from {}", a.name, m.uri());
+    println!("{id}");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_azure_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "envbuild",
+            "run",
+            "--azure",
+            "environments/mnist-cpu.toml",
+            "--compute",
+            "gpu",
+            "--input",
+            "data=azureml://datastores/workspaceblobstore/paths/mnist",
+            "--env",
+            "A=1",
+            "--timeout",
+            "30m",
+            "--",
+            "--epochs",
+            "3",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        assert!(r.azure);
+        assert_eq!(r.azure_args.compute.as_deref(), Some("gpu"));
+        assert_eq!(
+            r.azure_args.input,
+            vec![(
+                "data".to_owned(),
+                "azureml://datastores/workspaceblobstore/paths/mnist".to_owned()
+            )]
+        );
+        assert_eq!(r.env, vec!["A=1"]);
+        assert_eq!(r.args, vec!["--epochs", "3"]);
+        let both = Cli::try_parse_from(["envbuild", "run", "--azure", "--local", "e"]);
+        assert!(both.unwrap_err().to_string().contains("cannot be used with"));
+        assert_eq!(r.azure_args.output, "model");
+        let bad = Cli::try_parse_from(["envbuild", "run", "--azure", "e", "--input", "novalue"]);
+        assert!(bad.unwrap_err().to_string().contains("is not NAME=VALUE"));
+    }
+}

@@ -1,0 +1,304 @@
+//! A stand-in for Azure Resource Manager in front of Azure Machine Learning, answering as the
+//! recorded service does (../shared/azure-facts.md): api-version and bearer token required,
+//! ARM's headers and error bodies, environment versions (201 vs 200, immutability, validation),
+//! command jobs that really run on the local Docker engine, and model versions. Logs are served
+//! on an artifact-store endpoint of the stand-in's own (`{url}/artifacts/ExperimentRun/dcid.ID/…`).
+
+mod arm;
+mod runner;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Api-versions the stand-in accepts (the service accepts many; these are the recent stable ones).
+pub const API_VERSIONS: &[&str] = &["2025-12-01", "2025-09-01", "2025-06-01", "2024-10-01"];
+
+/// Decides whether a bearer token is one the Entra stand-in issued for ARM.
+pub type TokenCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// What the stand-in holds.
+pub struct State {
+    /// (subscription, resource group, workspace) that exist.
+    pub workspaces: BTreeSet<(String, String, String)>,
+    /// Compute names in every workspace.
+    pub computes: BTreeSet<String>,
+    /// Datastore name → local directory (azureml://datastores/NAME/paths/P → DIR/P).
+    pub datastores: BTreeMap<String, PathBuf>,
+    /// The next N ARM requests are answered 500.
+    pub fail_next: usize,
+    /// Every ARM request: (method, path, status).
+    pub log: Vec<(String, String, u16)>,
+    /// Authorization header values seen (to check that what is sent is what was issued).
+    pub tokens_seen: BTreeSet<String>,
+    pub(crate) envs: BTreeMap<String, Asset>,
+    pub(crate) models: BTreeMap<String, Asset>,
+    pub(crate) jobs: BTreeMap<String, Job>,
+    /// Pause between status changes of a job (so a client sees them).
+    pub step: Duration,
+    /// What the compute's identity pulls images with (its AcrPull grant): user and password.
+    pub pull_credentials: Option<(String, String)>,
+}
+
+/// An asset container (environment or model) with its versions, by workspace-relative key.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Asset {
+    pub versions: BTreeMap<String, Value>,
+    pub latest: Option<String>,
+    pub created: String,
+}
+
+/// A job and where its files are.
+#[derive(Debug, Clone)]
+pub(crate) struct Job {
+    pub body: Value,
+    pub dir: PathBuf,
+    pub cancel: bool,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("workspaces", &self.workspaces)
+            .field("jobs", &self.jobs.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shared between the server, the job runner and the test.
+pub struct Shared {
+    pub state: Mutex<State>,
+    pub check: TokenCheck,
+    pub jobs_dir: PathBuf,
+    pub base_url: Mutex<String>,
+    pub(crate) counter: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub fn new(check: TokenCheck, jobs_dir: PathBuf) -> Arc<Shared> {
+        Arc::new(Shared {
+            state: Mutex::new(State {
+                workspaces: BTreeSet::new(),
+                computes: ["cpu-cluster".to_owned()].into(),
+                datastores: BTreeMap::new(),
+                fail_next: 0,
+                log: Vec::new(),
+                tokens_seen: BTreeSet::new(),
+                envs: BTreeMap::new(),
+                models: BTreeMap::new(),
+                jobs: BTreeMap::new(),
+                step: Duration::from_millis(100),
+                pull_credentials: None,
+            }),
+            check,
+            jobs_dir,
+            base_url: Mutex::new(String::new()),
+            counter: AtomicU64::new(1),
+        })
+    }
+
+    /// A GUID-shaped id, different on every call.
+    pub(crate) fn request_id(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::SeqCst);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        let x = (t ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        format!(
+            "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+            (x >> 32) as u32,
+            (x >> 16) as u16,
+            x as u16 & 0xfff,
+            n as u16 & 0xfff,
+            x & 0xffff_ffff_ffff
+        )
+    }
+
+    /// The directory where a job's outputs and logs are kept.
+    pub fn job_dir(&self, id: &str) -> PathBuf {
+        self.jobs_dir.join(id)
+    }
+
+    /// A job's current body, if any.
+    pub fn job(&self, id: &str) -> Option<Value> {
+        let st = self.state.lock().unwrap();
+        st.jobs
+            .iter()
+            .find(|(k, _)| k.ends_with(&format!("/jobs/{id}")))
+            .map(|(_, j)| j.body.clone())
+    }
+
+    /// Statuses a job went through, in order.
+    pub fn job_history(&self, id: &str) -> Vec<String> {
+        let p = self.job_dir(id).join("status_history.txt");
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// RFC 3339 UTC time for `systemData` and job times.
+pub(crate) fn now_rfc3339() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:07}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_nanos() / 100
+    )
+}
+
+pub use arm::router;
+
+/// The running stand-in: ARM over HTTPS (the test CA) on a loopback port; stops when dropped,
+/// removing its containers.
+pub struct AzureStandIn {
+    /// `https://127.0.0.1:PORT` (for `ENVBUILD_ARM_ENDPOINT`).
+    pub url: String,
+    pub shared: Arc<Shared>,
+    _served: crate::tls::Served,
+    _dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for AzureStandIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureStandIn")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+/// The workspace every test uses.
+pub const SUBSCRIPTION: &str = "00000000-0000-0000-0000-000000000001";
+pub const RESOURCE_GROUP: &str = "rg-envbuild";
+pub const WORKSPACE: &str = "mlw-envbuild";
+
+impl AzureStandIn {
+    /// Starts with one workspace ([`SUBSCRIPTION`]/[`RESOURCE_GROUP`]/[`WORKSPACE`]), the compute
+    /// `cpu-cluster`, and tokens accepted when `check` says so.
+    pub fn start(check: TokenCheck) -> AzureStandIn {
+        let dir = tempfile::tempdir().expect("stand-in dir");
+        let shared = Shared::new(check, dir.path().join("jobs"));
+        shared.state.lock().unwrap().workspaces.insert((
+            SUBSCRIPTION.into(),
+            RESOURCE_GROUP.into(),
+            WORKSPACE.into(),
+        ));
+        let served = crate::tls::serve_https(router(shared.clone()));
+        *shared.base_url.lock().unwrap() = served.url.clone();
+        AzureStandIn {
+            url: served.url.clone(),
+            shared,
+            _served: served,
+            _dir: dir,
+        }
+    }
+
+    /// Accepts the ARM tokens the Entra stand-in issued (and nothing else).
+    pub fn with_entra(entra: &crate::entra::Entra) -> AzureStandIn {
+        let verify = entra.verifier();
+        AzureStandIn::start(Arc::new(move |t: &str| {
+            verify(t).is_some_and(|i| i.scope.starts_with("https://management.azure.com"))
+        }))
+    }
+
+    /// The endpoint that serves job logs (`ENVBUILD_AZUREML_LOGS_ENDPOINT`).
+    pub fn logs_endpoint(&self) -> String {
+        format!("{}/artifacts", self.url)
+    }
+
+    /// Maps `azureml://datastores/NAME/paths/…` to `dir`.
+    pub fn datastore(&self, name: &str, dir: &std::path::Path) {
+        self.shared
+            .state
+            .lock()
+            .unwrap()
+            .datastores
+            .insert(name.into(), dir.into());
+    }
+
+    /// Gives the compute's identity pull access to the image registry (AcrPull): the runner
+    /// pulls with these credentials; without them a private registry refuses the pull.
+    pub fn grant_acr_pull(&self, user: &str, password: &str) {
+        self.shared.state.lock().unwrap().pull_credentials = Some((user.into(), password.into()));
+    }
+
+    /// The next `n` ARM requests get a 500.
+    pub fn fail_next(&self, n: usize) {
+        self.shared.state.lock().unwrap().fail_next = n;
+    }
+
+    /// ARM requests so far: (method, path, status).
+    pub fn requests(&self) -> Vec<(String, String, u16)> {
+        self.shared.state.lock().unwrap().log.clone()
+    }
+
+    /// Environment variables that point envbuild at this stand-in's workspace.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ENVBUILD_ARM_ENDPOINT", self.url.clone()),
+            ("ENVBUILD_AZUREML_LOGS_ENDPOINT", self.logs_endpoint()),
+            (
+                "ENVBUILD_CA_FILE",
+                crate::tls::ca().pem_file().display().to_string(),
+            ),
+            ("AZURE_SUBSCRIPTION_ID", SUBSCRIPTION.into()),
+            ("AZURE_RESOURCE_GROUP", RESOURCE_GROUP.into()),
+            ("AZUREML_WORKSPACE_NAME", WORKSPACE.into()),
+            ("ENVBUILD_AZURE_POLL_MIN_MS", "100".into()),
+            ("ENVBUILD_AZURE_POLL_MAX_MS", "400".into()),
+            ("ENVBUILD_AZURE_RETRY_MS", "50".into()),
+        ]
+    }
+}
+
+impl Drop for AzureStandIn {
+    fn drop(&mut self) {
+        // Cancel what still runs; the runner removes its containers.
+        let ids: Vec<String> = {
+            let mut st = self.shared.state.lock().unwrap();
+            for j in st.jobs.values_mut() {
+                j.cancel = true;
+            }
+            st.jobs
+                .values()
+                .filter_map(|j| j.body["name"].as_str().map(str::to_owned))
+                .collect()
+        };
+        for id in ids {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", &format!("{}{id}", runner::CONTAINER_PREFIX)])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
