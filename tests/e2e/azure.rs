@@ -851,4 +851,11 @@ fn deploy_run_and_register_a_model_end_to_end() {
         "name=envbuild-azsim-mnist",
     ]));
     assert!(left.trim().is_empty(), "containers left: {left}");
+    drop(arm);
+    let images = envbuild_e2e::ok(Command::new("docker").args([
+        "images",
+        "-q",
+        &format!("{}/envbuild/mnist-cpu", registry.addr),
+    ]));
+    assert!(images.trim().is_empty(), "pulled image left: {images}");
 }

@@ -42,6 +42,8 @@ pub struct State {
     pub step: Duration,
     /// What the compute's identity pulls images with (its AcrPull grant): user and password.
     pub pull_credentials: Option<(String, String)>,
+    /// Images pulled into the engine (removed when the stand-in stops).
+    pub pulled: BTreeSet<String>,
 }
 
 /// An asset container (environment or model) with its versions, by workspace-relative key.
@@ -99,6 +101,7 @@ impl Shared {
                 jobs: BTreeMap::new(),
                 step: Duration::from_millis(100),
                 pull_credentials: None,
+                pulled: BTreeSet::new(),
             }),
             check,
             jobs_dir,
@@ -283,6 +286,15 @@ impl AzureStandIn {
 impl Drop for AzureStandIn {
     fn drop(&mut self) {
         // Cancel what still runs; the runner removes its containers.
+        let images: Vec<String> = self
+            .shared
+            .state
+            .lock()
+            .unwrap()
+            .pulled
+            .iter()
+            .cloned()
+            .collect();
         let ids: Vec<String> = {
             let mut st = self.shared.state.lock().unwrap();
             for j in st.jobs.values_mut() {
@@ -296,6 +308,13 @@ impl Drop for AzureStandIn {
         for id in ids {
             let _ = std::process::Command::new("docker")
                 .args(["rm", "-f", &format!("{}{id}", runner::CONTAINER_PREFIX)])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        for image in images {
+            let _ = std::process::Command::new("docker")
+                .args(["rmi", "-f", &image])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .status();

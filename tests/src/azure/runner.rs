@@ -154,6 +154,7 @@ async fn run(sh: Arc<Shared>, key: String, image: String) {
             return end("Failed");
         }
     }
+    sh.state.lock().unwrap().pulled.insert(image.clone());
     // Mounts.
     let p = &body["properties"];
     let mut command = p["command"].as_str().unwrap_or("").to_owned();
