@@ -265,10 +265,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-pub(crate) fn coming(what: &str, issue: u32) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`{what}` is not available yet; it is planned in issue #{issue}")
-}
-
 fn source_date_epoch() -> anyhow::Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(s) if !s.is_empty() => s
@@ -847,12 +843,22 @@ fn local_image(
             a.source
         )
     })?;
+    use envbuild::registry::{Client, Credentials};
+    let opts = registry_options(&a.insecure_registry, &a.ca_file, 0, 1);
+    // Docker's config, else Entra ID for ACR; an Entra identity is exchanged for the ACR
+    // refresh token that the engine can use.
+    let creds = envbuild::registry::docker_config_credentials(&reference.registry)
+        .or_else(|| envbuild::registry::is_acr(&reference.registry).then_some(Credentials::Entra));
+    let creds = match creds {
+        Some(Credentials::Entra) => {
+            Client::new(&reference, Some(Credentials::Entra), &opts)?.login()?
+        }
+        c => c,
+    };
     let digest = match &reference.digest {
         Some(d) => d.to_string(),
         None => {
-            let opts = registry_options(&a.insecure_registry, &a.ca_file, 0, 1);
-            let creds = envbuild::registry::docker_config_credentials(&reference.registry);
-            let client = envbuild::registry::Client::new(&reference, creds, &opts)?;
+            let client = Client::new(&reference, creds.clone(), &opts)?;
             let tag = reference.tag.clone().unwrap_or_else(|| "latest".into());
             let (_, _, d) = client.get_manifest(&tag)?;
             eprintln!("{reference} is {d}");
@@ -862,8 +868,7 @@ fn local_image(
     let name = format!("{}/{}@{digest}", reference.registry, reference.repository);
     if !rt.block_on(engine.has_image(&name))? {
         eprintln!("pulling {name} into the Docker engine");
-        let creds = envbuild::registry::docker_config_credentials(&reference.registry)
-            .map(|c| envbuild::run::engine_credentials(&c, &reference.registry));
+        let creds = creds.map(|c| envbuild::run::engine_credentials(&c, &reference.registry));
         rt.block_on(engine.pull(&name, creds))?;
     }
     Ok(name)

@@ -713,7 +713,10 @@ mod tests {
         assert_eq!(r.env, vec!["A=1"]);
         assert_eq!(r.args, vec!["--epochs", "3"]);
         let both = Cli::try_parse_from(["envbuild", "run", "--azure", "--local", "e"]);
-        assert!(both.unwrap_err().to_string().contains("cannot be used with"));
+        assert!(both
+            .unwrap_err()
+            .to_string()
+            .contains("cannot be used with"));
         assert_eq!(r.azure_args.output, "model");
         let bad = Cli::try_parse_from(["envbuild", "run", "--azure", "e", "--input", "novalue"]);
         assert!(bad.unwrap_err().to_string().contains("is not NAME=VALUE"));

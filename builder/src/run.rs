@@ -176,7 +176,8 @@ pub fn container_body(spec: &RunSpec) -> ContainerCreateBody {
     }
 }
 
-/// Registry credentials in the form the engine takes for a pull.
+/// Registry credentials in the form the engine takes for a pull (Entra credentials must have
+/// been exchanged for an ACR refresh token first).
 pub fn engine_credentials(
     c: &crate::registry::Credentials,
     registry: &str,
@@ -192,6 +193,8 @@ pub fn engine_credentials(
             d.password = Some(password.expose().to_owned());
         }
         Credentials::IdentityToken(t) => d.identitytoken = Some(t.expose().to_owned()),
+        // The engine cannot run the Entra chain: exchange it first (`Client::login`).
+        Credentials::Entra => {}
     }
     d
 }
