@@ -18,7 +18,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// What envbuild does; commands marked "coming" answer with the issue that delivers them.
+/// What envbuild does.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an environment file into a reproducible OCI image, without a Docker daemon
