@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, KillContainerOptions, LogsOptions,
-    RemoveContainerOptions, WaitContainerOptions,
+    CreateContainerOptions, KillContainerOptions, LogsOptions, RemoveContainerOptions,
+    WaitContainerOptions,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -114,8 +114,8 @@ async fn run(sh: Arc<Shared>, key: String, image: String) {
         }
         set_status(&sh, &key, s);
     }
-    let docker = match Docker::connect_with_local_defaults() {
-        Ok(d) => d,
+    let engine = match envbuild::engine::connect().await {
+        Ok(e) => e,
         Err(e) => {
             log_line(
                 &dir,
@@ -124,6 +124,7 @@ async fn run(sh: Arc<Shared>, key: String, image: String) {
             return end("Failed");
         }
     };
+    let docker = engine.docker.clone();
     // Preparing: the image by digest, from its registry, the way the compute pulls it.
     let creds = sh
         .state
@@ -137,22 +138,12 @@ async fn run(sh: Arc<Shared>, key: String, image: String) {
             serveraddress: image.split('/').next().map(str::to_owned),
             ..Default::default()
         });
-    let mut pull = docker.create_image(
-        Some(CreateImageOptions {
-            from_image: Some(image.clone()),
-            ..Default::default()
-        }),
-        None,
-        creds,
-    );
-    while let Some(r) = pull.next().await {
-        if let Err(e) = r {
-            log_line(
-                &dir,
-                &format!("AzureMLCompute job failed.\nImagePullFailed: Failed to pull Docker image {image}: {e}"),
-            );
-            return end("Failed");
-        }
+    if let Err(e) = engine.pull(&image, creds).await {
+        log_line(
+            &dir,
+            &format!("AzureMLCompute job failed.\nImagePullFailed: Failed to pull Docker image {image}: {e}"),
+        );
+        return end("Failed");
     }
     sh.state.lock().unwrap().pulled.insert(image.clone());
     // Mounts.
