@@ -450,7 +450,7 @@ fn missing_push_scope_expired_tokens_and_wrong_passwords_are_clear_errors() {
     let (_, err) = outputs(&o);
     assert!(!o.status.success());
     assert!(
-        err.contains(&addr) && err.contains("cannot connect") && err.contains("hint:"),
+        err.contains(&format!("{addr}/team/denied: cannot connect")) && err.contains("hint:"),
         "{err}"
     );
 }
