@@ -251,6 +251,8 @@ impl Reporter for Stderr {
 
 /// Runs one parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Two rustls providers are compiled in (reqwest 0.12's ring, azure_core's aws-lc-rs): name one.
+    envbuild::credential::install_crypto_provider();
     match cli.command {
         Command::Build(a) => build_cmd(a),
         Command::Inspect(a) => inspect_cmd(a),

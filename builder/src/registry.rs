@@ -173,9 +173,10 @@ pub enum RegistryError {
         what: String,
         message: String,
     },
-    #[error("{registry}: cannot connect ({what}): {source}\nhint: is the registry up and the address right? Plain HTTP is used only for loopback or --insecure-registry")]
+    #[error("{registry}/{repository}: cannot connect ({what}): {source}\nhint: is the registry up and the address right? Plain HTTP is used only for loopback or --insecure-registry")]
     Connect {
         registry: String,
+        repository: String,
         what: String,
         #[source]
         source: reqwest::Error,
@@ -339,6 +340,7 @@ impl Client {
         }
         let http = b.build().map_err(|source| RegistryError::Connect {
             registry: reference.registry.clone(),
+            repository: reference.repository.clone(),
             what: "TLS set-up".into(),
             source,
         })?;
@@ -543,6 +545,7 @@ impl Client {
     fn connect_err(&self, url: &str, source: reqwest::Error) -> RegistryError {
         RegistryError::Connect {
             registry: self.reference.registry.clone(),
+            repository: self.reference.repository.clone(),
             what: format!("token endpoint {url}"),
             source,
         }
@@ -727,6 +730,7 @@ impl Client {
                 Err(source) => {
                     return Err(RegistryError::Connect {
                         registry: self.reference.registry.clone(),
+                        repository: self.reference.repository.clone(),
                         what: what.to_owned(),
                         source,
                     })
@@ -988,6 +992,7 @@ impl Client {
             .bytes()
             .map_err(|source| RegistryError::Connect {
                 registry: self.reference.registry.clone(),
+                repository: self.reference.repository.clone(),
                 what: what.clone(),
                 source,
             })?

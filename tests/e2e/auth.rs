@@ -450,7 +450,7 @@ fn missing_push_scope_expired_tokens_and_wrong_passwords_are_clear_errors() {
     let (_, err) = outputs(&o);
     assert!(!o.status.success());
     assert!(
-        err.contains(&addr) && err.contains("cannot connect") && err.contains("hint:"),
+        err.contains(&format!("{addr}/team/denied: cannot connect")) && err.contains("hint:"),
         "{err}"
     );
 }
@@ -703,6 +703,23 @@ fn a_second_repository_mounts_known_blobs_and_a_refused_mount_falls_back_to_uplo
     .unwrap();
     assert_eq!(inspect["Layers"].as_array().map(Vec::len), Some(2));
 
+    // The cache's push record is what offered team/a as the source: every blob, both repositories.
+    let record = std::fs::read_to_string(
+        t.path()
+            .join("cache/pushed")
+            .join(format!("{}.log", addr.replace(':', "_"))),
+    )
+    .unwrap();
+    for repo in ["team/a", "team/b"] {
+        assert_eq!(
+            record
+                .lines()
+                .filter(|l| l.ends_with(&format!(" {repo}")))
+                .count(),
+            3,
+            "{record}"
+        );
+    }
     // The registry no longer links the blobs to team/a and team/b (their layer links are gone):
     // each mount is refused (202) and the blobs go up again through the session it opened.
     let repos = acr
