@@ -32,7 +32,7 @@ pub enum Command {
     /// Check registry credentials and store them the way `docker login` does
     Login(LoginArgs),
     /// Run the image on the local Docker engine (--local) or as an Azure ML command job (--azure)
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Register the pushed image as an Azure ML environment version
     Register(crate::cli_azure::RegisterArgs),
     /// Build, push and register in one idempotent step; prints the environment version's ARM id
@@ -259,7 +259,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diff(a) => diff_cmd(a),
         Command::Push(a) => push_cmd(a),
         Command::Login(a) => login_cmd(a),
-        Command::Run(a) => run_cmd(a),
+        Command::Run(a) => run_cmd(*a),
         Command::Register(a) => crate::cli_azure::register_cmd(a),
         Command::Deploy(a) => crate::cli_azure::deploy_cmd(a),
         Command::Job(a) => crate::cli_azure::job_cmd(a),
