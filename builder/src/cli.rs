@@ -383,13 +383,12 @@ fn build_cmd(a: BuildArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if let Some((rt, engine)) = &engine {
-        let repo_tag = format!("envbuild/{}:{tag}", env.name);
         load(
             rt,
             engine,
+            &env,
             &built.image,
             &cache,
-            &repo_tag,
             opts.source_date_epoch,
         )?;
     }
@@ -397,15 +396,18 @@ fn build_cmd(a: BuildArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Streams the image as a docker archive into the engine (through a temporary file in the cache).
+/// Streams the image as a docker archive into the engine (through a temporary file in the
+/// cache), tagged `envbuild/NAME:TAG`.
 fn load(
     rt: &tokio::runtime::Runtime,
     engine: &envbuild::engine::Engine,
+    env: &spec::Environment,
     image: &envbuild::image::Image,
     cache: &Cache,
-    repo_tag: &str,
     mtime: u64,
 ) -> anyhow::Result<()> {
+    let tag = env.publish.tag.as_deref().unwrap_or("latest");
+    let repo_tag = &format!("envbuild/{}:{tag}", env.name);
     let dir =
         tempfile::tempdir_in(cache.root.join("tmp")).context("temporary directory in the cache")?;
     let archive = dir.path().join("image.tar");
@@ -826,14 +828,12 @@ fn local_image(
         if rt.block_on(engine.has_image(&id))? {
             eprintln!("the engine has {id} already");
         } else {
-            let tag = env.publish.tag.clone().unwrap_or_else(|| "latest".into());
-            let repo_tag = format!("envbuild/{}:{tag}", env.name);
             load(
                 rt,
                 engine,
+                &env,
                 &built.image,
                 &cache,
-                &repo_tag,
                 opts.source_date_epoch,
             )?;
         }

@@ -372,18 +372,7 @@ fn missing_push_scope_expired_tokens_and_wrong_passwords_are_clear_errors() {
             .arg(format!("{}/team/denied:v1", acr.registry.addr))
             .args(extra);
         if let Some(input) = stdin {
-            use std::io::Write;
-            c.stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
-            let mut child = c.spawn().unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-            return child.wait_with_output().unwrap();
+            return with_stdin(c, input);
         }
         c.output().unwrap()
     };
