@@ -258,7 +258,7 @@ fn default_registry_args() -> RegistryArgs {
         password_stdin: false,
         auth: None,
         parallel: 4,
-        chunk_mib: 16,
+        chunk_mib: None,
     }
 }
 

@@ -29,9 +29,20 @@ use crate::image::{INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
 
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-/// Blobs up to this size go up in one request; larger ones in chunks of this size (ACR answers
-/// 413 to single requests over ~20 MB; GHCR wants PATCH bodies under 4 MiB… is configurable).
-pub const DEFAULT_CHUNK: u64 = 16 << 20;
+/// Blobs up to the chunk size go up in one request; larger ones in PATCHes of that size. The
+/// default follows what each service accepts: ACR answers 413 to single requests over ~20 MB,
+/// GHCR 416 to PATCH bodies over 4 MiB; elsewhere (ECR wants ≥ 5 MB, self-hosted distribution
+/// anything) large chunks cost the fewest round trips and registry-side hash checkpoints.
+pub fn default_chunk(registry: &str) -> u64 {
+    let host = registry.split(':').next().unwrap_or(registry);
+    if is_acr(registry) {
+        16 << 20
+    } else if host == "ghcr.io" {
+        4 << 20
+    } else {
+        128 << 20
+    }
+}
 
 /// A secret (password, token) that never prints.
 #[derive(Clone, PartialEq, Eq)]
@@ -356,7 +367,7 @@ impl Client {
         };
         let mut opts = opts.clone();
         if opts.chunk == 0 {
-            opts.chunk = DEFAULT_CHUNK;
+            opts.chunk = default_chunk(&reference.registry);
         }
         opts.parallel = opts.parallel.max(1);
         opts.attempts = opts.attempts.max(1);
@@ -1379,6 +1390,17 @@ pub fn is_acr(registry: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_sizes_follow_each_services_limits() {
+        assert_eq!(default_chunk("myacr.azurecr.io"), 16 << 20);
+        assert_eq!(default_chunk("ghcr.io"), 4 << 20);
+        assert_eq!(default_chunk("127.0.0.1:5000"), 128 << 20);
+        assert_eq!(
+            default_chunk("123456789012.dkr.ecr.eu-west-1.amazonaws.com"),
+            128 << 20
+        );
+    }
 
     #[test]
     fn references() {
