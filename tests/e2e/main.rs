@@ -538,9 +538,9 @@ fn load_puts_the_image_into_the_engine_and_a_missing_engine_is_one_clear_error()
     let _ = run(Command::new("docker").args(["rmi", "-f", "envbuild/repro:latest"]));
 }
 
-/// The config digest of the image whose manifest `digest` is in the cache.
-fn manifest_config_digest(cache: &Path, digest: &str) -> String {
-    let m: Value = serde_json::from_slice(
+/// The manifest `digest` as the build left it in the cache.
+fn cached_manifest(cache: &Path, digest: &str) -> Value {
+    serde_json::from_slice(
         &fs::read(
             cache
                 .join("blobs/sha256")
@@ -548,8 +548,15 @@ fn manifest_config_digest(cache: &Path, digest: &str) -> String {
         )
         .unwrap(),
     )
-    .unwrap();
-    m["config"]["digest"].as_str().unwrap().to_owned()
+    .unwrap()
+}
+
+/// The config digest of the image whose manifest `digest` is in the cache.
+fn manifest_config_digest(cache: &Path, digest: &str) -> String {
+    cached_manifest(cache, digest)["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// The whole chain from source to digest is reproducible only if the trainer binary is: built

@@ -6,7 +6,7 @@ use std::process::Command;
 use envbuild_e2e::{bins, last_line, ok, run, Registry};
 use serde_json::Value;
 
-use super::{build, checkout, envbuild, manifest, REPRO_ENV};
+use super::{build, cached_manifest, checkout, envbuild, manifest, REPRO_ENV};
 
 fn push(
     env: &std::path::Path,
@@ -66,18 +66,10 @@ fn push_is_incremental_chunked_and_readable_by_skopeo_and_docker() {
         &format!("docker://{dest}"),
         &format!("oci:{}:x", back.display()),
     ]));
-    assert_eq!(manifest(&back)["layers"], {
-        let m: Value = serde_json::from_slice(
-            &fs::read(
-                cache
-                    .join("blobs/sha256")
-                    .join(digest.trim_start_matches("sha256:")),
-            )
-            .unwrap(),
-        )
-        .unwrap();
-        m["layers"].clone()
-    });
+    assert_eq!(
+        manifest(&back)["layers"],
+        cached_manifest(&cache, &digest)["layers"]
+    );
 
     // Same image again: nothing travels but the manifest.
     let (s, _, stderr) = push(&env, &dest, &cache, &[]);
@@ -252,15 +244,7 @@ fn push_through_faults_completes_and_endless_faults_leave_no_manifest() {
         &format!("docker://{}/faulty/repro:v1", reg.addr),
         &format!("oci:{}:x", back.display()),
     ]));
-    let m: Value = serde_json::from_slice(
-        &fs::read(
-            cache
-                .join("blobs/sha256")
-                .join(digest.trim_start_matches("sha256:")),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let m = cached_manifest(&cache, &digest);
     assert_eq!(manifest(&back)["layers"], m["layers"]);
     assert_eq!(manifest(&back)["config"], m["config"]);
 
