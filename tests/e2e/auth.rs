@@ -444,6 +444,94 @@ fn missing_push_scope_expired_tokens_and_wrong_passwords_are_clear_errors() {
     );
 }
 
+/// A token the registry stops accepting before it expires (revoked): the first 401 is answered
+/// with exactly one new token and the push goes on; a registry that refuses the new one too
+/// gets one clear error, not a loop, and no manifest.
+#[test]
+fn a_token_refused_mid_push_is_renewed_once() {
+    let entra = Entra::start();
+    let acr = Acr::start(entra.verifier());
+    let t = tempfile::tempdir().unwrap();
+    let layout = tiny_layout(&t.path().join("img"), 3);
+    let push = |proxy: &envbuild_e2e::FaultProxy, repo: &str| {
+        envbuild_in(t.path(), &entra_vars(&entra))
+            .arg("push")
+            .arg(format!("oci:{}", layout.display()))
+            .arg(format!("{}/{repo}:v1", proxy.addr))
+            .args(["--parallel", "1"])
+            .output()
+            .unwrap()
+    };
+    let tokens = || acr.access_tokens().len();
+
+    // The third authenticated request (a blob's HEAD or upload) reaches the registry without
+    // its token: a real 401 with the registry's challenge.
+    let once = envbuild_e2e::FaultProxy::revoking(&acr.registry.addr, 2, 1);
+    let o = push(&once, "team/renew");
+    let (stdout, stderr) = outputs(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert_eq!(once.faults.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        tokens(),
+        2,
+        "the first token and one renewal: {:?}",
+        acr.log()
+    );
+    assert_eq!(
+        entra.requests(),
+        1,
+        "the ACR refresh token is reused, Entra not asked again"
+    );
+    let reference = last_line(&stdout);
+    let inspect: Value = serde_json::from_str(&ok(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--creds",
+        &format!("{}:{}", acr.user, acr.password),
+        &format!("docker://{}/team/renew:v1", acr.registry.addr),
+    ])))
+    .unwrap();
+    assert_eq!(
+        Some(inspect["Digest"].as_str().unwrap()),
+        reference.split('@').nth(1)
+    );
+
+    // Every request from the second on refused: one renewal, then one clear error.
+    let before = tokens();
+    let always = envbuild_e2e::FaultProxy::revoking(&acr.registry.addr, 1, usize::MAX / 2);
+    let o = push(&always, "team/refused");
+    let (_, stderr) = outputs(&o);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    // One blob, in order: its HEAD (401 without a token, token 1, then 404); the upload's POST,
+    // refused with token 1, renewed once (token 2) and refused again; the HEAD that checks
+    // whether the blob arrived anyway, renewed once (token 3) and refused: the push ends there.
+    // Each request renews at most once.
+    assert_eq!(tokens() - before, 3, "{:?}", acr.log());
+    assert!(
+        stderr.contains(&format!("{}/team/refused", always.addr))
+            && stderr.contains("HTTP 401")
+            && stderr.contains("hint:"),
+        "{stderr}"
+    );
+    assert!(
+        !acr.registry
+            .storage()
+            .join("docker/registry/v2/repositories/team/refused/_manifests")
+            .exists(),
+        "no manifest may be written when blobs were refused"
+    );
+    for s in acr
+        .access_tokens()
+        .iter()
+        .chain(acr.refresh_tokens().iter())
+    {
+        assert!(
+            !stderr.contains(s.as_str()),
+            "a token leaked into the error"
+        );
+    }
+}
+
 fn docker_config(t: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(t.join("docker/config.json")).unwrap()).unwrap()
 }

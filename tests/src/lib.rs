@@ -264,6 +264,18 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub fn start(upstream: &str, always: bool) -> FaultProxy {
+        Self::spawn(upstream, always, None)
+    }
+
+    /// A proxy that passes everything through, except that the authenticated requests number
+    /// `from` to `from + count - 1` (counting from 0) reach the registry without their
+    /// Authorization header, as if their token had been revoked: the registry itself answers
+    /// them with 401 and its Bearer challenge. `faults` counts the requests so stripped.
+    pub fn revoking(upstream: &str, from: usize, count: usize) -> FaultProxy {
+        Self::spawn(upstream, false, Some((from, count)))
+    }
+
+    fn spawn(upstream: &str, always: bool, revoke: Option<(usize, usize)>) -> FaultProxy {
         use std::io::{Read, Write};
         use std::sync::atomic::{AtomicUsize, Ordering};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -271,11 +283,13 @@ impl FaultProxy {
         let upstream = upstream.to_owned();
         let faults = std::sync::Arc::new(AtomicUsize::new(0));
         let counter = std::sync::Arc::new(AtomicUsize::new(0));
+        let authenticated = std::sync::Arc::new(AtomicUsize::new(0));
         let f2 = faults.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut client) = conn else { continue };
                 let (upstream, counter, faults) = (upstream.clone(), counter.clone(), f2.clone());
+                let authenticated = authenticated.clone();
                 std::thread::spawn(move || {
                     // Read the head, then the body by Content-Length.
                     let mut buf = Vec::new();
@@ -296,7 +310,23 @@ impl FaultProxy {
                         })
                         .unwrap_or(0);
                     let n = counter.fetch_add(1, Ordering::SeqCst);
-                    let fault = if always {
+                    let mut head = head;
+                    if let Some((from, count)) = revoke {
+                        let auth = head
+                            .split_inclusive("\r\n")
+                            .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+                            .map(str::to_owned);
+                        if let Some(line) = auth {
+                            let k = authenticated.fetch_add(1, Ordering::SeqCst);
+                            if (from..from + count).contains(&k) {
+                                faults.fetch_add(1, Ordering::SeqCst);
+                                head = head.replacen(&line, "", 1);
+                            }
+                        }
+                    }
+                    let fault = if revoke.is_some() {
+                        None
+                    } else if always {
                         Some(n % 3)
                     } else if n % 2 == 1 {
                         Some((n / 2) % 6)
