@@ -124,7 +124,7 @@ pub fn build(
         Base::Registry { reference, digest } => {
             let r: crate::registry::Reference =
                 reference.parse().map_err(BuildError::RegistryBase)?;
-            let creds = crate::registry::docker_config_credentials(&r.registry);
+            let creds = crate::registry::default_credentials(&r.registry);
             let client = crate::registry::Client::new(&r, creds, &opts.registry)?;
             rep.message(&format!("base {reference}: pulling into the cache"));
             let (d, manifest, config) =

@@ -849,9 +849,7 @@ fn local_image(
     let opts = registry_options(&a.insecure_registry, &a.ca_file, 0, 1);
     // Docker's config, else Entra ID for ACR; an Entra identity is exchanged for the ACR
     // refresh token that the engine can use.
-    let creds = envbuild::registry::docker_config_credentials(&reference.registry)
-        .or_else(|| envbuild::registry::is_acr(&reference.registry).then_some(Credentials::Entra));
-    let creds = match creds {
+    let creds = match envbuild::registry::default_credentials(&reference.registry) {
         Some(Credentials::Entra) => {
             Client::new(&reference, Some(Credentials::Entra), &opts)?.login()?
         }

@@ -242,6 +242,10 @@ impl Reply for Response {
     }
 }
 
+/// One attempt of a request with the given token: the HTTP outcome, or an error before sending.
+type Attempt<'a, R> =
+    dyn Fn(Option<&Secret>) -> Result<Result<R, reqwest::Error>, RegistryError> + 'a;
+
 /// An answer to an upload, read whole (upload answers carry headers and at most an error).
 #[derive(Debug)]
 struct Uploaded {
@@ -822,7 +826,7 @@ impl Client {
     fn send_with<R: Reply>(
         &self,
         what: &str,
-        attempt_once: &dyn Fn(Option<&Secret>) -> Result<Result<R, reqwest::Error>, RegistryError>,
+        attempt_once: &Attempt<'_, R>,
     ) -> Result<R, RegistryError> {
         let mut answered = false;
         let mut attempt = 0;
@@ -1512,11 +1516,15 @@ pub fn pull(
     Ok((chosen, manifest, config))
 }
 
-/// Credentials for `registry` from Docker's config.json (`auths.<host>.auth` or
-/// `identitytoken`, or the `credHelpers`/`credsStore` helper), if any; an unreadable config or
-/// a failing helper counts as none (see [`crate::docker_config::credentials`] for the error).
-pub fn docker_config_credentials(registry: &str) -> Option<Credentials> {
-    crate::docker_config::credentials(registry).ok().flatten()
+/// Credentials for pulling from `registry` when none are given: Docker's config.json
+/// (`auths.<host>.auth` or `identitytoken`, or the `credHelpers`/`credsStore` helper), else
+/// Microsoft Entra ID for an Azure Container Registry, else none. An unreadable config or a
+/// failing helper counts as none (see [`crate::docker_config::credentials`] for the error).
+pub fn default_credentials(registry: &str) -> Option<Credentials> {
+    crate::docker_config::credentials(registry)
+        .ok()
+        .flatten()
+        .or_else(|| is_acr(registry).then_some(Credentials::Entra))
 }
 
 /// Whether `registry` is an Azure Container Registry (public and sovereign clouds), where
