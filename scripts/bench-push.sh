@@ -1,29 +1,35 @@
 #!/usr/bin/env bash
 # Push benchmark, side by side in one run (not part of the tests): the default CUDA image from an
-# OCI layout to Debian's docker-registry on loopback, envbuild vs `skopeo copy` (each into its own
-# fresh registry), then an incremental push after a one-byte trainer change. Prints seconds,
-# the ratio, blobs sent, and envbuild's peak RSS.
+# OCI layout to Debian's docker-registry on loopback, envbuild vs `skopeo copy`, ROUNDS rounds
+# (default 3) taken in turn, each push into a fresh registry after a `sync` (so neither inherits
+# the other's dirty pages). Then an incremental push after a one-byte trainer change, with the
+# requests it made, counted from the registry's access log. Prints each time, the medians, their
+# ratio, and peak RSS. Usage: scripts/bench-push.sh [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
+rounds=${1:-3}
 scripts/build-release.sh >&2
 work=$(mktemp -d)
 export WORK=$work
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
-start_registry() { # dir → prints host:port
+pid=""
+trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+start_registry() { # dir → starts it (access log in dir/access.log), sets $reg to host:port
   local dir=$1 port
+  [ -z "$pid" ] || { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
+  rm -rf "$dir"
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   mkdir -p "$dir/data"
-  printf 'version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$dir/data" "$port" > "$dir/config.yml"
-  docker-registry serve "$dir/config.yml" >/dev/null 2>&1 &
-  pids+=($!)
+  printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$dir/data" "$port" > "$dir/config.yml"
+  docker-registry serve "$dir/config.yml" >"$dir/access.log" 2>&1 &
+  pid=$!
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-  echo "127.0.0.1:$port"
+  reg="127.0.0.1:$port"
 }
-measure() { # name, command... → "name seconds peak_rss_kb"
+measure() { # name, command... → appends "name seconds peak_rss_kb" to $work/times
   local name=$1; shift
-  python3 - "$name" "$@" <<'PY'
+  sync
+  python3 - "$name" "$@" >>"$work/times" <<'PY'
 import os, resource, subprocess, sys, time
 t = time.perf_counter()
 out = subprocess.run(sys.argv[2:], check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout
@@ -38,20 +44,41 @@ mkdir -p "$work/target/release"
 cp target/release/trainer "$work/target/release/trainer"
 export CARGO_TARGET_DIR="$work/target"
 target/release/envbuild build environments/mnist-cuda.toml --output "oci:$work/oci" >/dev/null 2>&1
-echo "# image: $(du -sb "$work/oci/blobs" | cut -f1) bytes of blobs" >&2
-r1=$(start_registry "$work/r1"); r2=$(start_registry "$work/r2")
-a=$(measure envbuild-push target/release/envbuild push "oci:$work/oci" "$r1/envbuild/cuda:1")
-b=$(measure skopeo-copy skopeo copy --quiet --dest-tls-verify=false "oci:$work/oci:latest" "docker://$r2/skopeo/cuda:1")
+layers=$(python3 -c '
+import json, sys
+d = sys.argv[1]
+m = json.load(open(d + "/index.json"))["manifests"][0]["digest"].split(":")[1]
+m = json.load(open(f"{d}/blobs/sha256/{m}"))
+print(len(m["layers"]), "layers,", sum(l["size"] for l in m["layers"]), "bytes, the largest", max(l["size"] for l in m["layers"]))' "$work/oci")
+echo "# image: $layers" >&2
+for r in $(seq "$rounds"); do
+  echo "# round $r of $rounds" >&2
+  start_registry "$work/r"
+  measure envbuild-push target/release/envbuild push "oci:$work/oci" "$reg/envbuild/cuda:1"
+  start_registry "$work/r"
+  measure skopeo-copy skopeo copy --quiet --dest-tls-verify=false "oci:$work/oci:latest" "docker://$reg/skopeo/cuda:1"
+done
+# Incremental: the last skopeo-filled registry is replaced by one holding envbuild's push.
+start_registry "$work/r"
+target/release/envbuild push "oci:$work/oci" "$reg/envbuild/cuda:1" >/dev/null 2>&1
 printf '\x01' >> "$CARGO_TARGET_DIR/release/trainer"
 target/release/envbuild build environments/mnist-cuda.toml --output "oci:$work/oci" >/dev/null 2>&1
-c=$(measure envbuild-incremental target/release/envbuild push --json "oci:$work/oci" "$r1/envbuild/cuda:2")
+before=$(wc -l <"$work/r/access.log")
+measure envbuild-incremental target/release/envbuild push --json "oci:$work/oci" "$reg/envbuild/cuda:2"
+sleep 0.5
+requests=$(tail -n +"$((before + 1))" "$work/r/access.log" | grep -oE '"(GET|HEAD|POST|PUT|PATCH|DELETE) ' | tr -d '" ' | sort | uniq -c | awk '{printf "%s%s %s", sep, $1, $2; sep=", "}')
 summary=$(head -1 "$work/envbuild-incremental.out")
-python3 - "$a" "$b" "$c" "$summary" <<'PY'
-import json, sys
-rows = [a.split() for a in sys.argv[1:4]]
-t = {r[0]: float(r[1]) for r in rows}
-for r in rows:
-    print(f"{r[0]:<22} {float(r[1]):>8.2f} s   peak RSS {int(r[2]) / 1024:>6.0f} MiB")
-print(f"envbuild / skopeo cold push time: {t['envbuild-push'] / t['skopeo-copy']:.2f}x")
-print(f"incremental push after a one-byte trainer change: {json.loads(sys.argv[4])}")
+python3 - "$work/times" "$summary" "$requests" <<'PY'
+import json, statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+by = {}
+for name, secs, rss in rows:
+    by.setdefault(name, []).append((float(secs), int(rss)))
+for name, runs in by.items():
+    times = " ".join(f"{s:6.2f}" for s, _ in runs)
+    print(f"{name:<22} median {statistics.median(s for s, _ in runs):6.2f} s   runs: {times}   peak RSS {max(r for _, r in runs) / 1024:5.0f} MiB")
+e, s = (statistics.median(t for t, _ in by[n]) for n in ("envbuild-push", "skopeo-copy"))
+print(f"envbuild / skopeo cold push time (medians): {e / s:.2f}x")
+print(f"incremental push after a one-byte trainer change: {json.loads(sys.argv[2])}")
+print(f"  requests the registry logged for it: {sys.argv[3]}")
 PY
