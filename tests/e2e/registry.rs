@@ -278,3 +278,56 @@ fn push_through_faults_completes_and_endless_faults_leave_no_manifest() {
         "a manifest was pushed although its blobs failed"
     );
 }
+
+/// A push killed part-way, run again, sends only what had not arrived. (Whole blobs: an upload
+/// session is not carried across processes, as with skopeo and crane.)
+#[test]
+fn a_killed_push_run_again_sends_only_what_is_missing() {
+    let reg = Registry::start(None);
+    let t = tempfile::tempdir().unwrap();
+    let env = checkout(&t.path().join("c"), false);
+    let cache = t.path().join("cache");
+    let digest = build(&env, &cache, &[]);
+
+    // One blob at a time: the first two uploads pass, the third hangs in the proxy, and the
+    // push is killed (SIGKILL) while it waits.
+    let proxy = envbuild_e2e::FaultProxy::hanging_at(&reg.addr, 2);
+    let mut child = envbuild()
+        .arg("push")
+        .arg(&env)
+        .arg(format!("{}/envbuild/killed:v1", proxy.addr))
+        .arg("--cache")
+        .arg(&cache)
+        .args(["--parallel", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let waited = std::time::Instant::now();
+    while proxy.faults.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(120),
+            "the third upload never came"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "push ended early");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let dest = format!("{}/envbuild/killed:v1", reg.addr);
+    let (s, reference, _) = push(&env, &dest, &cache, &[]);
+    assert_eq!(
+        (s["uploaded"].as_u64(), s["skipped"].as_u64()),
+        (Some(2), Some(2)),
+        "{s}"
+    );
+    assert_eq!(reference, format!("{}/envbuild/killed@{digest}", reg.addr));
+    let inspect: Value = serde_json::from_str(&ok(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{dest}"),
+    ])))
+    .unwrap();
+    assert_eq!(inspect["Digest"], digest.as_str());
+}

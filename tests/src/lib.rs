@@ -264,7 +264,7 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub fn start(upstream: &str, always: bool) -> FaultProxy {
-        Self::spawn(upstream, always, None)
+        Self::spawn(upstream, if always { Mode::Always } else { Mode::Cycle })
     }
 
     /// A proxy that passes everything through, except that the authenticated requests number
@@ -272,10 +272,16 @@ impl FaultProxy {
     /// Authorization header, as if their token had been revoked: the registry itself answers
     /// them with 401 and its Bearer challenge. `faults` counts the requests so stripped.
     pub fn revoking(upstream: &str, from: usize, count: usize) -> FaultProxy {
-        Self::spawn(upstream, false, Some((from, count)))
+        Self::spawn(upstream, Mode::Revoke(from, count))
     }
 
-    fn spawn(upstream: &str, always: bool, revoke: Option<(usize, usize)>) -> FaultProxy {
+    /// A proxy that passes everything through until request `n` that carries a body (counting
+    /// from 0), which it reads and then holds without an answer; `faults` becomes 1 then.
+    pub fn hanging_at(upstream: &str, n: usize) -> FaultProxy {
+        Self::spawn(upstream, Mode::HangAt(n))
+    }
+
+    fn spawn(upstream: &str, mode: Mode) -> FaultProxy {
         use std::io::{Read, Write};
         use std::sync::atomic::{AtomicUsize, Ordering};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -284,12 +290,13 @@ impl FaultProxy {
         let faults = std::sync::Arc::new(AtomicUsize::new(0));
         let counter = std::sync::Arc::new(AtomicUsize::new(0));
         let authenticated = std::sync::Arc::new(AtomicUsize::new(0));
+        let with_body = std::sync::Arc::new(AtomicUsize::new(0));
         let f2 = faults.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut client) = conn else { continue };
                 let (upstream, counter, faults) = (upstream.clone(), counter.clone(), f2.clone());
-                let authenticated = authenticated.clone();
+                let (authenticated, with_body) = (authenticated.clone(), with_body.clone());
                 std::thread::spawn(move || {
                     // Read the head, then the body by Content-Length.
                     let mut buf = Vec::new();
@@ -311,7 +318,7 @@ impl FaultProxy {
                         .unwrap_or(0);
                     let n = counter.fetch_add(1, Ordering::SeqCst);
                     let mut head = head;
-                    if let Some((from, count)) = revoke {
+                    if let Mode::Revoke(from, count) = mode {
                         let auth = head
                             .split_inclusive("\r\n")
                             .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
@@ -324,9 +331,18 @@ impl FaultProxy {
                             }
                         }
                     }
-                    let fault = if revoke.is_some() {
+                    if let Mode::HangAt(hang) = mode {
+                        if len > 0 && with_body.fetch_add(1, Ordering::SeqCst) == hang {
+                            let mut body = vec![0u8; len];
+                            let _ = client.read_exact(&mut body);
+                            faults.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_secs(3600));
+                            return;
+                        }
+                    }
+                    let fault = if matches!(mode, Mode::Revoke(..) | Mode::HangAt(_)) {
                         None
-                    } else if always {
+                    } else if mode == Mode::Always {
                         Some(n % 3)
                     } else if n % 2 == 1 {
                         Some((n / 2) % 6)
@@ -403,6 +419,14 @@ impl FaultProxy {
         });
         FaultProxy { addr, faults }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Cycle,
+    Always,
+    Revoke(usize, usize),
+    HangAt(usize),
 }
 
 /// Reads one HTTP response (head and Content-Length body; none for HEAD) from `up`.
