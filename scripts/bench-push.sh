@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Push benchmark, side by side in one run (not part of the tests): the default CUDA image from an
-# OCI layout to Debian's docker-registry on loopback, envbuild vs `skopeo copy`, ROUNDS rounds
-# (default 3) taken in turn, each push into a fresh registry after a `sync` (so neither inherits
-# the other's dirty pages). Then an incremental push after a one-byte trainer change, with the
-# requests it made, counted from the registry's access log. Prints each time, the medians, their
-# ratio, and peak RSS. Usage: scripts/bench-push.sh [ROUNDS]
+# OCI layout to Debian's docker-registry on loopback, envbuild vs `skopeo copy`. After one untimed
+# push each, ROUNDS rounds (default 3) taken in turn, each push into a fresh registry after a
+# `sync` (so neither inherits the other's dirty pages). Then an incremental push after a one-byte
+# trainer change, with the requests it made, counted from the registry's access log. Last, one
+# 4 GiB layer (random bytes) pushed by each tool once, for peak RSS with a layer larger than any
+# chunk. Prints each time, the medians, their ratio, and peak RSS.
+# Usage: scripts/bench-push.sh [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -51,6 +53,11 @@ m = json.load(open(d + "/index.json"))["manifests"][0]["digest"].split(":")[1]
 m = json.load(open(f"{d}/blobs/sha256/{m}"))
 print(len(m["layers"]), "layers,", sum(l["size"] for l in m["layers"]), "bytes, the largest", max(l["size"] for l in m["layers"]))' "$work/oci")
 echo "# image: $layers" >&2
+# One untimed push each first (the first timed round was seen 40 % slower than the rest).
+start_registry "$work/r"
+target/release/envbuild push "oci:$work/oci" "$reg/envbuild/cuda:1" >/dev/null 2>&1
+start_registry "$work/r"
+skopeo copy --quiet --dest-tls-verify=false "oci:$work/oci:latest" "docker://$reg/skopeo/cuda:1" >/dev/null 2>&1
 for r in $(seq "$rounds"); do
   echo "# round $r of $rounds" >&2
   start_registry "$work/r"
@@ -68,6 +75,34 @@ measure envbuild-incremental target/release/envbuild push --json "oci:$work/oci"
 sleep 0.5
 requests=$(tail -n +"$((before + 1))" "$work/r/access.log" | grep -oE '"(GET|HEAD|POST|PUT|PATCH|DELETE) ' | tr -d '" ' | sort | uniq -c | awk '{printf "%s%s %s", sep, $1, $2; sep=", "}')
 summary=$(head -1 "$work/envbuild-incremental.out")
+# One 4 GiB layer.
+python3 - "$work/big" <<'PY'
+import hashlib, json, os, sys
+d = sys.argv[1]
+os.makedirs(f"{d}/blobs/sha256")
+def put(b):
+    h = hashlib.sha256(b).hexdigest()
+    open(f"{d}/blobs/sha256/{h}", "wb").write(b)
+    return {"digest": "sha256:" + h, "size": len(b)}
+h, n = hashlib.sha256(), 0
+with open(f"{d}/layer", "wb") as f:
+    for _ in range(256):
+        b = os.urandom(16 << 20)
+        h.update(b); f.write(b); n += len(b)
+os.rename(f"{d}/layer", f"{d}/blobs/sha256/{h.hexdigest()}")
+layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": "sha256:" + h.hexdigest(), "size": n}
+config = put(json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]}, "config": {}}).encode())
+config["mediaType"] = "application/vnd.oci.image.config.v1+json"
+m = put(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": config, "layers": [layer]}).encode())
+m["mediaType"] = "application/vnd.oci.image.manifest.v1+json"
+json.dump({"schemaVersion": 2, "manifests": [dict(m, annotations={"org.opencontainers.image.ref.name": "latest"})]}, open(f"{d}/index.json", "w"))
+open(f"{d}/oci-layout", "w").write('{"imageLayoutVersion":"1.0.0"}')
+PY
+echo "# one 4 GiB layer" >&2
+start_registry "$work/r"
+measure envbuild-push-4GiB-layer target/release/envbuild push "oci:$work/big" "$reg/envbuild/big:1"
+start_registry "$work/r"
+measure skopeo-copy-4GiB-layer skopeo copy --quiet --dest-tls-verify=false "oci:$work/big:latest" "docker://$reg/skopeo/big:1"
 python3 - "$work/times" "$summary" "$requests" <<'PY'
 import json, statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
