@@ -188,7 +188,7 @@ fn nothing_configured_lists_every_credential_tried() {
 // --- ACR: Entra token exchange against a token-auth docker-registry -------------------------
 
 use envbuild_e2e::acr::{Acr, TOKEN_USER};
-use envbuild_e2e::{envbuild_debug, last_line, ok};
+use envbuild_e2e::{envbuild_debug, last_line, skopeo_inspect};
 use std::path::PathBuf;
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -326,14 +326,10 @@ fn entra_push_goes_through_the_acr_exchange_and_the_registry_verifies_the_jwts()
     );
     assert_eq!(entra.requests(), 1);
     // The registry holds the image: skopeo reads it back with the admin user.
-    let inspect: Value = serde_json::from_str(&ok(Command::new("skopeo").args([
-        "inspect",
-        "--tls-verify=false",
-        "--creds",
-        &format!("{}:{}", acr.user, acr.password),
-        &format!("docker://{dest}"),
-    ])))
-    .unwrap();
+    let inspect: Value = skopeo_inspect(
+        &dest,
+        &["--creds", &format!("{}:{}", acr.user, acr.password)],
+    );
     assert_eq!(
         Some(inspect["Digest"].as_str().unwrap()),
         reference.split('@').nth(1)
@@ -483,14 +479,10 @@ fn a_token_refused_mid_push_is_renewed_once() {
         "the ACR refresh token is reused, Entra not asked again"
     );
     let reference = last_line(&stdout);
-    let inspect: Value = serde_json::from_str(&ok(Command::new("skopeo").args([
-        "inspect",
-        "--tls-verify=false",
-        "--creds",
-        &format!("{}:{}", acr.user, acr.password),
-        &format!("docker://{}/team/renew:v1", acr.registry.addr),
-    ])))
-    .unwrap();
+    let inspect: Value = skopeo_inspect(
+        &format!("{}/team/renew:v1", acr.registry.addr),
+        &["--creds", &format!("{}:{}", acr.user, acr.password)],
+    );
     assert_eq!(
         Some(inspect["Digest"].as_str().unwrap()),
         reference.split('@').nth(1)
@@ -604,14 +596,13 @@ fn entra_login_stores_the_acr_refresh_token_like_docker_and_push_and_skopeo_use_
     assert!(o.status.success(), "{}", outputs(&o).1);
     assert_eq!(acr.log().iter().filter(|l| *l == "exchange").count(), 1);
     // So does skopeo (containers/image reads identitytoken the way docker does).
-    let inspect: Value = serde_json::from_str(&ok(Command::new("skopeo").args([
-        "inspect",
-        "--tls-verify=false",
-        "--authfile",
-        &t.path().join("docker/config.json").display().to_string(),
-        &format!("docker://{dest}"),
-    ])))
-    .unwrap();
+    let inspect: Value = skopeo_inspect(
+        &dest,
+        &[
+            "--authfile",
+            &t.path().join("docker/config.json").display().to_string(),
+        ],
+    );
     assert_eq!(
         Some(inspect["Digest"].as_str().unwrap()),
         last_line(&outputs(&o).0).split('@').nth(1)
@@ -770,14 +761,10 @@ fn a_second_repository_mounts_known_blobs_and_a_refused_mount_falls_back_to_uplo
         "{:?}",
         acr.log()
     );
-    let inspect: Value = serde_json::from_str(&ok(Command::new("skopeo").args([
-        "inspect",
-        "--tls-verify=false",
-        "--creds",
-        &format!("{}:{}", acr.user, acr.password),
-        &format!("docker://{addr}/team/b:v1"),
-    ])))
-    .unwrap();
+    let inspect: Value = skopeo_inspect(
+        &format!("{addr}/team/b:v1"),
+        &["--creds", &format!("{}:{}", acr.user, acr.password)],
+    );
     assert_eq!(inspect["Layers"].as_array().map(Vec::len), Some(2));
 
     // The cache's push record is what offered team/a as the source: every blob, both repositories.

@@ -3,7 +3,7 @@
 use std::fs;
 use std::process::Command;
 
-use envbuild_e2e::{bins, last_line, ok, run, Registry};
+use envbuild_e2e::{bins, last_line, ok, run, skopeo_inspect, Registry};
 use serde_json::Value;
 
 use super::{build, cached_manifest, checkout, envbuild, manifest, REPRO_ENV};
@@ -50,12 +50,7 @@ fn push_is_incremental_chunked_and_readable_by_skopeo_and_docker() {
         (Some(4), Some(0)),
         "{s}"
     );
-    let inspect: Value = serde_json::from_str(&ok(Command::new("skopeo").args([
-        "inspect",
-        "--tls-verify=false",
-        &format!("docker://{dest}"),
-    ])))
-    .unwrap();
+    let inspect: Value = skopeo_inspect(&dest, &[]);
     assert_eq!(inspect["Digest"], digest.as_str());
     // skopeo copies it back out byte for byte: same digest from the registry as from the build.
     let back = t.path().join("back");
@@ -323,11 +318,6 @@ fn a_killed_push_run_again_sends_only_what_is_missing() {
         "{s}"
     );
     assert_eq!(reference, format!("{}/envbuild/killed@{digest}", reg.addr));
-    let inspect: Value = serde_json::from_str(&ok(Command::new("skopeo").args([
-        "inspect",
-        "--tls-verify=false",
-        &format!("docker://{dest}"),
-    ])))
-    .unwrap();
+    let inspect: Value = skopeo_inspect(&dest, &[]);
     assert_eq!(inspect["Digest"], digest.as_str());
 }

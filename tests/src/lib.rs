@@ -146,6 +146,16 @@ pub fn ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// What `skopeo inspect` (containers/image, another client than ours) reads of the image at
+/// `reference` in a loopback registry, with `auth` (e.g. `--creds`, `U:P`); it must succeed.
+pub fn skopeo_inspect(reference: &str, auth: &[&str]) -> serde_json::Value {
+    let out = ok(Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .args(auth)
+        .arg(format!("docker://{reference}")));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("skopeo inspect {reference}: {e}"))
+}
+
 /// The last line of a command's stdout (envbuild prints the digest there).
 pub fn last_line(s: &str) -> String {
     s.lines().last().unwrap_or_default().trim().to_owned()
