@@ -9,7 +9,7 @@ use std::fmt;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -266,10 +266,12 @@ impl Reply for Uploaded {
     }
 }
 
-/// Sends blob uploads: reqwest's async client on a runtime of this upload's own, so that the
-/// body streams from the file in 1 MiB reads. (The blocking client's bodies go in 8 KiB
-/// pieces, one channel hand-off and one write each: measured here, 5 s of system time per
-/// 2.4 GB pushed, on a 2-core machine where the registry needs those cycles.)
+/// Sends blob uploads: reqwest's async client on a runtime of its own, so that the body streams
+/// from the file in 1 MiB reads. (The blocking client's bodies go in 8 KiB pieces, one channel
+/// hand-off and one write each: measured here, 5 s of system time per 2.4 GB pushed, on a
+/// 2-core machine where the registry needs those cycles.) One per [`Client`], made on the first
+/// upload: the parallel transfers share its runtime and its pool of connections.
+#[derive(Debug)]
 struct Uploader {
     rt: tokio::runtime::Runtime,
     http: reqwest::Client,
@@ -313,8 +315,9 @@ fn file_body(path: &Path, offset: u64, len: u64) -> io::Result<reqwest::Body> {
 #[derive(Debug)]
 pub struct Client {
     http: Http,
-    /// The private CA of `--ca-file`, for the [`Uploader`]s.
+    /// The private CA of `--ca-file`, for the [`Uploader`].
     ca: Option<reqwest::Certificate>,
+    uploader: Mutex<Option<Arc<Uploader>>>,
     base: String,
     reference: Reference,
     credentials: Option<Credentials>,
@@ -326,7 +329,7 @@ pub struct Client {
     /// The ACR refresh token from `/oauth2/exchange` (Entra credentials), reused until refused.
     refresh: Mutex<Option<Secret>>,
     /// The Entra credential chain, made on first use.
-    azure: Mutex<Option<std::sync::Arc<crate::credential::AzureAuth>>>,
+    azure: Mutex<Option<Arc<crate::credential::AzureAuth>>>,
     /// Serialises answers to challenges, so parallel transfers fetch one token, not one each.
     answering: Mutex<()>,
     /// Other repositories whose blobs this client may mount (pull scope asked for them too).
@@ -475,6 +478,7 @@ impl Client {
             azure: Mutex::new(None),
             answering: Mutex::new(()),
             mount_sources: Mutex::new(Vec::new()),
+            uploader: Mutex::new(None),
             record: None,
             opts,
         })
@@ -718,14 +722,14 @@ impl Client {
     }
 
     /// The Entra credential chain, made on first use (with this client's CA file).
-    fn azure(&self) -> Result<std::sync::Arc<crate::credential::AzureAuth>, RegistryError> {
+    fn azure(&self) -> Result<Arc<crate::credential::AzureAuth>, RegistryError> {
         let mut a = self.azure.lock().expect("lock");
         if let Some(a) = a.as_ref() {
             return Ok(a.clone());
         }
         let auth = crate::credential::AzureAuth::from_env(self.opts.ca_file.as_deref())
             .map_err(|source| self.entra_err(source))?;
-        let auth = std::sync::Arc::new(auth);
+        let auth = Arc::new(auth);
         *a = Some(auth.clone());
         Ok(auth)
     }
@@ -1049,19 +1053,19 @@ impl Client {
         Ok(())
     }
 
-    /// A client and runtime for one blob's upload requests (see [`Uploader`]).
-    fn uploader(&self) -> Result<Uploader, RegistryError> {
-        let connect = |what: &str, source| RegistryError::Connect {
-            registry: self.reference.registry.clone(),
-            repository: self.reference.repository.clone(),
-            what: what.to_owned(),
-            source,
-        };
-        let rt = tokio::runtime::Builder::new_current_thread()
+    /// This client's [`Uploader`], made on first use.
+    fn uploader(&self) -> Result<Arc<Uploader>, RegistryError> {
+        let mut slot = self.uploader.lock().expect("lock");
+        if let Some(up) = &*slot {
+            return Ok(up.clone());
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(self.opts.parallel.min(4))
+            .thread_name("envbuild-upload")
             .enable_all()
             .build()
             .map_err(|source| RegistryError::Io {
-                path: PathBuf::from("(tokio runtime)"),
+                path: PathBuf::from("(upload runtime)"),
                 source,
             })?;
         let mut b = reqwest::Client::builder()
@@ -1070,8 +1074,15 @@ impl Client {
         if let Some(ca) = &self.ca {
             b = b.add_root_certificate(ca.clone());
         }
-        let http = b.build().map_err(|e| connect("TLS set-up", e))?;
-        Ok(Uploader { rt, http })
+        let http = b.build().map_err(|source| RegistryError::Connect {
+            registry: self.reference.registry.clone(),
+            repository: self.reference.repository.clone(),
+            what: "TLS set-up".into(),
+            source,
+        })?;
+        let up = Arc::new(Uploader { rt, http });
+        *slot = Some(up.clone());
+        Ok(up)
     }
 
     fn location(&self, what: &str, resp: &impl Reply) -> Result<String, RegistryError> {
