@@ -8,9 +8,9 @@ use thiserror::Error;
 
 use crate::cache::{layer_key, Cache};
 use crate::digest::Digest;
+use crate::image::linkcheck::{self, ImageFs, LinkError};
 use crate::image::{self, Additions, BaseImage, Image, ImageError, LayerDesc};
 use crate::layer::{self, LayerError, Mapping, TarOptions, Tree};
-use crate::linkcheck::{self, ImageFs, LinkError};
 use crate::spec::{Base, Environment};
 
 /// Why a build failed.
@@ -34,22 +34,24 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Link(#[from] LinkError),
-    #[error("base image: {0}")]
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    #[error("base image")]
     Pull(#[from] crate::registry::RegistryError),
-    #[error("base image: {0}")]
-    RegistryBase(String),
+    #[error("base image")]
+    BadBase(#[from] crate::registry::BadReference),
 }
 
-/// Options that do not change the image.
+/// Settings that do not change the image.
 #[derive(Debug, Clone)]
-pub struct BuildOptions {
+pub struct Settings {
     pub threads: usize,
     /// Seconds since the epoch for every timestamp (SOURCE_DATE_EPOCH, default 0).
     pub source_date_epoch: u64,
     /// Skip the link check (for entrypoints it cannot judge, e.g. statically odd loaders).
     pub skip_link_check: bool,
     /// How to reach the registry of a base image given by reference.
-    pub registry: crate::registry::Options,
+    pub registry: crate::registry::Settings,
 }
 
 /// Progress messages, for a reporter that prints them (the library never prints).
@@ -104,11 +106,24 @@ pub fn layer_tree(env: &Environment, l: &crate::spec::Layer) -> Result<Tree, Bui
     Ok(tree)
 }
 
+/// Loads the environment file at `path` and builds it: what push, run and register do with a
+/// file they are given.
+pub fn build_file(
+    path: &std::path::Path,
+    cache: &Cache,
+    settings: &Settings,
+    rep: &mut dyn Reporter,
+) -> Result<(Environment, Built), BuildError> {
+    let env = crate::spec::load_file(path)?;
+    let built = build(&env, cache, settings, rep)?;
+    Ok((env, built))
+}
+
 /// Builds the image of `env` into the cache; outputs are written by the caller.
 pub fn build(
     env: &Environment,
     cache: &Cache,
-    opts: &BuildOptions,
+    settings: &Settings,
     rep: &mut dyn Reporter,
 ) -> Result<Built, BuildError> {
     // Gather every layer first: a missing source fails before anything is compressed.
@@ -122,17 +137,16 @@ pub fn build(
         Base::Oci { dir, digest } => image::load_oci(dir, *digest, &env.os, &env.architecture)?,
         Base::DockerArchive { file, digest } => image::load_docker_archive(file, *digest, cache)?,
         Base::Registry { reference, digest } => {
-            let r: crate::registry::Reference =
-                reference.parse().map_err(BuildError::RegistryBase)?;
-            let creds = crate::registry::default_credentials(&r.registry);
-            let client = crate::registry::Client::new(&r, creds, &opts.registry)?;
+            let r: crate::registry::Reference = reference.parse()?;
+            let creds = crate::auth::for_pull(&r.registry);
+            let client = crate::registry::Client::new(&r, creds, &settings.registry)?;
             rep.message(&format!("base {reference}: pulling into the cache"));
             let (d, manifest, config) =
                 crate::registry::pull(&client, digest, &env.os, &env.architecture, cache)?;
             image::base_from_pulled(reference, d, &manifest, config, cache)?
         }
     };
-    if !opts.skip_link_check {
+    if !settings.skip_link_check {
         link_check(env, &base, &trees, rep)?;
     }
     base.import(cache)?;
@@ -141,7 +155,7 @@ pub fn build(
         source,
     };
     let tar_opts = TarOptions {
-        mtime: opts.source_date_epoch,
+        mtime: settings.source_date_epoch,
     };
     let identity = env.compression.identity();
     let mut stamps = cache.stamps();
@@ -185,7 +199,7 @@ pub fn build(
             1 << 20,
             tmp.as_file().try_clone().map_err(cache_err)?,
         );
-        let (blob, contents) = layer::build(tree, tar_opts, env.compression, opts.threads, out)
+        let (blob, contents) = layer::build(tree, tar_opts, env.compression, settings.threads, out)
             .map_err(|source| BuildError::Layer {
                 file: env.file.display().to_string(),
                 line: l.line,
@@ -222,7 +236,7 @@ pub fn build(
     let add = Additions {
         os: env.os.clone(),
         architecture: env.architecture.clone(),
-        created: opts.source_date_epoch,
+        created: settings.source_date_epoch,
         layers: layers
             .iter()
             .map(|l| (l.name.clone(), l.desc.clone()))

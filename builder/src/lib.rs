@@ -1,18 +1,38 @@
 //! envbuild: reproducible, daemonless container images for tch trainers, pushed to a registry
-//! and run locally or on Azure ML. One module per step of the data's path (see the design).
+//! and run locally or on Azure ML. One module per part of the data's path; ARCHITECTURE.md at
+//! the repository root has the map and the rules between them.
 
+pub mod auth;
 pub mod azureml;
 pub mod build;
 pub mod cache;
-pub mod compress;
-pub mod credential;
 pub mod digest;
-pub mod docker_config;
 pub mod engine;
+pub mod error;
+pub mod hosts;
+pub mod http;
 pub mod image;
-pub mod inspect;
 pub mod layer;
-pub mod linkcheck;
+pub mod publish;
 pub mod registry;
-pub mod run;
 pub mod spec;
+
+/// The hint of `e` when its type is one of the library's errors that carry one
+/// ([`error::Hint`]). Kept at the crate root, which may name every module, so that no module
+/// has to know all the others.
+pub fn hint_of(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    fn h<T: error::Hint + std::error::Error + 'static>(
+        e: &(dyn std::error::Error + 'static),
+    ) -> Option<String> {
+        e.downcast_ref::<T>()
+            .and_then(error::Hint::hint)
+            .map(std::borrow::Cow::into_owned)
+    }
+    h::<error::Hinted>(e)
+        .or_else(|| h::<registry::RegistryError>(e))
+        .or_else(|| h::<auth::entra::EntraError>(e))
+        .or_else(|| h::<auth::docker_config::ConfigError>(e))
+        .or_else(|| h::<image::linkcheck::LinkError>(e))
+        .or_else(|| h::<azureml::AzureError>(e))
+        .or_else(|| h::<azureml::ArmFailure>(e))
+}

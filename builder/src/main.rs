@@ -3,7 +3,6 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod cli;
-mod cli_azure;
 
 fn main() -> ExitCode {
     match cli::run(cli::Cli::parse()) {
@@ -15,15 +14,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes on one line, skipping a cause its parent's message already quotes.
+/// The error and its causes on one line, then what to do next (`hint:` lines): hints of the
+/// library's errors along the chain and of the CLI's own ([`envbuild::error::Hinted`], which
+/// anyhow keeps as context).
 fn message(e: &anyhow::Error) -> String {
-    let mut text = e.to_string();
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !text.contains(&c) {
-            text.push_str(": ");
-            text.push_str(&c);
-        }
-    }
-    text
+    let own = e
+        .downcast_ref::<envbuild::error::Hinted>()
+        .map(|h| h.hint.to_string());
+    envbuild::error::report(e.chain(), envbuild::hint_of, own)
 }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::compress::Compression;
 use crate::digest::Digest;
+use crate::layer::compress::Compression;
 
 /// An error in an environment file, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,6 +282,11 @@ fn find_site(venv: &Path) -> Option<PathBuf> {
 }
 
 /// Reads and checks an environment file.
+/// Loads an environment file with the variables of its own location ([`Vars::for_file`]).
+pub fn load_file(path: &Path) -> Result<Environment, SpecError> {
+    load(path, &Vars::for_file(path))
+}
+
 pub fn load(path: &Path, vars: &Vars) -> Result<Environment, SpecError> {
     let text = std::fs::read_to_string(path).map_err(|e| SpecError {
         file: path.to_path_buf(),

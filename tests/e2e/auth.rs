@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use envbuild::credential::{ACR_SCOPE, ARM_SCOPE};
+use envbuild::auth::entra::{ACR_SCOPE, ARM_SCOPE};
 use envbuild_e2e::entra::Entra;
 use envbuild_e2e::tls;
 use serde_json::Value;

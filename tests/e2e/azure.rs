@@ -274,7 +274,7 @@ fn arm_raw(
 }
 
 fn arm_token(entra: &Entra) -> String {
-    let auth = envbuild::credential::AzureAuth::new(&envbuild::credential::Settings {
+    let auth = envbuild::auth::entra::EntraChain::new(&envbuild::auth::entra::Settings {
         authority_host: Some(entra.authority.clone()),
         ca_file: Some(tls::ca().pem_file().to_path_buf()),
         env: entra
@@ -285,7 +285,7 @@ fn arm_token(entra: &Entra) -> String {
         probe_imds: false,
     })
     .unwrap();
-    auth.token(envbuild::azureml::ARM_SCOPE)
+    auth.token(envbuild::auth::entra::ARM_SCOPE)
         .unwrap()
         .secret
         .expose()

@@ -63,7 +63,9 @@ impl EnvironmentVersion {
         revision: Option<String>,
     ) -> Result<EnvironmentVersion, AzureError> {
         check_name(name)?;
-        let r: Reference = image.parse().map_err(AzureError::Invalid)?;
+        let r: Reference = image
+            .parse()
+            .map_err(|e: crate::registry::BadReference| AzureError::Invalid(e.to_string()))?;
         let Some(digest) = r.digest else {
             return Err(AzureError::Invalid(format!(
                 "image `{image}` has no digest: Azure ML would resolve a tag at run time, so a job could run another image than the one registered\nhint: pass the REGISTRY/REPOSITORY@sha256:… that `envbuild push` prints, or use `envbuild deploy ENV`"

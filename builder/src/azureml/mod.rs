@@ -12,16 +12,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::blocking::Client as Http;
-use reqwest::header::{HeaderMap, AUTHORIZATION, RETRY_AFTER};
-use reqwest::{Method, StatusCode};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use reqwest::Method;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::registry::Secret;
+use crate::auth::entra::ARM_SCOPE;
+use crate::auth::Secret;
+use crate::http::{self, RetryPolicy};
 pub use workspace::Workspace;
 
-/// The ARM token scope for Azure ML's control plane.
-pub const ARM_SCOPE: &str = "https://management.azure.com/.default";
 /// Public Azure's ARM endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://management.azure.com";
 /// The newest stable Microsoft.MachineLearningServices api-version.
@@ -51,10 +51,8 @@ pub struct Settings {
     pub api_version: String,
     /// PEM bundle with extra CA certificates to trust.
     pub ca_file: Option<PathBuf>,
-    /// Attempts per request (first try included) for 5xx, 429, 408 and connection errors.
-    pub attempts: u32,
-    /// Backoff before the first retry when the server gives no Retry-After; doubles each time.
-    pub retry_base: Duration,
+    /// Attempts per request and backoff, for 5xx, 429, 408 and connection errors.
+    pub retry: RetryPolicy,
 }
 
 impl Default for Settings {
@@ -63,8 +61,7 @@ impl Default for Settings {
             endpoint: DEFAULT_ENDPOINT.into(),
             api_version: DEFAULT_API_VERSION.into(),
             ca_file: None,
-            attempts: 5,
-            retry_base: Duration::from_millis(500),
+            retry: RetryPolicy::default(),
         }
     }
 }
@@ -91,6 +88,8 @@ pub enum AzureError {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
 }
 
 impl AzureError {
@@ -115,6 +114,23 @@ pub struct ArmFailure {
     pub hint: Option<String>,
 }
 
+impl crate::error::Hint for AzureError {
+    fn hint(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            AzureError::Arm(a) => crate::error::Hint::hint(&**a),
+            _ => None,
+        }
+    }
+}
+
+impl crate::error::Hint for ArmFailure {
+    fn hint(&self) -> Option<std::borrow::Cow<'_, str>> {
+        self.hint.as_deref().map(std::borrow::Cow::Borrowed)
+    }
+}
+
+impl std::error::Error for ArmFailure {}
+
 impl fmt::Display for ArmFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -122,9 +138,6 @@ impl fmt::Display for ArmFailure {
             "{} {}: HTTP {} {}: {} (x-ms-request-id: {})",
             self.method, self.path, self.status, self.code, self.message, self.request_id
         )?;
-        if let Some(h) = &self.hint {
-            write!(f, "\nhint: {h}")?;
-        }
         Ok(())
     }
 }
@@ -152,21 +165,6 @@ impl fmt::Debug for Client {
             .field("workspace", &self.workspace)
             .finish_non_exhaustive()
     }
-}
-
-fn retryable(s: StatusCode) -> bool {
-    matches!(s.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
-}
-
-fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    let v = h
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()?;
-    Some(Duration::from_secs(v.min(60)))
 }
 
 fn header(h: &HeaderMap, name: &str) -> String {
@@ -201,33 +199,8 @@ impl Client {
         settings: Settings,
         tokens: Box<dyn TokenSource>,
     ) -> Result<Client, AzureError> {
-        let mut b = Http::builder()
-            .timeout(Duration::from_secs(120))
-            .connect_timeout(Duration::from_secs(30))
-            .user_agent(concat!("envbuild/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = &settings.ca_file {
-            let what = format!("CA bundle {}", ca.display());
-            let pem = std::fs::read(ca).map_err(|source| AzureError::Io {
-                what: what.clone(),
-                source,
-            })?;
-            let certs =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| AzureError::Io {
-                    what: what.clone(),
-                    source: std::io::Error::other(e),
-                })?;
-            if certs.is_empty() {
-                return Err(AzureError::Invalid(format!("{what}: no PEM certificate")));
-            }
-            for c in certs {
-                b = b.add_root_certificate(c);
-            }
-        }
-        let http = b.build().map_err(|source| AzureError::Connect {
-            method: "TLS set-up for".into(),
-            url: settings.endpoint.clone(),
-            source,
-        })?;
+        let http =
+            http::blocking_client(settings.ca_file.as_deref(), Some(Duration::from_secs(120)))?;
         Ok(Client {
             http,
             settings,
@@ -284,13 +257,13 @@ impl Client {
             let mut rb = self
                 .http
                 .request(method.clone(), &url)
-                .header(AUTHORIZATION, format!("Bearer {}", token.expose()));
+                .header(AUTHORIZATION, bearer_header(&token));
             if let Some(b) = body {
                 rb = rb.json(b);
             }
             let wait = match rb.send() {
                 Err(source) => {
-                    if attempt >= self.settings.attempts {
+                    if !self.settings.retry.again(attempt) {
                         return Err(AzureError::Connect {
                             method: method.to_string(),
                             url: format!("{}{path}", self.settings.endpoint),
@@ -303,8 +276,8 @@ impl Client {
                     let status = resp.status();
                     let headers = resp.headers().clone();
                     let request_id = header(&headers, "x-ms-request-id");
-                    if retryable(status) && attempt < self.settings.attempts {
-                        retry_after(&headers)
+                    if http::retryable(status) && self.settings.retry.again(attempt) {
+                        http::retry_after(&headers)
                     } else {
                         let text = resp.text().unwrap_or_default();
                         if status.is_success() {
@@ -346,8 +319,7 @@ impl Client {
                     }
                 }
             };
-            let d = wait.unwrap_or(self.settings.retry_base * (1 << (attempt - 1).min(6)));
-            std::thread::sleep(d);
+            self.settings.retry.wait(attempt, wait);
         }
     }
 
@@ -377,7 +349,7 @@ impl Client {
         let resp = self
             .http
             .get(url)
-            .header(AUTHORIZATION, format!("Bearer {}", token.expose()))
+            .header(AUTHORIZATION, bearer_header(&token))
             .send()
             .map_err(|source| AzureError::Connect {
                 method: "GET".into(),
@@ -391,6 +363,14 @@ impl Client {
         }
         Ok(text)
     }
+}
+
+/// `Bearer <token>`, marked sensitive so that it never shows in a Debug print of the request.
+fn bearer_header(token: &Secret) -> HeaderValue {
+    let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        .unwrap_or_else(|_| HeaderValue::from_static("Bearer"));
+    v.set_sensitive(true);
+    v
 }
 
 /// Whether `s` is a valid Azure ML asset or job name: `^[a-zA-Z0-9][a-zA-Z0-9\-_]{0,254}$`.

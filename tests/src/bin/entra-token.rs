@@ -1,4 +1,4 @@
-//! Test driver for `envbuild::credential`: asks the chain, configured from this process's
+//! Test driver for `envbuild::auth::entra`: asks the chain, configured from this process's
 //! environment, for a token for the scope in argv[1]. Prints `{"source","token","expires_in"}`
 //! (it exists to show the token to the test), or the error and exits 1. A second argument
 //! asks again, to show which source the chain kept.
@@ -6,12 +6,17 @@
 use std::process::ExitCode;
 use std::time::SystemTime;
 
+/// The error with its causes and hints, as envbuild prints it.
+fn report(e: &envbuild::auth::entra::EntraError) -> String {
+    envbuild::error::report(envbuild::error::chain(e), envbuild::hint_of, None)
+}
+
 fn main() -> ExitCode {
     let scope = std::env::args().nth(1).unwrap_or_default();
-    let auth = match envbuild::credential::AzureAuth::from_env(None) {
+    let auth = match envbuild::auth::entra::EntraChain::from_env(None) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", report(&e));
             return ExitCode::FAILURE;
         }
     };

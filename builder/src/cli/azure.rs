@@ -11,75 +11,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
+use envbuild::auth::entra::EntraChain;
+use envbuild::auth::Secret;
 use envbuild::azureml::{self, environment, job, model, Client, TokenSource};
-use envbuild::cache::Cache;
-use envbuild::registry::{Reference, Secret};
+use envbuild::error::Hinted;
+use envbuild::registry::Reference;
 
-use crate::cli::{PushArgs, RegistryArgs};
-
-/// Which workspace, and how to reach Azure.
-#[derive(Debug, Clone, Args)]
-pub struct WorkspaceArgs {
-    /// Azure subscription id [default: $AZURE_SUBSCRIPTION_ID, else config.json]
-    #[arg(long, value_name = "ID")]
-    pub subscription: Option<String>,
-    /// Resource group [default: $AZURE_RESOURCE_GROUP, else config.json]
-    #[arg(long, value_name = "NAME")]
-    pub resource_group: Option<String>,
-    /// Azure ML workspace [default: $AZUREML_WORKSPACE_NAME, else config.json]
-    #[arg(long, value_name = "NAME")]
-    pub workspace: Option<String>,
-    /// Azure ML config.json [default: ./config.json or ./.azureml/config.json, here or in a parent]
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Azure Resource Manager endpoint
-    #[arg(long, value_name = "URL", env = "ENVBUILD_ARM_ENDPOINT", default_value = azureml::DEFAULT_ENDPOINT)]
-    pub arm_endpoint: String,
-    /// Microsoft.MachineLearningServices api-version
-    #[arg(long, value_name = "VERSION", env = "ENVBUILD_AZUREML_API_VERSION", default_value = azureml::DEFAULT_API_VERSION)]
-    pub api_version: String,
-    /// PEM bundle of extra CA certificates for ARM and Entra ID
-    #[arg(long, value_name = "FILE", env = "ENVBUILD_CA_FILE")]
-    pub azure_ca_file: Option<PathBuf>,
-    /// Artifact-store endpoint that serves job logs (ExperimentRun/dcid.ID/user_logs/std_log.txt)
-    #[arg(long, value_name = "URL", env = "ENVBUILD_AZUREML_LOGS_ENDPOINT")]
-    pub logs_endpoint: Option<String>,
-    /// Backoff before the first retry of a failed ARM request, in milliseconds
-    #[arg(
-        long,
-        value_name = "MS",
-        env = "ENVBUILD_AZURE_RETRY_MS",
-        default_value_t = 500,
-        hide = true
-    )]
-    pub retry_ms: u64,
-}
-
-/// Ctrl-C and poll pacing of a followed job.
-#[derive(Debug, Clone, Args)]
-pub struct FollowArgs {
-    /// First poll interval in milliseconds (grows by half each poll)
-    #[arg(
-        long,
-        value_name = "MS",
-        env = "ENVBUILD_AZURE_POLL_MIN_MS",
-        default_value_t = 2000,
-        hide = true
-    )]
-    pub poll_min_ms: u64,
-    /// Longest poll interval in milliseconds
-    #[arg(
-        long,
-        value_name = "MS",
-        env = "ENVBUILD_AZURE_POLL_MAX_MS",
-        default_value_t = 60000,
-        hide = true
-    )]
-    pub poll_max_ms: u64,
-    /// Lines of the job's log to show when it fails
-    #[arg(long, value_name = "N", default_value_t = 40)]
-    pub log_lines: usize,
-}
+use super::args::{CacheArgs, FollowArgs, RegistryArgs, RunArgs, TransportArgs, WorkspaceArgs};
+use super::{blob_progress, Stderr};
 
 #[derive(Debug, Args)]
 pub struct RegisterArgs {
@@ -103,9 +42,8 @@ pub struct RegisterArgs {
     pub image_repository: Option<String>,
     #[command(flatten)]
     pub registry: RegistryArgs,
-    /// Cache directory [default: $ENVBUILD_CACHE or ~/.cache/envbuild]
-    #[arg(long, value_name = "DIR")]
-    pub cache: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     #[command(flatten)]
     pub ws: WorkspaceArgs,
 }
@@ -125,54 +63,10 @@ pub struct DeployArgs {
     pub emit_yaml: Option<PathBuf>,
     #[command(flatten)]
     pub registry: RegistryArgs,
-    /// Cache directory [default: $ENVBUILD_CACHE or ~/.cache/envbuild]
-    #[arg(long, value_name = "DIR")]
-    pub cache: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     #[command(flatten)]
     pub ws: WorkspaceArgs,
-}
-
-/// `envbuild run --azure`: the command job's settings.
-#[derive(Debug, Clone, Args)]
-pub struct AzureRunArgs {
-    /// Compute cluster name [default: serverless, with --instance-type]
-    #[arg(long, value_name = "NAME")]
-    pub compute: Option<String>,
-    /// A folder input: NAME=URI (azureml://datastores/…/paths/…); `data` becomes the trainer's --data
-    #[arg(long, value_name = "NAME=URI", value_parser = parse_kv)]
-    pub input: Vec<(String, String)>,
-    /// Name of the output that receives the model (the trainer's --output)
-    #[arg(long, value_name = "NAME", default_value = "model")]
-    pub output: String,
-    /// Experiment name [default: the environment name]
-    #[arg(long, value_name = "NAME")]
-    pub experiment: Option<String>,
-    /// Display name in Azure ML studio
-    #[arg(long, value_name = "TEXT")]
-    pub display_name: Option<String>,
-    /// Job name (unique in the workspace) [default: ENV-TIME-XXXX]
-    #[arg(long, value_name = "NAME")]
-    pub job_name: Option<String>,
-    /// Environment variables for the job (from `envbuild run --env`)
-    #[arg(skip)]
-    pub env_vars: Vec<(String, String)>,
-    /// Stop the job after this long (2h, 90m, PT2H …), so a forgotten GPU job does not run up costs
-    #[arg(long, value_name = "DURATION", default_value = "2h")]
-    pub timeout: String,
-    /// VM size (e.g. Standard_NC24ads_A100_v4)
-    #[arg(long, value_name = "SIZE")]
-    pub instance_type: Option<String>,
-    /// Nodes
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub instance_count: u32,
-    /// Environment name, when the source is an image reference
-    #[arg(long, value_name = "NAME")]
-    pub environment_name: Option<String>,
-    /// Submit and return without following the job
-    #[arg(long, alias = "no-wait")]
-    pub detach: bool,
-    #[command(flatten)]
-    pub follow: FollowArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -223,22 +117,15 @@ pub struct ModelArgs {
     pub ws: WorkspaceArgs,
 }
 
-fn parse_kv(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("`{s}` is not NAME=VALUE")),
-    }
-}
-
 /// ARM tokens from the credential chain (azure_identity: workload identity or client secret,
 /// managed identity, developer tools).
 fn arm_tokens(ws: &WorkspaceArgs) -> anyhow::Result<Box<dyn TokenSource>> {
-    Ok(Box::new(ChainTokens(
-        envbuild::credential::AzureAuth::from_env(ws.azure_ca_file.as_deref())?,
-    )))
+    Ok(Box::new(ChainTokens(EntraChain::from_env(
+        ws.azure_ca_file.as_deref(),
+    )?)))
 }
 
-struct ChainTokens(envbuild::credential::AzureAuth);
+struct ChainTokens(EntraChain);
 
 impl TokenSource for ChainTokens {
     fn token(&self, scope: &str) -> Result<Secret, String> {
@@ -246,19 +133,6 @@ impl TokenSource for ChainTokens {
             .token(scope)
             .map(|t| t.secret)
             .map_err(|e| e.to_string())
-    }
-}
-
-/// Registry settings for builds that only read base images (no credentials given).
-fn default_registry_args() -> RegistryArgs {
-    RegistryArgs {
-        insecure_registry: Vec::new(),
-        ca_file: None,
-        username: None,
-        password_stdin: false,
-        auth: None,
-        parallel: 4,
-        chunk_mib: None,
     }
 }
 
@@ -278,24 +152,8 @@ pub fn client(ws: &WorkspaceArgs) -> anyhow::Result<Client> {
         azureml::workspace::from_env(|k| std::env::var(k).ok()),
         config.as_deref(),
     )?;
-    anyhow::ensure!(
-        ws.arm_endpoint.starts_with("https://"),
-        "ARM endpoint {} is not https:// (tokens are only sent over TLS)",
-        ws.arm_endpoint
-    );
-    let settings = azureml::Settings {
-        endpoint: ws.arm_endpoint.trim_end_matches('/').to_owned(),
-        api_version: ws.api_version.clone(),
-        ca_file: ws.azure_ca_file.clone(),
-        attempts: 5,
-        retry_base: Duration::from_millis(ws.retry_ms),
-    };
+    let settings = ws.settings()?;
     Ok(Client::new(workspace, settings, arm_tokens(ws)?)?)
-}
-
-fn open_cache(dir: &Option<PathBuf>) -> anyhow::Result<Cache> {
-    let root = dir.clone().unwrap_or_else(Cache::default_root);
-    Cache::open(&root).with_context(|| format!("cache {}", root.display()))
 }
 
 /// What a source names: an image by digest, or an environment file.
@@ -318,31 +176,35 @@ fn pushed_image_of(
     file: &Path,
     repository: Option<&str>,
     registry: &RegistryArgs,
-    cache: &Option<PathBuf>,
+    cache: &CacheArgs,
 ) -> anyhow::Result<(String, envbuild::spec::Environment)> {
-    let cache = open_cache(cache)?;
-    let (env, built) = crate::cli::build_env(file, registry, &cache)?;
+    let (env, built) =
+        envbuild::build::build_file(file, &cache.open()?, &registry.build()?, &mut Stderr)?;
     let repo = match repository {
         Some(r) => r.to_owned(),
         None => match (&env.publish.registry, &env.publish.repository) {
             (Some(reg), Some(repo)) => format!("{reg}/{repo}"),
-            _ => anyhow::bail!(
-                "{}: no publish.registry/publish.repository, so the pushed image is unknown\nhint: pass --image-repository REGISTRY/REPOSITORY, or register the REGISTRY/REPOSITORY@sha256:… that `envbuild push` printed",
-                file.display()
-            ),
+            _ => return Err(Hinted::new(
+                format!("{}: no publish.registry/publish.repository, so the pushed image is unknown", file.display()),
+                "pass --image-repository REGISTRY/REPOSITORY, or register the REGISTRY/REPOSITORY@sha256:… that `envbuild push` printed",
+            ).into()),
         },
     };
-    let reference: Reference = format!("{repo}@{}", built.image.digest)
-        .parse()
-        .map_err(anyhow::Error::msg)?;
-    let client = crate::cli::registry_client(registry, &reference)?;
+    let reference: Reference = format!("{repo}@{}", built.image.digest).parse()?;
+    let client = registry.client(&reference)?;
     client
         .get_manifest(&built.image.digest.to_string())
+        .map_err(anyhow::Error::new)
         .with_context(|| {
-            format!(
-                "image {reference} (built from {}) is not in the registry\nhint: `envbuild push {} {repo}` first, or use `envbuild deploy`",
-                file.display(),
-                file.display()
+            Hinted::new(
+                format!(
+                    "image {reference} (built from {}) is not in the registry",
+                    file.display()
+                ),
+                format!(
+                    "`envbuild push {} {repo}` first, or use `envbuild deploy`",
+                    file.display()
+                ),
             )
         })?;
     Ok((reference.to_string(), env))
@@ -382,7 +244,7 @@ fn env_name(
         .context("no environment name: pass --name")
 }
 
-pub fn register_cmd(a: RegisterArgs) -> anyhow::Result<ExitCode> {
+pub fn register(a: RegisterArgs) -> anyhow::Result<ExitCode> {
     let (image, env) = match source(&a.source) {
         Source::Image(i) => (i, None),
         Source::File(f) => {
@@ -409,8 +271,8 @@ pub fn register_cmd(a: RegisterArgs) -> anyhow::Result<ExitCode> {
     register_version(&client, &version, &a.emit_yaml)
 }
 
-pub fn deploy_cmd(a: DeployArgs) -> anyhow::Result<ExitCode> {
-    let env = envbuild::spec::load(&a.env, &envbuild::spec::Vars::for_file(&a.env))?;
+pub fn deploy(a: DeployArgs) -> anyhow::Result<ExitCode> {
+    let env = envbuild::spec::load_file(&a.env)?;
     let name = env_name(&a.name, Some(&env))?;
     environment::check_name(&name)?;
     let dest = match &a.dest {
@@ -432,14 +294,16 @@ pub fn deploy_cmd(a: DeployArgs) -> anyhow::Result<ExitCode> {
     };
     // The workspace is checked before the push, so a typo does not cost an upload.
     let client = client(&a.ws)?;
-    let push = PushArgs {
-        source: a.env.display().to_string(),
-        dest,
-        registry: a.registry.clone(),
-        cache: a.cache.clone(),
-        json: false,
-    };
-    let report = crate::cli::push_source(&push)?;
+    let dest: Reference = dest.parse()?;
+    let report = envbuild::publish::push_source(
+        &a.env.display().to_string(),
+        &dest,
+        a.registry.credentials.resolve(&dest.registry)?,
+        &a.cache.root(),
+        &a.registry.build()?,
+        &mut Stderr,
+        &blob_progress(),
+    )?;
     eprintln!(
         "pushed {} ({} blobs uploaded, {} already there)",
         report.reference, report.uploaded, report.skipped
@@ -460,8 +324,9 @@ pub fn deploy_cmd(a: DeployArgs) -> anyhow::Result<ExitCode> {
 fn environment_for_run(
     client: &Client,
     src: &str,
-    a: &AzureRunArgs,
-    cache: &Option<PathBuf>,
+    a: &super::args::AzureRunArgs,
+    cache: &CacheArgs,
+    transport: &TransportArgs,
 ) -> anyhow::Result<(String, String)> {
     let ws = client.workspace.arm_id();
     if let Some(rest) = src.strip_prefix("azureml:") {
@@ -475,10 +340,12 @@ fn environment_for_run(
     }
     let (name, version) = match source(src) {
         Source::File(f) => {
-            let env = envbuild::spec::load(&f, &envbuild::spec::Vars::for_file(&f))?;
-            let cache = open_cache(cache)?;
-            let reg = default_registry_args();
-            let (_, built) = crate::cli::build_env(&f, &reg, &cache)?;
+            let (env, built) = envbuild::build::build_file(
+                &f,
+                &cache.open()?,
+                &transport.build(None, false)?,
+                &mut Stderr,
+            )?;
             (
                 env_name(&a.environment_name, Some(&env))?,
                 environment::version_for(&built.image.digest),
@@ -495,10 +362,14 @@ fn environment_for_run(
     };
     let path = format!("environments/{name}/versions/{version}");
     if client.get_opt(&path)?.is_none() {
-        anyhow::bail!(
-            "environment {name} version {version} is not registered in workspace {}\nhint: `envbuild deploy {src}` builds, pushes and registers it",
-            client.workspace.name
-        );
+        return Err(Hinted::new(
+            format!(
+                "environment {name} version {version} is not registered in workspace {}",
+                client.workspace.name
+            ),
+            format!("`envbuild deploy {src}` builds, pushes and registers it"),
+        )
+        .into());
     }
     Ok((format!("{ws}/{path}"), name))
 }
@@ -563,14 +434,11 @@ fn follow_job(
                     "the log is in Azure ML studio: the job's Outputs + logs, user_logs/std_log.txt"
                 ),
             }
-            anyhow::bail!(
-                "Azure ML job {id} ended with status {s}{}",
-                if s == "Failed" {
-                    "\nhint: if it failed in Preparing with `unauthorized: authentication required`, the compute's identity needs AcrPull on the image's registry"
-                } else {
-                    ""
-                }
-            )
+            let message = format!("Azure ML job {id} ended with status {s}");
+            if s == "Failed" {
+                return Err(Hinted::new(message, "if it failed in Preparing with `unauthorized: authentication required`, the compute's identity needs AcrPull on the image's registry").into());
+            }
+            anyhow::bail!(message)
         }
         job::Followed::Detached(s) => {
             eprintln!(
@@ -582,16 +450,16 @@ fn follow_job(
 }
 
 /// `envbuild run --azure`: PUT the command job, then follow it unless detached.
-pub fn run_azure(
-    env_or_image: &str,
-    trainer_args: &[String],
-    a: &AzureRunArgs,
-    ws: &WorkspaceArgs,
-    cache: &Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
+pub fn run(r: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut a = r.azure_args.clone();
+    for kv in &r.env {
+        a.env_vars.push(super::args::env_pair(kv)?);
+    }
+    let (env_or_image, trainer_args, ws) = (&r.source, &r.args, &r.ws);
     let timeout = job::parse_timeout(&a.timeout).map_err(anyhow::Error::msg)?;
     let client = client(ws)?;
-    let (environment_id, env_name) = environment_for_run(&client, env_or_image, a, cache)?;
+    let (environment_id, env_name) =
+        environment_for_run(&client, env_or_image, &a, &r.cache, &r.transport)?;
     let inputs: BTreeMap<String, String> = a.input.iter().cloned().collect();
     let id = a
         .job_name
@@ -628,7 +496,7 @@ pub fn run_azure(
     follow_job(&client, &id, &a.follow, &ws.logs_endpoint)
 }
 
-pub fn job_cmd(c: JobCommand) -> anyhow::Result<ExitCode> {
+pub fn job(c: JobCommand) -> anyhow::Result<ExitCode> {
     match c {
         JobCommand::Show(a) => {
             let client = client(&a.ws)?;
@@ -651,7 +519,7 @@ pub fn job_cmd(c: JobCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-pub fn model_cmd(c: ModelCommand) -> anyhow::Result<ExitCode> {
+pub fn model(c: ModelCommand) -> anyhow::Result<ExitCode> {
     let ModelCommand::Register(a) = c;
     let client = client(&a.ws)?;
     let m = model::ModelVersion {
@@ -665,60 +533,4 @@ pub fn model_cmd(c: ModelCommand) -> anyhow::Result<ExitCode> {
     eprintln!("model {}:{version} registered from {}", a.name, m.uri());
     println!("{id}");
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::{CommandFactory as _, Parser as _};
-
-    use crate::cli::{Cli, Command};
-
-    #[test]
-    fn the_command_line_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn run_azure_arguments_parse() {
-        let cli = Cli::try_parse_from([
-            "envbuild",
-            "run",
-            "--azure",
-            "environments/mnist-cpu.toml",
-            "--compute",
-            "gpu",
-            "--input",
-            "data=azureml://datastores/workspaceblobstore/paths/mnist",
-            "--env",
-            "A=1",
-            "--timeout",
-            "30m",
-            "--",
-            "--epochs",
-            "3",
-        ])
-        .unwrap();
-        let Command::Run(r) = cli.command else {
-            panic!("not run")
-        };
-        assert!(r.azure);
-        assert_eq!(r.azure_args.compute.as_deref(), Some("gpu"));
-        assert_eq!(
-            r.azure_args.input,
-            vec![(
-                "data".to_owned(),
-                "azureml://datastores/workspaceblobstore/paths/mnist".to_owned()
-            )]
-        );
-        assert_eq!(r.env, vec!["A=1"]);
-        assert_eq!(r.args, vec!["--epochs", "3"]);
-        let both = Cli::try_parse_from(["envbuild", "run", "--azure", "--local", "e"]);
-        assert!(both
-            .unwrap_err()
-            .to_string()
-            .contains("cannot be used with"));
-        assert_eq!(r.azure_args.output, "model");
-        let bad = Cli::try_parse_from(["envbuild", "run", "--azure", "e", "--input", "novalue"]);
-        assert!(bad.unwrap_err().to_string().contains("is not NAME=VALUE"));
-    }
 }

@@ -1,6 +1,8 @@
 //! The content-addressed cache: blobs by digest, built layers by a key over their inputs, and
 //! file-content digests by file identity (so a warm build re-reads nothing that did not change).
 
+pub mod ledger;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};

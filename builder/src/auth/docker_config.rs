@@ -11,7 +11,7 @@ use base64::Engine as _;
 use serde_json::{json, Map, Value};
 use thiserror::Error;
 
-use crate::registry::{Credentials, Secret, ACR_TOKEN_USERNAME};
+use super::{Credentials, Secret, ACR_TOKEN_USERNAME};
 
 /// Why the credential store could not be read or written.
 #[derive(Debug, Error)]
@@ -24,7 +24,7 @@ pub enum ConfigError {
     },
     #[error("{}: not a Docker config file: {message}", path.display())]
     Parse { path: PathBuf, message: String },
-    #[error("credential helper docker-credential-{helper} {action} for {registry}: {message}\nhint: is docker-credential-{helper} installed and on PATH? (named by credHelpers/credsStore in {})", config.display())]
+    #[error("credential helper docker-credential-{helper} {action} for {registry}: {message}")]
     Helper {
         helper: String,
         action: &'static str,
@@ -34,6 +34,15 @@ pub enum ConfigError {
     },
     #[error("no home directory: set DOCKER_CONFIG or HOME")]
     NoHome,
+}
+
+impl crate::error::Hint for ConfigError {
+    fn hint(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            ConfigError::Helper { helper, config, .. } => Some(format!("is docker-credential-{helper} installed and on PATH? (named by credHelpers/credsStore in {})", config.display()).into()),
+            _ => None,
+        }
+    }
 }
 
 /// The directory of Docker's `config.json`: `$DOCKER_CONFIG`, else `~/.docker`.

@@ -8,19 +8,19 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, Mount, MountTypeEnum};
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, RemoveContainerOptions,
-    StopContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, RemoveContainerOptions, StopContainerOptions,
+    WaitContainerOptions,
 };
 use futures_util::StreamExt;
-use thiserror::Error;
 
-use crate::engine::Engine;
+use super::{Engine, EngineError};
+use crate::auth::Credentials;
 
 /// Where the data and the outputs appear inside the container.
 pub const DATA_MOUNT: &str = "/data";
@@ -178,11 +178,7 @@ pub fn container_body(spec: &RunSpec) -> ContainerCreateBody {
 
 /// Registry credentials in the form the engine takes for a pull (Entra credentials must have
 /// been exchanged for an ACR refresh token first).
-pub fn engine_credentials(
-    c: &crate::registry::Credentials,
-    registry: &str,
-) -> bollard::auth::DockerCredentials {
-    use crate::registry::Credentials;
+pub fn engine_credentials(c: &Credentials, registry: &str) -> bollard::auth::DockerCredentials {
     let mut d = bollard::auth::DockerCredentials {
         serveraddress: Some(registry.to_owned()),
         ..Default::default()
@@ -199,15 +195,20 @@ pub fn engine_credentials(
     d
 }
 
-/// What can go wrong running the container.
-#[derive(Debug, Error)]
-pub enum RunError {
-    #[error("Docker engine at {address}: {what}: {message}")]
-    Engine {
-        address: String,
-        what: String,
-        message: String,
-    },
+/// Which of the container's streams a piece of output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Where a run's output and messages go: the caller decides (the CLI copies the container's
+/// streams to its own; a test collects them). The library never prints.
+pub trait Sink: Send + Sync {
+    /// Bytes the container wrote, as they come.
+    fn output(&self, stream: Stream, bytes: &[u8]);
+    /// A line about the run (container id, stopping, pulling).
+    fn message(&self, text: &str);
 }
 
 /// How the run ended.
@@ -220,71 +221,21 @@ pub enum Outcome {
 }
 
 impl Engine {
-    fn fail(&self, what: impl Into<String>, e: impl fmt::Display) -> RunError {
-        RunError::Engine {
-            address: self.address.clone(),
-            what: what.into(),
-            message: e.to_string(),
-        }
-    }
-
-    /// Whether the engine reports an nvidia runtime (installed by nvidia-container-toolkit).
-    pub async fn has_nvidia_runtime(&self) -> Result<bool, RunError> {
-        let info = self
-            .docker
-            .info()
-            .await
-            .map_err(|e| self.fail("reading engine info", e))?;
-        Ok(info
-            .runtimes
-            .is_some_and(|r| r.keys().any(|k| k.contains("nvidia"))))
-    }
-
-    /// Whether the engine has an image by this name or ID.
-    pub async fn has_image(&self, name: &str) -> Result<bool, RunError> {
-        match self.docker.inspect_image(name).await {
-            Ok(_) => Ok(true),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(false),
-            Err(e) => Err(self.fail(format!("inspecting image {name}"), e)),
-        }
-    }
-
-    /// Pulls `reference` (`registry/repo@sha256:…`) through the engine, with credentials if any.
-    pub async fn pull(
-        &self,
-        reference: &str,
-        credentials: Option<bollard::auth::DockerCredentials>,
-    ) -> Result<(), RunError> {
-        let mut stream = self.docker.create_image(
-            Some(CreateImageOptions {
-                from_image: Some(reference.to_owned()),
-                ..Default::default()
-            }),
-            None,
-            credentials,
-        );
-        while let Some(item) = stream.next().await {
-            let info = item.map_err(|e| self.fail(format!("pulling {reference}"), e))?;
-            if let Some(e) = info.error_detail.and_then(|d| d.message) {
-                return Err(self.fail(format!("pulling {reference}"), e));
-            }
-        }
-        Ok(())
-    }
-
     /// Runs the container to its end, streaming its output to ours; on Ctrl-C or SIGTERM, stops
     /// it (SIGTERM, SIGKILL after `spec.stop_timeout` s). Removes it unless `spec.keep`.
-    pub async fn run(&self, spec: &RunSpec) -> Result<(Outcome, String), RunError> {
+    pub async fn run(
+        &self,
+        spec: &RunSpec,
+        sink: Arc<dyn Sink>,
+    ) -> Result<(Outcome, String), EngineError> {
         let created = self
             .docker
             .create_container(None::<CreateContainerOptions>, container_body(spec))
             .await
             .map_err(|e| self.fail(format!("creating a container from {}", spec.image), e))?;
         let id = created.id;
-        eprintln!("container {}", &id[..id.len().min(12)]);
-        let result = self.drive(&id, spec).await;
+        sink.message(&format!("container {}", &id[..id.len().min(12)]));
+        let result = self.drive(&id, spec, &sink).await;
         if !spec.keep {
             let removed = self
                 .docker
@@ -303,7 +254,12 @@ impl Engine {
         result.map(|o| (o, id))
     }
 
-    async fn drive(&self, id: &str, spec: &RunSpec) -> Result<Outcome, RunError> {
+    async fn drive(
+        &self,
+        id: &str,
+        spec: &RunSpec,
+        sink: &Arc<dyn Sink>,
+    ) -> Result<Outcome, EngineError> {
         let attached = self
             .docker
             .attach_container(
@@ -319,19 +275,14 @@ impl Engine {
             .await
             .map_err(|e| self.fail("attaching to the container", e))?;
         let mut output = attached.output;
+        let out = sink.clone();
         let copier = tokio::spawn(async move {
             while let Some(Ok(chunk)) = output.next().await {
                 use bollard::container::LogOutput;
                 match chunk {
-                    LogOutput::StdErr { message } => {
-                        let mut e = std::io::stderr().lock();
-                        let _ = e.write_all(&message);
-                        let _ = e.flush();
-                    }
+                    LogOutput::StdErr { message } => out.output(Stream::Stderr, &message),
                     LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                        let mut o = std::io::stdout().lock();
-                        let _ = o.write_all(&message);
-                        let _ = o.flush();
+                        out.output(Stream::Stdout, &message)
                     }
                     LogOutput::StdIn { .. } => {}
                 }
@@ -368,10 +319,10 @@ impl Engine {
             _ = tokio::signal::ctrl_c() => 2,
             _ = sigterm.recv() => 15,
         };
-        eprintln!(
+        sink.message(&format!(
             "envbuild: stopping the container (SIGTERM, then SIGKILL after {} s)",
             spec.stop_timeout
-        );
+        ));
         self.docker
             .stop_container(
                 id,

@@ -12,6 +12,11 @@ use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
 
+/// Media type of a gzip-compressed OCI layer.
+pub const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// Media type of a zstd-compressed OCI layer.
+pub const LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
 /// Size of the independently compressed blocks. Part of the image identity: never change it.
 pub const BLOCK: usize = 1 << 20;
 
@@ -26,8 +31,8 @@ pub enum Compression {
 impl Compression {
     pub fn media_type(&self) -> &'static str {
         match self {
-            Compression::Gzip(_) => "application/vnd.oci.image.layer.v1.tar+gzip",
-            Compression::Zstd(_) => "application/vnd.oci.image.layer.v1.tar+zstd",
+            Compression::Gzip(_) => LAYER_GZIP,
+            Compression::Zstd(_) => LAYER_ZSTD,
         }
     }
 

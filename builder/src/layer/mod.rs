@@ -10,8 +10,10 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
-use crate::compress::Compression;
+pub mod compress;
+
 use crate::digest::Digest;
+use compress::Compression;
 
 /// What can go wrong while gathering or writing a layer.
 #[derive(Debug, Error)]
@@ -483,7 +485,7 @@ pub fn build<W: Write>(
     threads: usize,
     out: W,
 ) -> Result<(LayerBlob, ContentDigests), LayerError> {
-    let mut sink = crate::compress::Encoder::new(compression, threads, out);
+    let mut sink = compress::Encoder::new(compression, threads, out);
     let (_, digests) = write_tar(tree, opts, &mut sink)?;
     let done = sink.finish().map_err(|e| LayerError::Io {
         path: PathBuf::from("<layer output>"),

@@ -222,7 +222,7 @@ impl Opened {
                 Box::new(tmp)
             }
         };
-        crate::compress::decoder(raw).map_err(io_at(Path::new("<layer>")))
+        crate::layer::compress::decoder(raw).map_err(io_at(Path::new("<layer>")))
     }
 
     /// Every entry of layer `i`: header fields and content digest, by path.

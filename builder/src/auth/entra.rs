@@ -12,7 +12,7 @@
 //! 3. **Developer tools**: `DeveloperToolsCredential` (`az account get-access-token`, then `azd`).
 //!
 //! The first credential that gives a token is used for every later request. When none does,
-//! [`CredentialError::Exhausted`] lists each credential and why it failed (never a secret).
+//! [`EntraError::Exhausted`] lists each credential and why it failed (never a secret).
 //! Endpoints are configuration: `AZURE_AUTHORITY_HOST` (https only) and a CA bundle
 //! (`ENVBUILD_CA_FILE` or [`Settings::ca_file`]) let tests point the chain at a local stand-in.
 
@@ -32,7 +32,7 @@ use azure_identity::{
 };
 use thiserror::Error;
 
-use crate::registry::Secret;
+use super::Secret;
 
 /// Scope of Azure Resource Manager tokens.
 pub const ARM_SCOPE: &str = "https://management.azure.com/.default";
@@ -62,20 +62,31 @@ impl fmt::Display for Attempt {
 
 /// Why no token could be had.
 #[derive(Debug, Error)]
-pub enum CredentialError {
-    #[error("CA bundle {}: {source}", path.display())]
-    CaFile {
-        path: PathBuf,
+pub enum EntraError {
+    #[error(transparent)]
+    CaFile(#[from] crate::http::HttpError),
+    #[error("CA bundle {}: {message}", path.display())]
+    CaParse { path: PathBuf, message: String },
+    #[error("cannot set up the Entra ID client ({what}): {source}")]
+    Setup {
+        what: &'static str,
         #[source]
-        source: std::io::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("cannot set up the Entra ID client: {0}")]
-    Setup(String),
     #[error(
-        "no Azure credential gave a token for {scope}; tried:\n{}\nhint: run `az login`, or set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET (or AZURE_FEDERATED_TOKEN_FILE)",
+        "no Azure credential gave a token for {scope}; tried:\n{}",
         tried.iter().map(|a| format!("  - {a}")).collect::<Vec<_>>().join("\n")
     )]
     Exhausted { scope: String, tried: Vec<Attempt> },
+}
+
+impl crate::error::Hint for EntraError {
+    fn hint(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            EntraError::Exhausted { .. } => Some("run `az login`, or set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET (or AZURE_FEDERATED_TOKEN_FILE)".into()),
+            _ => None,
+        }
+    }
 }
 
 /// Where the chain's endpoints are and which environment it reads; [`Settings::from_env`]
@@ -183,7 +194,7 @@ fn plan(s: &Settings) -> Vec<Step> {
 }
 
 /// The chain: built once, asked for tokens many times (credentials cache their tokens).
-pub struct AzureAuth {
+pub struct EntraChain {
     runtime: tokio::runtime::Runtime,
     sources: Vec<Source>,
     /// Index of the source that gave the last token: asked first from then on.
@@ -196,7 +207,7 @@ enum Source {
     Failed(Attempt),
 }
 
-impl fmt::Debug for AzureAuth {
+impl fmt::Debug for EntraChain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<&str> = self
             .sources
@@ -206,7 +217,7 @@ impl fmt::Debug for AzureAuth {
                 Source::Failed(a) => a.credential,
             })
             .collect();
-        f.debug_struct("AzureAuth").field("chain", &names).finish()
+        f.debug_struct("EntraChain").field("chain", &names).finish()
     }
 }
 
@@ -231,36 +242,36 @@ fn azure_error(e: &azure_core::Error) -> String {
     s.replace('\n', " ")
 }
 
-impl AzureAuth {
+impl EntraChain {
     /// The chain configured from the process environment (see [`Settings::from_env`]).
-    pub fn from_env(ca_file: Option<&Path>) -> Result<AzureAuth, CredentialError> {
-        AzureAuth::new(&Settings::from_env(ca_file))
+    pub fn from_env(ca_file: Option<&Path>) -> Result<EntraChain, EntraError> {
+        EntraChain::new(&Settings::from_env(ca_file))
     }
 
     /// The chain for `settings`. Builds credentials only; no request is made until [`Self::token`].
-    pub fn new(settings: &Settings) -> Result<AzureAuth, CredentialError> {
+    pub fn new(settings: &Settings) -> Result<EntraChain, EntraError> {
         install_crypto_provider();
         let mut http = reqwest_azure::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60));
         if let Some(path) = &settings.ca_file {
-            let pem = std::fs::read(path).map_err(|source| CredentialError::CaFile {
-                path: path.clone(),
-                source,
-            })?;
+            // An empty bundle adds nothing here: the chain then reports each credential's TLS
+            // failure, which names the endpoint.
+            let pem = crate::http::read_ca_bundle(path)?;
             let certs = reqwest_azure::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                CredentialError::CaFile {
+                EntraError::CaParse {
                     path: path.clone(),
-                    source: std::io::Error::other(e),
+                    message: e.to_string(),
                 }
             })?;
             for c in certs {
                 http = http.add_root_certificate(c);
             }
         }
-        let http = http
-            .build()
-            .map_err(|e| CredentialError::Setup(e.to_string()))?;
+        let http = http.build().map_err(|e| EntraError::Setup {
+            what: "HTTP client",
+            source: e.into(),
+        })?;
         let client_options = || {
             let mut o = ClientOptions {
                 transport: Some(Transport::new(Arc::new(http.clone()))),
@@ -337,8 +348,11 @@ impl AzureAuth {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| CredentialError::Setup(format!("tokio runtime: {e}")))?;
-        Ok(AzureAuth {
+            .map_err(|e| EntraError::Setup {
+                what: "tokio runtime",
+                source: e.into(),
+            })?;
+        Ok(EntraChain {
             runtime,
             sources,
             chosen: Mutex::new(None),
@@ -348,12 +362,12 @@ impl AzureAuth {
     /// A token for `scope` (e.g. [`ARM_SCOPE`], [`ACR_SCOPE`]), from the first credential of the
     /// chain that gives one. Blocking: call it from plain threads, not from inside a tokio
     /// runtime (use [`Self::token_async`] there).
-    pub fn token(&self, scope: &str) -> Result<Token, CredentialError> {
+    pub fn token(&self, scope: &str) -> Result<Token, EntraError> {
         self.runtime.block_on(self.token_async(scope))
     }
 
     /// [`Self::token`] for async callers.
-    pub async fn token_async(&self, scope: &str) -> Result<Token, CredentialError> {
+    pub async fn token_async(&self, scope: &str) -> Result<Token, EntraError> {
         let chosen = *self.chosen.lock().expect("lock");
         let order: Vec<usize> = chosen
             .into_iter()
@@ -393,7 +407,7 @@ impl AzureAuth {
                 }),
             }
         }
-        Err(CredentialError::Exhausted {
+        Err(EntraError::Exhausted {
             scope: scope.to_owned(),
             tried,
         })
@@ -462,7 +476,7 @@ mod tests {
 
     #[test]
     fn exhausted_error_lists_every_credential() {
-        let e = CredentialError::Exhausted {
+        let e = EntraError::Exhausted {
             scope: ARM_SCOPE.into(),
             tried: vec![
                 Attempt {
@@ -477,6 +491,8 @@ mod tests {
         };
         let s = e.to_string();
         assert!(s.contains("  - EnvironmentCredential: not configured\n  - DeveloperToolsCredential: az not found"), "{s}");
-        assert!(s.contains("hint: run `az login`"));
+        assert!(crate::error::Hint::hint(&e)
+            .unwrap()
+            .contains("run `az login`"));
     }
 }

@@ -63,7 +63,7 @@ fn norm(path: &str) -> String {
 impl ImageFs {
     /// Applies one (possibly compressed) base layer tar, honouring whiteouts.
     pub fn add_layer_tar(&mut self, r: impl Read) -> io::Result<()> {
-        let mut a = tar::Archive::new(crate::compress::decoder(r)?);
+        let mut a = tar::Archive::new(crate::layer::compress::decoder(r)?);
         for e in a.entries()? {
             let mut e = e?;
             let path = norm(&e.path()?.to_string_lossy());
@@ -238,10 +238,20 @@ impl fmt::Display for LinkError {
             f,
             "link check failed: the entrypoint would not start in this image"
         )?;
-        for p in &self.problems {
-            writeln!(f, "  {p}")?;
+        let n = self.problems.len();
+        for (i, p) in self.problems.iter().enumerate() {
+            write!(f, "  {p}")?;
+            if i + 1 < n {
+                writeln!(f)?;
+            }
         }
-        write!(f, "hint: add the missing libraries to a layer (or LD_LIBRARY_PATH), or use a base with a newer glibc/libstdc++")
+        Ok(())
+    }
+}
+
+impl crate::error::Hint for LinkError {
+    fn hint(&self) -> Option<std::borrow::Cow<'_, str>> {
+        Some("add the missing libraries to a layer (or LD_LIBRARY_PATH), or use a base with a newer glibc/libstdc++".into())
     }
 }
 

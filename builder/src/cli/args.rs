@@ -1,0 +1,412 @@
+//! The flags, in groups that commands share by `#[command(flatten)]` (cache, transport,
+//! credentials, transfer, workspace, job pacing), and the one place each group turns into the
+//! library's settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use envbuild::auth::{self, AuthMode, Given, Secret};
+use envbuild::cache::Cache;
+use envbuild::engine::run::{parse_size, Gpus};
+use envbuild::http::RetryPolicy;
+use envbuild::{azureml, build, registry};
+
+/// `--cache`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CacheArgs {
+    /// Cache directory for blobs and built layers [default: $ENVBUILD_CACHE or ~/.cache/envbuild]
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+}
+
+impl CacheArgs {
+    pub fn root(&self) -> PathBuf {
+        self.cache.clone().unwrap_or_else(Cache::default_root)
+    }
+
+    pub fn open(&self) -> anyhow::Result<Cache> {
+        let root = self.root();
+        Cache::open(&root).with_context(|| format!("cache {}", root.display()))
+    }
+}
+
+/// How registries are reached: plain HTTP hosts, extra CAs.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TransportArgs {
+    /// Registry host reached over plain HTTP (loopback registries always are); repeatable
+    #[arg(long, value_name = "HOST")]
+    pub insecure_registry: Vec<String>,
+    /// PEM file with CA certificates to trust besides the system's
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// How blobs move: parallel transfers and chunk size.
+#[derive(Debug, Clone, Args)]
+pub struct TransferArgs {
+    /// Parallel blob transfers
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub parallel: u32,
+    /// Blobs larger than this many MiB are sent in chunks of that size [default: 16 for ACR, 4 for GHCR, 128 elsewhere]
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub chunk_mib: Option<u64>,
+}
+
+impl Default for TransferArgs {
+    fn default() -> TransferArgs {
+        TransferArgs {
+            parallel: 4,
+            chunk_mib: None,
+        }
+    }
+}
+
+impl TransportArgs {
+    /// Registry settings: these hosts and CAs, `transfer`'s parallelism and chunks, five
+    /// attempts per request.
+    pub fn registry(&self, transfer: &TransferArgs) -> registry::Settings {
+        registry::Settings {
+            insecure: self.insecure_registry.clone(),
+            ca_file: self.ca_file.clone(),
+            chunk: transfer.chunk_mib.map_or(0, |m| m << 20),
+            parallel: transfer.parallel as usize,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Build settings for builds that pull base images through these hosts and CAs.
+    pub fn build(
+        &self,
+        threads: Option<u32>,
+        skip_link_check: bool,
+    ) -> anyhow::Result<build::Settings> {
+        let threads = threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |t| t as usize,
+        );
+        Ok(build::Settings {
+            threads,
+            source_date_epoch: source_date_epoch()?,
+            skip_link_check,
+            registry: self.registry(&TransferArgs::default()),
+        })
+    }
+}
+
+/// Who we are to the registry.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CredentialArgs {
+    /// User name (with --password-stdin); else $ENVBUILD_REGISTRY_USERNAME, else Docker's config.json
+    #[arg(long, short)]
+    pub username: Option<String>,
+    /// Read the password or token from standard input
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// How to authenticate: `entra` (Microsoft Entra ID, the default for *.azurecr.io), `docker`
+    /// (Docker's config.json and credential helpers), `anonymous` [env: ENVBUILD_REGISTRY_AUTH]
+    #[arg(long, value_enum)]
+    pub auth: Option<AuthMode>,
+}
+
+impl CredentialArgs {
+    /// What the flags give, the password read from stdin when asked for.
+    pub fn given(&self) -> anyhow::Result<Given> {
+        let password = if self.password_stdin {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .context("reading the password from stdin")?;
+            Some(Secret::new(s.trim_end_matches(['\n', '\r'])))
+        } else {
+            None
+        };
+        Ok(Given {
+            username: self.username.clone(),
+            password,
+            mode: self.auth,
+        })
+    }
+
+    /// The credentials for `registry` by the one policy ([`auth::resolve`]).
+    pub fn resolve(&self, registry: &str) -> anyhow::Result<Option<auth::Credentials>> {
+        Ok(auth::resolve(&self.given()?, registry)?)
+    }
+}
+
+/// Everything a command that talks to a registry needs.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RegistryArgs {
+    #[command(flatten)]
+    pub transport: TransportArgs,
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+}
+
+impl RegistryArgs {
+    /// A client for `reference` with these settings and credentials.
+    pub fn client(&self, reference: &registry::Reference) -> anyhow::Result<registry::Client> {
+        Ok(registry::Client::new(
+            reference,
+            self.credentials.resolve(&reference.registry)?,
+            &self.transport.registry(&self.transfer),
+        )?)
+    }
+
+    /// Build settings for builds done on the way (push, register of a file).
+    pub fn build(&self) -> anyhow::Result<build::Settings> {
+        let mut s = self.transport.build(None, false)?;
+        s.registry = self.transport.registry(&self.transfer);
+        Ok(s)
+    }
+}
+
+/// `SOURCE_DATE_EPOCH`, the time every timestamp of the image gets (0 when unset).
+pub fn source_date_epoch() -> anyhow::Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(s) if !s.is_empty() => s
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH=`{s}` is not a number of seconds")),
+        _ => Ok(0),
+    }
+}
+
+/// Where a build goes, or what inspect and diff read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Oci(PathBuf),
+    DockerArchive(PathBuf),
+}
+
+impl Output {
+    /// `oci:DIR` or `docker-archive:FILE`, as the library's readers take it.
+    pub fn spec(&self) -> String {
+        match self {
+            Output::Oci(p) => format!("oci:{}", p.display()),
+            Output::DockerArchive(p) => format!("docker-archive:{}", p.display()),
+        }
+    }
+}
+
+pub fn parse_output(s: &str) -> Result<Output, String> {
+    match s.split_once(':') {
+        Some(("oci", p)) if !p.is_empty() => Ok(Output::Oci(p.into())),
+        Some(("docker-archive", p)) if !p.is_empty() => Ok(Output::DockerArchive(p.into())),
+        _ => Err(format!(
+            "`{s}` is not an output (use oci:DIR or docker-archive:FILE)"
+        )),
+    }
+}
+
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}` is not NAME=VALUE")),
+    }
+}
+
+/// `KEY=VALUE`, or `KEY` with this process's value (as `docker run -e KEY`).
+pub fn env_pair(kv: &str) -> anyhow::Result<(String, String)> {
+    let (key, value) = match kv.split_once('=') {
+        Some((k, v)) => (k, Some(v.to_owned())),
+        None => (kv, None),
+    };
+    anyhow::ensure!(
+        !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "--env {kv}: `{key}` is not a variable name"
+    );
+    let value = match value {
+        Some(v) => v,
+        None => std::env::var(key)
+            .with_context(|| format!("--env {key}: not set in this shell (give {key}=VALUE)"))?,
+    };
+    Ok((key.to_owned(), value))
+}
+
+/// Which workspace, and how to reach Azure.
+#[derive(Debug, Clone, Args)]
+pub struct WorkspaceArgs {
+    /// Azure subscription id [default: $AZURE_SUBSCRIPTION_ID, else config.json]
+    #[arg(long, value_name = "ID")]
+    pub subscription: Option<String>,
+    /// Resource group [default: $AZURE_RESOURCE_GROUP, else config.json]
+    #[arg(long, value_name = "NAME")]
+    pub resource_group: Option<String>,
+    /// Azure ML workspace [default: $AZUREML_WORKSPACE_NAME, else config.json]
+    #[arg(long, value_name = "NAME")]
+    pub workspace: Option<String>,
+    /// Azure ML config.json [default: ./config.json or ./.azureml/config.json, here or in a parent]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Azure Resource Manager endpoint
+    #[arg(long, value_name = "URL", env = "ENVBUILD_ARM_ENDPOINT", default_value = azureml::DEFAULT_ENDPOINT)]
+    pub arm_endpoint: String,
+    /// Microsoft.MachineLearningServices api-version
+    #[arg(long, value_name = "VERSION", env = "ENVBUILD_AZUREML_API_VERSION", default_value = azureml::DEFAULT_API_VERSION)]
+    pub api_version: String,
+    /// PEM bundle of extra CA certificates for ARM and Entra ID
+    #[arg(long, value_name = "FILE", env = "ENVBUILD_CA_FILE")]
+    pub azure_ca_file: Option<PathBuf>,
+    /// Artifact-store endpoint that serves job logs (ExperimentRun/dcid.ID/user_logs/std_log.txt)
+    #[arg(long, value_name = "URL", env = "ENVBUILD_AZUREML_LOGS_ENDPOINT")]
+    pub logs_endpoint: Option<String>,
+    /// Backoff before the first retry of a failed ARM request, in milliseconds
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "ENVBUILD_AZURE_RETRY_MS",
+        default_value_t = 500,
+        hide = true
+    )]
+    pub retry_ms: u64,
+}
+
+impl WorkspaceArgs {
+    /// ARM settings: endpoint (https only), api-version, CA bundle, retries.
+    pub fn settings(&self) -> anyhow::Result<azureml::Settings> {
+        anyhow::ensure!(
+            self.arm_endpoint.starts_with("https://"),
+            "ARM endpoint {} is not https:// (tokens are only sent over TLS)",
+            self.arm_endpoint
+        );
+        Ok(azureml::Settings {
+            endpoint: self.arm_endpoint.trim_end_matches('/').to_owned(),
+            api_version: self.api_version.clone(),
+            ca_file: self.azure_ca_file.clone(),
+            retry: RetryPolicy {
+                attempts: 5,
+                base: Duration::from_millis(self.retry_ms),
+            },
+        })
+    }
+}
+
+/// Poll pacing of a followed job, and how much log to show when it fails.
+#[derive(Debug, Clone, Args)]
+pub struct FollowArgs {
+    /// First poll interval in milliseconds (grows by half each poll)
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "ENVBUILD_AZURE_POLL_MIN_MS",
+        default_value_t = 2000,
+        hide = true
+    )]
+    pub poll_min_ms: u64,
+    /// Longest poll interval in milliseconds
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "ENVBUILD_AZURE_POLL_MAX_MS",
+        default_value_t = 60000,
+        hide = true
+    )]
+    pub poll_max_ms: u64,
+    /// Lines of the job's log to show when it fails
+    #[arg(long, value_name = "N", default_value_t = 40)]
+    pub log_lines: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// An environment file (built, and loaded into the engine when it is not there) or an image
+    /// reference REGISTRY/REPOSITORY@sha256:… or :TAG (pulled by digest when not there)
+    pub source: String,
+    /// Run on this machine's Docker engine (DOCKER_HOST or the default socket)
+    #[arg(long, conflicts_with = "azure")]
+    pub local: bool,
+    /// Run as an Azure ML command job in the workspace (see the Azure options below)
+    #[arg(long)]
+    pub azure: bool,
+    /// Host directory with the data set, mounted read-only at /data
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/usr/share/datasets/fashion-mnist"
+    )]
+    pub data: PathBuf,
+    /// Host directory for checkpoints, metrics and the model, mounted read-write at /outputs
+    #[arg(long, value_name = "DIR", default_value = "outputs")]
+    pub outputs: PathBuf,
+    /// Environment variable for the trainer (both modes): KEY=VALUE, or KEY to pass this shell's value; repeatable
+    #[arg(long = "env", short = 'e', value_name = "KEY[=VALUE]")]
+    pub env: Vec<String>,
+    /// Size of /dev/shm (e.g. 2g; Azure ML's default is 2g)
+    #[arg(long, value_name = "SIZE", default_value = "2g", value_parser = parse_size)]
+    pub shm_size: i64,
+    /// Memory limit (e.g. 16g) [default: none]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory: Option<i64>,
+    /// GPUs: auto (all, when the engine has the nvidia runtime), all, a count, or none
+    #[arg(long, value_name = "WHICH", default_value = "auto")]
+    pub gpus: Gpus,
+    /// UID:GID the trainer runs as [default: yours, so the outputs belong to you]
+    #[arg(long, value_name = "UID:GID")]
+    pub user: Option<String>,
+    /// Seconds between SIGTERM and SIGKILL when the run is interrupted
+    #[arg(long, value_name = "S", default_value_t = 10)]
+    pub stop_timeout: u32,
+    /// Keep the container after it exits (it is removed by default)
+    #[arg(long)]
+    pub keep: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    #[command(flatten)]
+    pub transport: TransportArgs,
+    #[command(flatten, next_help_heading = "Azure ML (--azure)")]
+    pub azure_args: AzureRunArgs,
+    #[command(flatten, next_help_heading = "Azure ML workspace (--azure)")]
+    pub ws: WorkspaceArgs,
+    /// Arguments for the trainer, after `--` (e.g. -- --epochs 1 --resume)
+    #[arg(last = true, value_name = "TRAINER ARGS")]
+    pub args: Vec<String>,
+}
+
+/// `envbuild run --azure`: the command job's settings.
+#[derive(Debug, Clone, Args)]
+pub struct AzureRunArgs {
+    /// Compute cluster name [default: serverless, with --instance-type]
+    #[arg(long, value_name = "NAME")]
+    pub compute: Option<String>,
+    /// A folder input: NAME=URI (azureml://datastores/…/paths/…); `data` becomes the trainer's --data
+    #[arg(long, value_name = "NAME=URI", value_parser = parse_kv)]
+    pub input: Vec<(String, String)>,
+    /// Name of the output that receives the model (the trainer's --output)
+    #[arg(long, value_name = "NAME", default_value = "model")]
+    pub output: String,
+    /// Experiment name [default: the environment name]
+    #[arg(long, value_name = "NAME")]
+    pub experiment: Option<String>,
+    /// Display name in Azure ML studio
+    #[arg(long, value_name = "TEXT")]
+    pub display_name: Option<String>,
+    /// Job name (unique in the workspace) [default: ENV-TIME-XXXX]
+    #[arg(long, value_name = "NAME")]
+    pub job_name: Option<String>,
+    /// Environment variables for the job (from `envbuild run --env`)
+    #[arg(skip)]
+    pub env_vars: Vec<(String, String)>,
+    /// Stop the job after this long (2h, 90m, PT2H …), so a forgotten GPU job does not run up costs
+    #[arg(long, value_name = "DURATION", default_value = "2h")]
+    pub timeout: String,
+    /// VM size (e.g. Standard_NC24ads_A100_v4)
+    #[arg(long, value_name = "SIZE")]
+    pub instance_type: Option<String>,
+    /// Nodes
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub instance_count: u32,
+    /// Environment name, when the source is an image reference
+    #[arg(long, value_name = "NAME")]
+    pub environment_name: Option<String>,
+    /// Submit and return without following the job
+    #[arg(long, alias = "no-wait")]
+    pub detach: bool,
+    #[command(flatten)]
+    pub follow: FollowArgs,
+}

@@ -1,0 +1,153 @@
+//! `envbuild build`, `inspect`, `diff`: images on this machine.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use envbuild::engine::image::{load, repo_tag};
+use envbuild::engine::Blocking;
+use envbuild::image::inspect;
+
+use super::args::{parse_output, CacheArgs, Output, TransportArgs};
+use super::Stderr;
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Environment file (see environments/README.md)
+    pub env: PathBuf,
+    /// Where to write the image: oci:DIR (OCI image layout) or docker-archive:FILE (`docker load`); repeatable
+    #[arg(long, short, value_parser = parse_output)]
+    pub output: Vec<Output>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// Compression threads (the output does not depend on it) [default: all cores]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+    #[command(flatten)]
+    pub transport: TransportArgs,
+    /// Load the image into the local Docker engine (DOCKER_HOST or the default socket)
+    #[arg(long)]
+    pub load: bool,
+    /// Do not check that the entrypoint's shared libraries and symbol versions resolve in the image
+    #[arg(long)]
+    pub skip_link_check: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// oci:DIR or docker-archive:FILE
+    #[arg(value_parser = parse_output)]
+    pub image: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// oci:DIR or docker-archive:FILE
+    #[arg(value_parser = parse_output)]
+    pub a: Output,
+    /// oci:DIR or docker-archive:FILE
+    #[arg(value_parser = parse_output)]
+    pub b: Output,
+}
+
+/// Fails early, before any work, when an output cannot be written: the nearest existing
+/// ancestor of its path must be a writable directory.
+fn check_writable(out: &Output) -> anyhow::Result<()> {
+    let (Output::Oci(p) | Output::DockerArchive(p)) = out;
+    let mut dir = p.parent().map(|d| {
+        if d.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            d
+        }
+    });
+    while let Some(d) = dir {
+        if d.exists() {
+            anyhow::ensure!(
+                d.is_dir(),
+                "output {}: {} is not a directory",
+                p.display(),
+                d.display()
+            );
+            tempfile::tempfile_in(d).with_context(|| {
+                format!("output {}: cannot write in {}", p.display(), d.display())
+            })?;
+            return Ok(());
+        }
+        dir = d.parent();
+    }
+    Ok(())
+}
+
+pub fn build(a: BuildArgs) -> anyhow::Result<ExitCode> {
+    let env = envbuild::spec::load_file(&a.env)?;
+    for out in &a.output {
+        check_writable(out)?;
+    }
+    // With --load, an engine that does not answer fails the build before any work.
+    let engine = if a.load {
+        Some(Blocking::connect()?)
+    } else {
+        None
+    };
+    let settings = a.transport.build(a.threads, a.skip_link_check)?;
+    let cache = a.cache.open()?;
+    let built = envbuild::build::build(&env, &cache, &settings, &mut Stderr)?;
+    let tag = env.publish.tag.clone().unwrap_or_else(|| "latest".into());
+    for out in &a.output {
+        match out {
+            Output::Oci(dir) => {
+                envbuild::image::write_oci(&built.image, &cache, dir, &tag)?;
+                eprintln!("wrote oci:{}", dir.display());
+            }
+            Output::DockerArchive(file) => {
+                let repo_tag = repo_tag(&env);
+                envbuild::image::write_docker_archive(
+                    &built.image,
+                    &cache,
+                    file,
+                    &repo_tag,
+                    settings.source_date_epoch,
+                )?;
+                eprintln!("wrote docker-archive:{} ({repo_tag})", file.display());
+            }
+        }
+    }
+    if let Some(engine) = &engine {
+        load(
+            engine,
+            &env,
+            &built.image,
+            &cache,
+            settings.source_date_epoch,
+            &mut Stderr,
+        )?;
+    }
+    println!("{}", built.image.digest);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
+    let img = inspect::open(&a.image.spec())?;
+    print!("{}", inspect::describe(&img)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Exit 0 when the images are the same, 1 when they differ (like `diff`), with the reasons.
+pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
+    let (x, y) = (inspect::open(&a.a.spec())?, inspect::open(&a.b.spec())?);
+    let lines = inspect::diff(&x, &y)?;
+    if lines.is_empty() {
+        println!(
+            "identical: {}",
+            x.digest.map(|d| d.to_string()).unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for l in &lines {
+        println!("{l}");
+    }
+    Ok(ExitCode::from(1))
+}

@@ -1,0 +1,151 @@
+//! The `envbuild` command line: the flag groups in [`args`], one file per command family, each
+//! command a short function (flags → settings → one library call → print). Command files never
+//! import each other; what they share is here or in `args`.
+
+pub mod args;
+mod azure;
+mod build;
+mod registry;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Reproducible, daemonless CUDA trainer images for Azure ML: build, push, register, run.
+#[derive(Debug, Parser)]
+#[command(name = "envbuild", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What envbuild does.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build an environment file into a reproducible OCI image, without a Docker daemon
+    Build(build::BuildArgs),
+    /// Show an image's layers, config and annotations
+    Inspect(build::InspectArgs),
+    /// Explain why two images' digests differ: which layer, which file, which field
+    Diff(build::DiffArgs),
+    /// Push an image (an environment file, built first, or oci:DIR) to a registry
+    Push(registry::PushArgs),
+    /// Check registry credentials and store them the way `docker login` does
+    Login(registry::LoginArgs),
+    /// Run the image on the local Docker engine (--local) or as an Azure ML command job (--azure)
+    Run(Box<args::RunArgs>),
+    /// Register the pushed image as an Azure ML environment version
+    Register(azure::RegisterArgs),
+    /// Build, push and register in one idempotent step; prints the environment version's ARM id
+    Deploy(azure::DeployArgs),
+    /// Follow or cancel Azure ML jobs
+    #[command(subcommand)]
+    Job(azure::JobCommand),
+    /// Register Azure ML models from job outputs
+    #[command(subcommand)]
+    Model(azure::ModelCommand),
+}
+
+/// Build messages, to stderr.
+pub struct Stderr;
+
+impl envbuild::build::Reporter for Stderr {
+    fn message(&mut self, text: &str) {
+        eprintln!("{text}");
+    }
+}
+
+/// Per-blob push progress on a terminal; quiet in logs and pipes (`--json` gives the summary).
+pub fn blob_progress() -> impl Fn(&envbuild::digest::Digest, u64, bool, f64) + Sync {
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    move |d, size, sent, secs| {
+        if !tty {
+            return;
+        }
+        if sent {
+            eprintln!(
+                "pushed  {d}  {:.1} MB in {secs:.1}s ({:.0} MB/s)",
+                size as f64 / 1e6,
+                size as f64 / 1e6 / secs.max(1e-6)
+            );
+        } else {
+            eprintln!("exists  {d}");
+        }
+    }
+}
+
+/// Runs one parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Two rustls providers are compiled in (reqwest 0.12's ring, azure_core's aws-lc-rs): name one.
+    envbuild::auth::entra::install_crypto_provider();
+    match cli.command {
+        Command::Build(a) => build::build(a),
+        Command::Inspect(a) => build::inspect(a),
+        Command::Diff(a) => build::diff(a),
+        Command::Push(a) => registry::push(a),
+        Command::Login(a) => registry::login(a),
+        Command::Run(a) if a.azure => azure::run(*a),
+        Command::Run(a) => run::local(*a),
+        Command::Register(a) => azure::register(a),
+        Command::Deploy(a) => azure::deploy(a),
+        Command::Job(a) => azure::job(a),
+        Command::Model(a) => azure::model(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_azure_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "envbuild",
+            "run",
+            "--azure",
+            "environments/mnist-cpu.toml",
+            "--compute",
+            "gpu",
+            "--input",
+            "data=azureml://datastores/workspaceblobstore/paths/mnist",
+            "--env",
+            "A=1",
+            "--timeout",
+            "30m",
+            "--",
+            "--epochs",
+            "3",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        assert!(r.azure);
+        assert_eq!(r.azure_args.compute.as_deref(), Some("gpu"));
+        assert_eq!(
+            r.azure_args.input,
+            vec![(
+                "data".to_owned(),
+                "azureml://datastores/workspaceblobstore/paths/mnist".to_owned()
+            )]
+        );
+        assert_eq!(r.env, vec!["A=1"]);
+        assert_eq!(r.args, vec!["--epochs", "3"]);
+        let both = Cli::try_parse_from(["envbuild", "run", "--azure", "--local", "e"]);
+        assert!(both
+            .unwrap_err()
+            .to_string()
+            .contains("cannot be used with"));
+        assert_eq!(r.azure_args.output, "model");
+        let bad = Cli::try_parse_from(["envbuild", "run", "--azure", "e", "--input", "novalue"]);
+        assert!(bad.unwrap_err().to_string().contains("is not NAME=VALUE"));
+    }
+}

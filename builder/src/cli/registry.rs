@@ -1,0 +1,114 @@
+//! `envbuild push` and `login`: images and credentials to and from registries.
+
+use std::process::ExitCode;
+
+use clap::Args;
+
+use envbuild::auth::docker_config::{self, Stored};
+use envbuild::auth::{self, AuthMode, Credentials};
+use envbuild::registry::{Client, Reference};
+
+use super::args::{CacheArgs, CredentialArgs, RegistryArgs, TransferArgs, TransportArgs};
+use super::{blob_progress, Stderr};
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// An environment file (built first, with the cache) or oci:DIR
+    pub source: String,
+    /// REGISTRY/REPOSITORY[:TAG]
+    pub dest: String,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// Print a JSON summary (reference, blobs uploaded and skipped, bytes, seconds)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The registry host, e.g. myacr.azurecr.io
+    pub registry: String,
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
+    #[command(flatten)]
+    pub transport: TransportArgs,
+}
+
+pub fn push(a: PushArgs) -> anyhow::Result<ExitCode> {
+    let dest: Reference = a.dest.parse()?;
+    let report = envbuild::publish::push_source(
+        &a.source,
+        &dest,
+        a.registry.credentials.resolve(&dest.registry)?,
+        &a.cache.root(),
+        &a.registry.build()?,
+        &mut Stderr,
+        &blob_progress(),
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    println!("{}", report.reference);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `envbuild login REGISTRY`: checks the credentials against the registry (for Entra, the
+/// token exchange gives an ACR refresh token), then stores them as `docker login` does.
+pub fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
+    let host = a
+        .registry
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    anyhow::ensure!(
+        !host.is_empty() && !host.contains('/'),
+        "`{}` is not a registry host (expected e.g. myacr.azurecr.io or 127.0.0.1:5000)",
+        a.registry
+    );
+    let c = &a.credentials;
+    let creds = match (
+        c.username.is_some() || c.password_stdin,
+        auth::mode_from_env(c.auth)?,
+    ) {
+        (false, Some(AuthMode::Anonymous)) => {
+            anyhow::bail!("`--auth anonymous` has nothing to log in with")
+        }
+        (false, Some(AuthMode::Entra)) => Some(Credentials::Entra),
+        (false, _) => auth::host_default(host).map_or_else(|| c.resolve(host), |d| Ok(Some(d)))?,
+        (true, _) => CredentialArgs {
+            auth: None,
+            ..c.clone()
+        }
+        .resolve(host)?,
+    };
+    let Some(creds) = creds else {
+        anyhow::bail!("no credentials for {host}: give --username and --password-stdin, or --auth entra for Microsoft Entra ID");
+    };
+    let settings = a.transport.registry(&TransferArgs {
+        parallel: 1,
+        chunk_mib: None,
+    });
+    let client = Client::new(&Reference::registry_only(host), Some(creds), &settings)?;
+    let Some(store) = client.login()? else {
+        anyhow::bail!("{host}: the registry accepted the request without asking for credentials; nothing to store");
+    };
+    let entra = matches!(store, Credentials::IdentityToken(_));
+    match docker_config::store(host, &store)? {
+        Stored::File(p) => eprintln!(
+            "stored {} for {host} in {}",
+            if entra {
+                "an identity token"
+            } else {
+                "the password"
+            },
+            p.display()
+        ),
+        Stored::Helper(h) => {
+            eprintln!("stored the credentials for {host} with docker-credential-{h}")
+        }
+    }
+    println!("Login Succeeded");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,89 @@
+//! `envbuild run --local`: flags into an [`envbuild::engine::local::LocalRun`], the run, and its
+//! end as our exit code. (`run --azure` is in `azure.rs`: the same flags, another place.)
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use envbuild::engine::local::{run_local, LocalRun};
+use envbuild::engine::run::{Outcome, Sink, Stream};
+
+use super::args::{env_pair, RunArgs};
+
+/// The container's streams to ours, messages to stderr.
+struct Terminal;
+
+impl Sink for Terminal {
+    fn output(&self, stream: Stream, bytes: &[u8]) {
+        let _ = match stream {
+            Stream::Stdout => {
+                let mut o = std::io::stdout().lock();
+                o.write_all(bytes).and_then(|()| o.flush())
+            }
+            Stream::Stderr => {
+                let mut e = std::io::stderr().lock();
+                e.write_all(bytes).and_then(|()| e.flush())
+            }
+        };
+    }
+
+    fn message(&self, text: &str) {
+        eprintln!("{text}");
+    }
+}
+
+/// `envbuild run --local`: the image by digest on the local engine, the trainer's exit code as
+/// ours.
+pub fn local(a: RunArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        a.local,
+        "say where to run: `envbuild run --local …` (this machine's Docker engine) or \
+         `envbuild run --azure … --compute NAME` (an Azure ML command job)"
+    );
+    let env = a
+        .env
+        .iter()
+        .map(|kv| env_pair(kv).map(|(k, v)| format!("{k}={v}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let run = LocalRun {
+        source: a.source.clone(),
+        data: a.data.clone(),
+        outputs: a.outputs.clone(),
+        args: a.args.clone(),
+        env,
+        shm_size: Some(a.shm_size),
+        memory: a.memory,
+        gpus: a.gpus,
+        user: a.user.clone(),
+        stop_timeout: a.stop_timeout,
+        keep: a.keep,
+    };
+    let settings = a.transport.build(None, false)?;
+    let finished = run_local(&run, &a.cache.open()?, &settings, Arc::new(Terminal))?;
+    Ok(match finished.outcome {
+        Outcome::Exited { code: 0, .. } => {
+            if let Some(acc) = finished.test_accuracy() {
+                println!(
+                    "test accuracy {:.2} %; model: {}",
+                    acc * 100.0,
+                    finished.outputs.join("model.safetensors").display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Outcome::Exited { code, oom_killed } => {
+            eprintln!("envbuild: the trainer exited with code {code}");
+            if oom_killed {
+                eprintln!("envbuild: the container ran out of memory; raise --memory");
+            }
+            ExitCode::from(u8::try_from(code).ok().filter(|c| *c != 0).unwrap_or(1))
+        }
+        Outcome::Interrupted { signal } => {
+            eprintln!(
+                "envbuild: stopped; the last checkpoint is in {} — add `-- --resume` to continue",
+                finished.outputs.display()
+            );
+            ExitCode::from(128 + signal as u8)
+        }
+    })
+}

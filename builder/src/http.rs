@@ -1,0 +1,217 @@
+//! What every HTTP client of envbuild shares — the registry client, the Azure ML (ARM) client and
+//! the coming storage client: the user agent, the CA bundle (every certificate in the file), and
+//! the one retry policy (which statuses and errors are transient, backoff with jitter,
+//! `Retry-After`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::StatusCode;
+use thiserror::Error;
+
+/// `envbuild/<version>`, sent with every request.
+pub const USER_AGENT: &str = concat!("envbuild/", env!("CARGO_PKG_VERSION"));
+/// How long to wait for a TCP/TLS connection before the attempt counts as failed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest wait a server's `Retry-After` may impose.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Why an HTTP client could not be set up.
+#[derive(Debug, Error)]
+pub enum HttpError {
+    #[error("CA bundle {}: {source}", path.display())]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("CA bundle {}: {source}", path.display())]
+    CaParse {
+        path: PathBuf,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("CA bundle {}: no PEM certificate in it", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("TLS set-up: {0}")]
+    Tls(#[source] reqwest::Error),
+}
+
+/// The bytes of the PEM bundle at `path`, for clients of another reqwest version (azure_core's)
+/// to parse with their own `from_pem_bundle`.
+pub fn read_ca_bundle(path: &Path) -> Result<Vec<u8>, HttpError> {
+    std::fs::read(path).map_err(|source| HttpError::CaFile {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Every certificate of the PEM bundle at `path` (not only the first); a file with none is an
+/// error naming it.
+pub fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, HttpError> {
+    let pem = read_ca_bundle(path)?;
+    let certs =
+        reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| HttpError::CaParse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(HttpError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+/// A blocking client builder with the user agent, the connect timeout and the extra CAs.
+pub fn blocking_builder(ca: &[reqwest::Certificate]) -> reqwest::blocking::ClientBuilder {
+    ca.iter().fold(
+        reqwest::blocking::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(USER_AGENT),
+        |b, c| b.add_root_certificate(c.clone()),
+    )
+}
+
+/// The async counterpart of [`blocking_builder`].
+pub fn async_builder(ca: &[reqwest::Certificate]) -> reqwest::ClientBuilder {
+    ca.iter().fold(
+        reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(USER_AGENT),
+        |b, c| b.add_root_certificate(c.clone()),
+    )
+}
+
+/// A blocking client that trusts the system's CAs and those of the bundle at `ca_file`.
+pub fn blocking_client(
+    ca_file: Option<&Path>,
+    timeout: Option<Duration>,
+) -> Result<reqwest::blocking::Client, HttpError> {
+    let ca = match ca_file {
+        Some(p) => ca_certificates(p)?,
+        None => Vec::new(),
+    };
+    blocking_builder(&ca)
+        .timeout(timeout)
+        .build()
+        .map_err(HttpError::Tls)
+}
+
+/// When and how often a failed request is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (at least 1).
+    pub attempts: u32,
+    /// Wait before the first retry when the server names none; doubles each time (to 64×),
+    /// plus up to half again of jitter so that parallel clients do not retry in step.
+    pub base: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 5,
+            base: Duration::from_millis(500),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Whether attempt number `attempt` (1-based) may be followed by another.
+    pub fn again(&self, attempt: u32) -> bool {
+        attempt < self.attempts.max(1)
+    }
+
+    /// The wait after failed attempt `attempt` (1-based): the server's `Retry-After` (capped at
+    /// a minute) when it gave one, else exponential backoff with jitter.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(d) = retry_after {
+            return d.min(MAX_RETRY_AFTER);
+        }
+        let base = self
+            .base
+            .saturating_mul(1 << attempt.saturating_sub(1).min(6));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as u64);
+        let spread = base.as_millis() as u64 / 2 + 1;
+        base + Duration::from_millis(nanos % spread)
+    }
+
+    /// Sleeps for [`Self::delay`].
+    pub fn wait(&self, attempt: u32, retry_after: Option<Duration>) {
+        std::thread::sleep(self.delay(attempt, retry_after));
+    }
+}
+
+/// Statuses worth another attempt: timeouts, throttling, and the gateway and server errors that
+/// registries, ARM and storage give while overloaded or restarting.
+pub fn retryable(s: StatusCode) -> bool {
+    matches!(s.as_u16(), 408 | 429 | 499 | 500 | 502 | 503 | 504 | 522)
+}
+
+/// Transport errors worth another attempt: no connection, a timeout, a request or body that
+/// broke off.
+pub fn transient(e: &reqwest::Error) -> bool {
+    e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
+}
+
+/// The `Retry-After` header in seconds (the HTTP-date form is not used by these services).
+pub fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    h.get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_policy() {
+        assert!(
+            retryable(StatusCode::TOO_MANY_REQUESTS)
+                && retryable(StatusCode::BAD_GATEWAY)
+                && retryable(StatusCode::REQUEST_TIMEOUT)
+                && !retryable(StatusCode::NOT_FOUND)
+                && !retryable(StatusCode::UNAUTHORIZED)
+        );
+        let p = RetryPolicy::default();
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(3))),
+            Duration::from_secs(3)
+        );
+        assert_eq!(p.delay(1, Some(Duration::from_secs(600))), MAX_RETRY_AFTER);
+        let first = p.delay(1, None);
+        assert!(first >= p.base && first <= p.base * 3 / 2 + Duration::from_millis(1));
+        assert!(p.delay(3, None) >= p.base * 4);
+        assert!(p.delay(40, None) <= p.base * 96 + Duration::from_millis(1));
+        assert!(p.again(4) && !p.again(5));
+        assert!(!RetryPolicy { attempts: 0, ..p }.again(1));
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn a_file_without_certificates_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("empty.pem");
+        std::fs::write(&p, "not a certificate\n").unwrap();
+        let e = ca_certificates(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("empty.pem") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        let e = ca_certificates(&dir.path().join("missing.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.pem"), "{e}");
+    }
+}

@@ -1,0 +1,188 @@
+//! Images: the types every stage shares (a finished [`Image`], its layers' descriptors, the
+//! blobs a push sends), media types, and canonical JSON. Reading bases ([`base`]), assembling
+//! config and manifest ([`assemble`]), writing layouts and archives ([`write`]), the link
+//! check ([`linkcheck`]) and reading images back ([`inspect`]) have a file each.
+
+pub mod assemble;
+pub mod base;
+pub mod inspect;
+pub mod linkcheck;
+pub mod media;
+pub mod write;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::digest::Digest;
+
+pub use assemble::{assemble, Additions};
+pub use base::{base_from_pulled, load_docker_archive, load_oci, BaseImage};
+pub use write::{pushable_from_cache, pushable_from_oci, write_docker_archive, write_oci};
+
+/// What can go wrong reading or writing images.
+#[derive(Debug, Error)]
+pub enum ImageError {
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("base {name}: digest mismatch: the environment pins {expected}, the image is {found}")]
+    DigestMismatch {
+        name: String,
+        expected: Digest,
+        found: Digest,
+    },
+    #[error("{}: no manifest for {platform} (found: {found})", path.display())]
+    NoPlatform {
+        path: PathBuf,
+        platform: String,
+        found: String,
+    },
+}
+
+pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub(crate) fn invalid(path: &Path, message: impl Into<String>) -> ImageError {
+    ImageError::Invalid {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// JSON with object keys sorted at every level and no insignificant whitespace.
+pub fn canonical_json(v: &Value) -> Vec<u8> {
+    fn sort(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let sorted: BTreeMap<&String, Value> =
+                    m.iter().map(|(k, v)| (k, sort(v))).collect();
+                let mut out = serde_json::Map::new();
+                for (k, v) in sorted {
+                    out.insert(k.clone(), v);
+                }
+                Value::Object(out)
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    // serde_json's Map is a BTreeMap unless `preserve_order` is on; sorting first keeps the
+    // output canonical either way.
+    let mut out = Vec::new();
+    write_sorted(&sort(v), &mut out);
+    out
+}
+
+fn write_sorted(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(serde_json::to_string(k).expect("string").as_bytes());
+                out.push(b':');
+                write_sorted(&m[k], out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(a) => {
+            out.push(b'[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_sorted(x, out);
+            }
+            out.push(b']');
+        }
+        other => out.extend_from_slice(serde_json::to_string(other).expect("json").as_bytes()),
+    }
+}
+
+/// A layer as the manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerDesc {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    pub diff_id: Digest,
+}
+
+/// A finished image: canonical config and manifest bytes, and the layers they list.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub config: Vec<u8>,
+    pub config_digest: Digest,
+    pub manifest: Vec<u8>,
+    pub digest: Digest,
+    pub layers: Vec<LayerDesc>,
+}
+
+/// A manifest and its blobs, ready to push: (digest, size, file) for config and layers.
+#[derive(Debug, Clone)]
+pub struct Pushable {
+    pub manifest: Vec<u8>,
+    pub media_type: String,
+    pub blobs: Vec<(Digest, u64, PathBuf)>,
+}
+
+/// A Unix-epoch second count as RFC 3339 UTC.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_level() {
+        let v: Value =
+            serde_json::from_str(r#"{"b":1,"a":{"z":[{"y":1,"x":2}],"c":"é"}}"#).unwrap();
+        assert_eq!(
+            String::from_utf8(canonical_json(&v)).unwrap(),
+            r#"{"a":{"c":"é","z":[{"x":2,"y":1}]},"b":1}"#
+        );
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

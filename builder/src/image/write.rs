@@ -1,0 +1,196 @@
+//! Writing images out: an OCI image layout or a `docker load` archive, each built under a
+//! temporary name and renamed into place; and the blobs of an image, as a push sends them.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::base::{desc_digest, layout_blob, read_json};
+use super::{canonical_json, invalid, io_at, media, Image, ImageError, Pushable};
+use crate::cache::Cache;
+
+/// The image in an OCI layout, as the registry client pushes it.
+pub fn pushable_from_oci(dir: &Path) -> Result<Pushable, ImageError> {
+    let (_, index) = read_json(&dir.join("index.json"))?;
+    let m = index["manifests"]
+        .as_array()
+        .and_then(|a| a.first())
+        .cloned()
+        .ok_or_else(|| invalid(dir, "index.json lists no manifest"))?;
+    let (d, size) = desc_digest(&dir.join("index.json"), &m)?;
+    let (path, manifest) = layout_blob(dir, &d, Some(size))?;
+    let v: Value = serde_json::from_slice(&manifest).map_err(|e| invalid(&path, e.to_string()))?;
+    let mut blobs = Vec::new();
+    for desc in std::iter::once(&v["config"]).chain(v["layers"].as_array().into_iter().flatten()) {
+        let (d, size) = desc_digest(&path, desc)?;
+        blobs.push((d, size, dir.join("blobs/sha256").join(d.hex())));
+    }
+    let media_type = v["mediaType"]
+        .as_str()
+        .unwrap_or(media::MANIFEST)
+        .to_owned();
+    Ok(Pushable {
+        manifest,
+        media_type,
+        blobs,
+    })
+}
+
+/// A built image whose blobs are in the cache, as the registry client pushes it.
+pub fn pushable_from_cache(img: &Image, cache: &Cache) -> Pushable {
+    let mut blobs = vec![(
+        img.config_digest,
+        img.config.len() as u64,
+        cache.blob_path(&img.config_digest),
+    )];
+    blobs.extend(
+        img.layers
+            .iter()
+            .map(|l| (l.digest, l.size, cache.blob_path(&l.digest))),
+    );
+    Pushable {
+        manifest: img.manifest.clone(),
+        media_type: media::MANIFEST.into(),
+        blobs,
+    }
+}
+
+/// A sibling temporary path for atomic replacement of `target`.
+fn sibling_temp(target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    target.with_file_name(format!(".{name}.envbuild-tmp-{}", std::process::id()))
+}
+
+fn link_or_copy(src: &Path, dst: &Path) -> io::Result<()> {
+    fs::hard_link(src, dst).or_else(|_| fs::copy(src, dst).map(|_| ()))
+}
+
+/// Writes the image as an OCI image layout at `dir`, replacing an earlier layout atomically.
+/// The index names the image `tag` (`org.opencontainers.image.ref.name`).
+pub fn write_oci(img: &Image, cache: &Cache, dir: &Path, tag: &str) -> Result<(), ImageError> {
+    if dir.exists()
+        && !dir.join("oci-layout").is_file()
+        && fs::read_dir(dir).map_err(io_at(dir))?.next().is_some()
+    {
+        return Err(invalid(
+            dir,
+            "exists, is not empty and is not an OCI layout; refusing to replace it",
+        ));
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(io_at(parent))?;
+    }
+    let tmp = sibling_temp(dir);
+    let _ = fs::remove_dir_all(&tmp);
+    let result = (|| {
+        let blobs = tmp.join("blobs/sha256");
+        fs::create_dir_all(&blobs).map_err(io_at(&blobs))?;
+        fs::write(tmp.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+            .map_err(io_at(&tmp))?;
+        for l in &img.layers {
+            link_or_copy(&cache.blob_path(&l.digest), &blobs.join(l.digest.hex()))
+                .map_err(io_at(&blobs))?;
+        }
+        fs::write(blobs.join(img.config_digest.hex()), &img.config).map_err(io_at(&blobs))?;
+        fs::write(blobs.join(img.digest.hex()), &img.manifest).map_err(io_at(&blobs))?;
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": media::INDEX,
+            "manifests": [{
+                "mediaType": media::MANIFEST,
+                "digest": img.digest.to_string(),
+                "size": img.manifest.len(),
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }],
+        });
+        fs::write(tmp.join("index.json"), canonical_json(&index)).map_err(io_at(&tmp))?;
+        replace_dir(&tmp, dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn replace_dir(new: &Path, target: &Path) -> Result<(), ImageError> {
+    if target.exists() {
+        let old = target.with_file_name(format!(
+            ".{}.envbuild-old-{}",
+            target.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
+        fs::rename(target, &old).map_err(io_at(target))?;
+        fs::rename(new, target).map_err(io_at(target))?;
+        let _ = fs::remove_dir_all(&old);
+    } else {
+        fs::rename(new, target).map_err(io_at(target))?;
+    }
+    Ok(())
+}
+
+/// Writes the image as a `docker load` archive at `file` (written to a temporary name first).
+pub fn write_docker_archive(
+    img: &Image,
+    cache: &Cache,
+    file: &Path,
+    repo_tag: &str,
+    mtime: u64,
+) -> Result<(), ImageError> {
+    if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(io_at(parent))?;
+    }
+    let tmp = sibling_temp(file);
+    let result = (|| {
+        let f = fs::File::create(&tmp).map_err(io_at(&tmp))?;
+        let mut b = tar::Builder::new(io::BufWriter::new(f));
+        let mut add = |name: &str, size: u64, r: &mut dyn Read| -> io::Result<()> {
+            let mut h = tar::Header::new_ustar();
+            h.set_path(name)?;
+            h.set_size(size);
+            h.set_mode(0o644);
+            h.set_mtime(mtime);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_cksum();
+            b.append(&h, r)
+        };
+        let config_name = format!("blobs/sha256/{}", img.config_digest.hex());
+        let layer_names: Vec<String> = img
+            .layers
+            .iter()
+            .map(|l| format!("blobs/sha256/{}", l.digest.hex()))
+            .collect();
+        let manifest =
+            json!([{"Config": config_name, "RepoTags": [repo_tag], "Layers": layer_names}]);
+        let manifest = canonical_json(&manifest);
+        add("manifest.json", manifest.len() as u64, &mut &manifest[..]).map_err(io_at(&tmp))?;
+        add(&config_name, img.config.len() as u64, &mut &img.config[..]).map_err(io_at(&tmp))?;
+        let mut seen = std::collections::BTreeSet::new();
+        for (l, name) in img.layers.iter().zip(&layer_names) {
+            if seen.insert(l.digest) {
+                let p = cache.blob_path(&l.digest);
+                let mut f = fs::File::open(&p).map_err(io_at(&p))?;
+                add(name, l.size, &mut f).map_err(io_at(&p))?;
+            }
+        }
+        let w = b.into_inner().map_err(io_at(&tmp))?;
+        w.into_inner()
+            .map_err(|e| ImageError::Io {
+                path: tmp.clone(),
+                source: e.into_error(),
+            })?
+            .sync_all()
+            .map_err(io_at(&tmp))?;
+        fs::rename(&tmp, file).map_err(io_at(file))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}

@@ -1,0 +1,64 @@
+//! Pushing what `envbuild push` and `deploy` are given — an environment file (built first, from
+//! the cache) or an OCI layout (`oci:DIR`) — to a repository, recording the blobs in the
+//! cache's push ledger so that later pushes to other repositories mount them.
+
+use std::path::Path;
+
+use thiserror::Error;
+
+use crate::auth::Credentials;
+use crate::build::{self, BuildError, Reporter};
+use crate::cache::ledger::PushLedger;
+use crate::cache::Cache;
+use crate::digest::Digest;
+use crate::image::{self, ImageError};
+use crate::registry::{self, Client, PushReport, Reference, RegistryError};
+
+/// Why a push could not be done.
+#[derive(Debug, Error)]
+pub enum PublishError {
+    #[error("push destination {0} names a digest; give REGISTRY/REPOSITORY[:TAG]")]
+    DigestDestination(String),
+    #[error("cache {}: {source}", path.display())]
+    Cache {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// Pushes `source` (`oci:DIR` or an environment file) to `dest`. `on_blob` hears of each blob
+/// as it is done: digest, size, whether bytes went up, seconds.
+pub fn push_source(
+    source: &str,
+    dest: &Reference,
+    credentials: Option<Credentials>,
+    cache_root: &Path,
+    settings: &build::Settings,
+    rep: &mut dyn Reporter,
+    on_blob: &(dyn Fn(&Digest, u64, bool, f64) + Sync),
+) -> Result<PushReport, PublishError> {
+    if dest.digest.is_some() {
+        return Err(PublishError::DigestDestination(dest.to_string()));
+    }
+    let client = Client::new(dest, credentials, &settings.registry)?.with_ledger(PushLedger {
+        dir: cache_root.join("pushed"),
+    });
+    let image = if let Some(dir) = source.strip_prefix("oci:") {
+        image::pushable_from_oci(Path::new(dir))?
+    } else {
+        let cache = Cache::open(cache_root).map_err(|source| PublishError::Cache {
+            path: cache_root.to_path_buf(),
+            source,
+        })?;
+        let (_, built) = build::build_file(Path::new(source), &cache, settings, rep)?;
+        image::pushable_from_cache(&built.image, &cache)
+    };
+    Ok(registry::push(&client, &image, on_blob)?)
+}

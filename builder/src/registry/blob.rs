@@ -1,0 +1,276 @@
+//! Blob transfers: HEAD to skip what the registry has, a cross-repository mount where another
+//! repository holds the blob, one PUT for small blobs or PATCH chunks resumed from the registry's
+//! `Range` for large ones (bodies streamed from the file by reqwest's async client), and pulls
+//! into the cache verified by digest and size.
+
+use std::fs;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+use reqwest::{Method, StatusCode};
+use sha2::{Digest as _, Sha256};
+
+use super::client::Reply as _;
+use super::{Client, RegistryError};
+use crate::cache::Cache;
+use crate::digest::Digest;
+
+/// `len` bytes of the file at `path` from `offset`, as a body read in 1 MiB pieces.
+fn file_body(path: &Path, offset: u64, len: u64) -> io::Result<reqwest::Body> {
+    use tokio::io::AsyncReadExt as _;
+    let mut f = fs::File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let f = tokio::fs::File::from_std(f).take(len);
+    Ok(reqwest::Body::wrap_stream(
+        tokio_util::io::ReaderStream::with_capacity(f, 1 << 20),
+    ))
+}
+
+impl Client {
+    /// Whether the registry has the blob.
+    pub fn has_blob(&self, d: &Digest) -> Result<bool, RegistryError> {
+        let what = format!("HEAD blob {d}");
+        let resp = self.send(&what, &|| {
+            Ok(self.http.head(self.url(&format!("blobs/{d}"))))
+        })?;
+        match resp.status() {
+            StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            s => Err(self.status_err(&what, s, "")),
+        }
+    }
+
+    /// Uploads a blob from `path` unless the registry has it; returns whether bytes were sent.
+    /// An upload session that fails for good (the registry lost it, or a lost answer left it
+    /// closed) is followed by a HEAD: the blob may be there after all; else a new session starts.
+    pub fn push_blob(&self, d: &Digest, size: u64, path: &Path) -> Result<bool, RegistryError> {
+        Ok(self.push_blob_from(d, size, path, &[])? == Sent::Uploaded)
+    }
+
+    /// [`Self::push_blob`], first trying a cross-repository mount from each of `sources`
+    /// (other repositories of this registry known to hold the blob). A refused mount (202)
+    /// becomes the upload session of the fallback.
+    pub fn push_blob_from(
+        &self,
+        d: &Digest,
+        size: u64,
+        path: &Path,
+        sources: &[String],
+    ) -> Result<Sent, RegistryError> {
+        if self.has_blob(d)? {
+            return Ok(Sent::Skipped);
+        }
+        let mut started = None;
+        for from in sources.iter().filter(|s| **s != self.reference.repository) {
+            let what = format!("mount of {d} from {from}");
+            let url = format!("{}?mount={d}&from={}", self.url("blobs/uploads/"), from);
+            let resp = self.send(&what, &|| {
+                Ok(self.http.post(&url).header(CONTENT_LENGTH, 0))
+            })?;
+            match resp.status() {
+                StatusCode::CREATED => return Ok(Sent::Mounted),
+                // Not mounted; the registry opened an upload session instead: use it.
+                StatusCode::ACCEPTED => {
+                    started = self.location(&what, &resp).ok();
+                    break;
+                }
+                // Some registries fail on mount outright: upload as usual.
+                _ => {}
+            }
+        }
+        let mut session = 0;
+        loop {
+            session += 1;
+            match self.upload(d, size, path, started.take()) {
+                Ok(()) => return Ok(Sent::Uploaded),
+                Err(e @ RegistryError::Io { .. }) => return Err(e),
+                Err(e) => {
+                    if self.has_blob(d)? {
+                        return Ok(Sent::Uploaded);
+                    }
+                    if session >= self.settings.retry.attempts {
+                        return Err(e);
+                    }
+                    self.settings.retry.wait(session, None);
+                }
+            }
+        }
+    }
+
+    /// One upload session: POST, then one PUT or PATCH chunks (resumed from the registry's
+    /// `Range` after a failure) and the closing PUT.
+    fn upload(
+        &self,
+        d: &Digest,
+        size: u64,
+        path: &Path,
+        started: Option<String>,
+    ) -> Result<(), RegistryError> {
+        let what = format!("upload of {d}");
+        let io_err = |source| RegistryError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut location = match started {
+            Some(l) => l,
+            None => {
+                let resp = self.send(&what, &|| {
+                    Ok(self
+                        .http
+                        .post(self.url("blobs/uploads/"))
+                        .header(CONTENT_LENGTH, 0))
+                })?;
+                let resp = self.expect(&what, resp, &[StatusCode::ACCEPTED])?;
+                self.location(&what, &resp)?
+            }
+        };
+        let up = self.uploader()?;
+        if size <= self.settings.chunk {
+            let url = with_digest(&location, d);
+            let resp = self.send_with(&what, &|token| {
+                let body = file_body(path, 0, size).map_err(io_err)?;
+                let rb = up
+                    .http
+                    .put(&url)
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_LENGTH, size)
+                    .body(body);
+                Ok(up.send(rb, self.authorization(token)))
+            })?;
+            self.expect(&what, resp, &[StatusCode::CREATED])?;
+            return Ok(());
+        }
+        let mut offset = 0u64;
+        let mut failures = 0;
+        while offset < size {
+            let end = (offset + self.settings.chunk).min(size) - 1;
+            let len = end - offset + 1;
+            let url = location.clone();
+            let sent = self.send_with(&what, &|token| {
+                let body = file_body(path, offset, len).map_err(io_err)?;
+                let rb = up
+                    .http
+                    .request(Method::PATCH, &url)
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_RANGE, format!("{offset}-{end}"))
+                    .header(CONTENT_LENGTH, len)
+                    .body(body);
+                Ok(up.send(rb, self.authorization(token)))
+            });
+            match sent {
+                Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
+                    location = self.location(&what, &resp)?;
+                    offset = end + 1;
+                    failures = 0;
+                }
+                other => {
+                    // Ask the registry how much it has and continue from there.
+                    failures += 1;
+                    if failures > self.settings.retry.attempts {
+                        return match other {
+                            Ok(resp) => Err(self.expect(&what, resp, &[]).expect_err("non-202")),
+                            Err(e) => Err(e),
+                        };
+                    }
+                    self.settings.retry.wait(failures, None);
+                    let url = location.clone();
+                    let resp = self.send(&what, &|| Ok(self.http.get(&url)))?;
+                    let resp = self.expect(
+                        &format!("{what}: status of the upload"),
+                        resp,
+                        &[StatusCode::NO_CONTENT, StatusCode::ACCEPTED],
+                    )?;
+                    offset = resp
+                        .headers()
+                        .get(RANGE)
+                        .and_then(|r| r.to_str().ok())
+                        .and_then(|r| r.rsplit('-').next()?.parse::<u64>().ok())
+                        .map_or(0, |last| last + 1);
+                    location = self.location(&what, &resp).unwrap_or(location);
+                }
+            }
+        }
+        let url = with_digest(&location, d);
+        let resp = self.send(&what, &|| Ok(self.http.put(&url).header(CONTENT_LENGTH, 0)))?;
+        self.expect(&what, resp, &[StatusCode::CREATED])?;
+        Ok(())
+    }
+
+    /// Streams a blob into the cache, verifying digest and size; never fetches what the cache has.
+    pub fn pull_blob(&self, d: &Digest, size: u64, cache: &Cache) -> Result<bool, RegistryError> {
+        if cache.has_blob(d) {
+            return Ok(false);
+        }
+        let what = format!("GET blob {d}");
+        let url = self.url(&format!("blobs/{d}"));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let resp = self.send(&what, &|| Ok(self.http.get(&url)))?;
+            let mut resp = self.expect(&what, resp, &[StatusCode::OK])?;
+            let mut tmp = cache.temp_file().map_err(|source| RegistryError::Io {
+                path: cache.root.clone(),
+                source,
+            })?;
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut n = 0u64;
+            let copied: io::Result<()> = (|| loop {
+                let k = resp.read(&mut buf)?;
+                if k == 0 {
+                    return Ok(());
+                }
+                h.update(&buf[..k]);
+                tmp.write_all(&buf[..k])?;
+                n += k as u64;
+            })();
+            if copied.is_ok() && n == size && Digest::from_sha256(h) == *d {
+                cache
+                    .commit_blob(tmp, d)
+                    .map_err(|source| RegistryError::Io {
+                        path: cache.root.clone(),
+                        source,
+                    })?;
+                return Ok(true);
+            }
+            if attempt == self.settings.retry.attempts {
+                return Err(self.protocol(&what, format!("received {n} bytes that do not match the digest and size {size} ({copied:?})")));
+            }
+            self.settings.retry.wait(attempt, None);
+        }
+    }
+}
+
+fn with_digest(location: &str, d: &Digest) -> String {
+    let sep = if location.contains('?') { '&' } else { '?' };
+    format!("{location}{sep}digest={d}")
+}
+
+/// What happened to one blob of a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// The registry had it.
+    Skipped,
+    /// Mounted from another repository of the registry.
+    Mounted,
+    /// Its bytes went up.
+    Uploaded,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_digest_joins_the_upload_location() {
+        assert_eq!(
+            with_digest("http://h/u?x=1", &Digest::of(b"")),
+            format!("http://h/u?x=1&digest={}", Digest::of(b""))
+        );
+        assert_eq!(
+            with_digest("http://h/u", &Digest::of(b"")),
+            format!("http://h/u?digest={}", Digest::of(b""))
+        );
+    }
+}

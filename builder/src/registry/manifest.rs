@@ -1,0 +1,90 @@
+//! Manifests: put under a tag or digest (the registry's `Docker-Content-Digest` checked), and
+//! fetched by digest (verified) or tag, with the media type the registry or the document names.
+
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::StatusCode;
+
+use super::{Client, RegistryError};
+use crate::digest::Digest;
+use crate::image::media;
+
+impl Client {
+    /// Puts a manifest under `reference` (a tag or a digest); checks the registry's digest.
+    pub fn push_manifest(
+        &self,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<Digest, RegistryError> {
+        let what = format!("PUT manifest {reference}");
+        let url = self.url(&format!("manifests/{reference}"));
+        let body = bytes.to_vec();
+        let resp = self.send(&what, &|| {
+            Ok(self
+                .http
+                .put(&url)
+                .header(CONTENT_TYPE, media_type)
+                .body(body.clone()))
+        })?;
+        let resp = self.expect(&what, resp, &[StatusCode::CREATED, StatusCode::OK])?;
+        let ours = Digest::of(bytes);
+        if let Some(theirs) = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+        {
+            if theirs != ours.to_string() {
+                return Err(
+                    self.protocol(&what, format!("registry stored {theirs}, expected {ours}"))
+                );
+            }
+        }
+        Ok(ours)
+    }
+
+    /// Fetches a manifest or index by digest (verified) or tag; returns bytes, media type, digest.
+    pub fn get_manifest(
+        &self,
+        reference: &str,
+    ) -> Result<(Vec<u8>, String, Digest), RegistryError> {
+        let what = format!("GET manifest {reference}");
+        let url = self.url(&format!("manifests/{reference}"));
+        let accept = [
+            media::MANIFEST,
+            media::INDEX,
+            media::DOCKER_MANIFEST,
+            media::DOCKER_LIST,
+        ]
+        .join(", ");
+        let resp = self.send(&what, &|| {
+            Ok(self.http.get(&url).header(ACCEPT, accept.clone()))
+        })?;
+        let resp = self.expect(&what, resp, &[StatusCode::OK])?;
+        let mt = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let bytes = resp
+            .bytes()
+            .map_err(|source| RegistryError::Connect {
+                registry: self.reference.registry.clone(),
+                repository: self.reference.repository.clone(),
+                what: what.clone(),
+                source,
+            })?
+            .to_vec();
+        let d = Digest::of(&bytes);
+        if let Ok(want) = reference.parse::<Digest>() {
+            if want != d {
+                return Err(self.protocol(
+                    &what,
+                    format!("the registry answered content with digest {d}"),
+                ));
+            }
+        }
+        let mt = media::declared(&bytes).unwrap_or(mt);
+        Ok((bytes, mt, d))
+    }
+}

@@ -1,0 +1,114 @@
+//! Pushing a whole image: every blob (in parallel, largest first, mounted where the push ledger
+//! knows another repository of the registry holds it), then — only after every blob is
+//! confirmed — the manifest under the tag (or its digest).
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::{Client, RegistryError, Sent};
+use crate::digest::Digest;
+use crate::image::Pushable;
+
+/// What a push did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct PushReport {
+    pub reference: String,
+    pub uploaded: usize,
+    pub skipped: usize,
+    /// Blobs mounted from another repository of the registry.
+    pub mounted: usize,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// Pushes every blob (in parallel, bounded), then the manifest under the tag (or its digest).
+pub fn push(
+    client: &Client,
+    image: &Pushable,
+    on_blob: &(dyn Fn(&Digest, u64, bool, f64) + Sync),
+) -> Result<PushReport, RegistryError> {
+    let start = Instant::now();
+    let r = &client.reference;
+    // Blobs known in other repositories of this registry: mount candidates, whose pull scope
+    // the token must include.
+    let known = client
+        .ledger
+        .as_ref()
+        .map(|l| l.sources(&r.registry))
+        .unwrap_or_default();
+    let sources = |d: &Digest| -> Vec<String> {
+        known
+            .get(&d.to_string())
+            .map(|v| v.iter().filter(|s| **s != r.repository).cloned().collect())
+            .unwrap_or_default()
+    };
+    {
+        let mut m = client.mount_sources.lock().expect("lock");
+        for (d, _, _) in &image.blobs {
+            for s in sources(d) {
+                if !m.contains(&s) {
+                    m.push(s);
+                }
+            }
+        }
+    }
+    // Largest first (taken from the end): the big layers' streams start at once and the small
+    // ones fill in beside them, instead of one big layer going up alone at the end.
+    let mut queue = image.blobs.clone();
+    queue.sort_by_key(|(d, size, _)| (*size, *d));
+    let queue = Mutex::new(queue);
+    let results: Mutex<Vec<(u64, Sent)>> = Mutex::new(Vec::new());
+    let first_error: Mutex<Option<RegistryError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..client.settings.parallel.min(image.blobs.len().max(1)) {
+            s.spawn(|| loop {
+                if first_error.lock().expect("lock").is_some() {
+                    return;
+                }
+                let Some((d, size, path)) = queue.lock().expect("lock").pop() else {
+                    return;
+                };
+                let t = Instant::now();
+                match client.push_blob_from(&d, size, &path, &sources(&d)) {
+                    Ok(sent) => {
+                        on_blob(&d, size, sent == Sent::Uploaded, t.elapsed().as_secs_f64());
+                        results.lock().expect("lock").push((size, sent));
+                    }
+                    Err(e) => {
+                        first_error.lock().expect("lock").get_or_insert(e);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().expect("lock") {
+        return Err(e);
+    }
+    // Only after every blob is confirmed present does the manifest go up.
+    let results = results.into_inner().expect("lock");
+    let digest = Digest::of(&image.manifest);
+    let tag = client
+        .reference
+        .tag
+        .clone()
+        .unwrap_or_else(|| digest.to_string());
+    client.push_manifest(&tag, &image.media_type, &image.manifest)?;
+    if let Some(ledger) = &client.ledger {
+        let digests: Vec<Digest> = image.blobs.iter().map(|(d, _, _)| *d).collect();
+        ledger.record(&r.registry, &r.repository, &digests);
+    }
+    let count = |k: Sent| results.iter().filter(|(_, s)| *s == k).count();
+    Ok(PushReport {
+        reference: format!("{}/{}@{digest}", r.registry, r.repository),
+        uploaded: count(Sent::Uploaded),
+        skipped: count(Sent::Skipped),
+        mounted: count(Sent::Mounted),
+        bytes: results
+            .iter()
+            .filter(|(_, s)| *s == Sent::Uploaded)
+            .map(|(n, _)| n)
+            .sum(),
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
