@@ -283,13 +283,19 @@ fn link_check(
         rep.message("link check: no entrypoint or cmd in the environment file; nothing to check");
         return Ok(());
     };
-    let base_ld = base.config["config"]["Env"]
-        .as_array()
-        .and_then(|a| {
-            a.iter()
-                .filter_map(|e| e.as_str()?.strip_prefix("LD_LIBRARY_PATH="))
-                .next_back()
-        })
+    let base_env = if base.config.as_object().is_some_and(|o| o.is_empty()) {
+        Vec::new()
+    } else {
+        image::typed_config(std::path::Path::new(&base.name), &base.config)?
+            .config()
+            .as_ref()
+            .and_then(|c| c.env().clone())
+            .unwrap_or_default()
+    };
+    let base_ld = base_env
+        .iter()
+        .filter_map(|e| e.strip_prefix("LD_LIBRARY_PATH="))
+        .next_back()
         .unwrap_or("");
     let ld = env
         .config

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::{canonical_json, media, rfc3339, BaseImage, Image, LayerDesc};
+use oci_spec::image::{ImageManifestBuilder, MediaType, SCHEMA_VERSION};
+
+use super::{canonical_json, media, oci_descriptor, rfc3339, BaseImage, Image, LayerDesc};
 use crate::digest::Digest;
 
 /// What the new image adds to its base.
@@ -155,14 +157,28 @@ pub fn assemble(base: &BaseImage, add: &Additions) -> Image {
     if let Some(d) = base.digest {
         annotations.insert("org.opencontainers.image.base.digest".into(), d.to_string());
     }
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": media::MANIFEST,
-        "config": {"mediaType": media::CONFIG, "digest": config_digest.to_string(), "size": config_bytes.len()},
-        "layers": layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.digest.to_string(), "size": l.size})).collect::<Vec<_>>(),
-        "annotations": annotations,
-    });
-    let manifest_bytes = canonical_json(&manifest);
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(SCHEMA_VERSION)
+        .media_type(MediaType::ImageManifest)
+        .config(oci_descriptor(
+            media::CONFIG,
+            &config_digest,
+            config_bytes.len() as u64,
+        ))
+        .layers(
+            layers
+                .iter()
+                .map(|l| oci_descriptor(&l.media_type, &l.digest, l.size))
+                .collect::<Vec<_>>(),
+        )
+        .annotations(
+            annotations
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
+        )
+        .build()
+        .expect("every field of the manifest is set");
+    let manifest_bytes = canonical_json(&serde_json::to_value(&manifest).expect("JSON"));
     Image {
         digest: Digest::of(&manifest_bytes),
         manifest: manifest_bytes,
@@ -221,5 +237,21 @@ mod tests {
         assert_eq!(c["created"], "1970-01-01T00:00:00Z");
         assert_eq!(img.digest, Digest::of(&img.manifest));
         assert_eq!(img.layers.len(), 2);
+        // The typed manifest has exactly the bytes of the document as the OCI spec spells it
+        // (what envbuild wrote by hand before oci-spec's types, so digests did not move).
+        let spelled = json!({
+            "schemaVersion": 2,
+            "mediaType": media::MANIFEST,
+            "config": {"mediaType": media::CONFIG, "digest": img.config_digest.to_string(), "size": img.config.len()},
+            "layers": img.layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.digest.to_string(), "size": l.size})).collect::<Vec<_>>(),
+            "annotations": {
+                "org.opencontainers.image.created": "1970-01-01T00:00:00Z",
+                "org.opencontainers.image.base.name": "b",
+            },
+        });
+        assert_eq!(
+            String::from_utf8(img.manifest.clone()).unwrap(),
+            String::from_utf8(canonical_json(&spelled)).unwrap()
+        );
     }
 }

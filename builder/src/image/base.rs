@@ -7,9 +7,13 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use serde_json::{json, Value};
 
-use super::{invalid, io_at, media, ImageError, LayerDesc};
+use super::{
+    descriptor, diff_ids, invalid, io_at, media, parse, platform_of, ArchiveEntry, ImageError,
+    LayerDesc,
+};
 use crate::cache::Cache;
 use crate::digest::Digest;
 
@@ -59,23 +63,10 @@ impl BaseImage {
     }
 }
 
-pub(super) fn read_json(path: &Path) -> Result<(Vec<u8>, Value), ImageError> {
+/// Reads an OCI document (index, manifest) at `path`.
+pub(super) fn read_doc<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ImageError> {
     let bytes = fs::read(path).map_err(io_at(path))?;
-    let v = serde_json::from_slice(&bytes).map_err(|e| invalid(path, format!("not JSON: {e}")))?;
-    Ok((bytes, v))
-}
-
-pub(super) fn desc_digest(path: &Path, d: &Value) -> Result<(Digest, u64), ImageError> {
-    let digest = d["digest"]
-        .as_str()
-        .ok_or_else(|| invalid(path, "descriptor without digest"))?;
-    let digest = digest
-        .parse::<Digest>()
-        .map_err(|e| invalid(path, e.to_string()))?;
-    let size = d["size"]
-        .as_u64()
-        .ok_or_else(|| invalid(path, "descriptor without size"))?;
-    Ok((digest, size))
+    parse(path, &bytes)
 }
 
 /// Reads a blob from an OCI layout, checking its size and digest.
@@ -95,6 +86,9 @@ pub(super) fn layout_blob(
     Ok((path, bytes))
 }
 
+/// A manifest of a layout: digest, size, and its descriptor (for the platform).
+type Candidate = (Digest, u64, Descriptor);
+
 /// Loads an OCI image layout as a base: picks the manifest (by pinned digest, else the only one,
 /// else the one for `os/arch`) and verifies manifest and config; layers are verified when
 /// [`BaseImage::import`] copies them into the cache.
@@ -108,16 +102,15 @@ pub fn load_oci(
     if !dir.join("oci-layout").is_file() {
         return Err(invalid(dir, "not an OCI image layout (no oci-layout file)"));
     }
-    let (_, index) = read_json(&index_path)?;
-    let mut candidates: Vec<(Digest, u64, Value)> = Vec::new();
-    let mut stack: Vec<(PathBuf, Value)> = vec![(index_path.clone(), index)];
+    let index: ImageIndex = read_doc(&index_path)?;
+    let mut candidates: Vec<Candidate> = Vec::new();
+    let mut stack: Vec<(PathBuf, ImageIndex)> = vec![(index_path.clone(), index)];
     while let Some((path, idx)) = stack.pop() {
-        for m in idx["manifests"].as_array().cloned().unwrap_or_default() {
-            let (d, size) = desc_digest(&path, &m)?;
-            let mt = m["mediaType"].as_str().unwrap_or("");
-            if mt == media::INDEX || mt == media::DOCKER_LIST {
+        for m in idx.manifests() {
+            let (d, size) = descriptor(&path, m)?;
+            if media::is_index(&m.media_type().to_string()) {
                 let (p, bytes) = layout_blob(dir, &d, Some(size))?;
-                let v = serde_json::from_slice(&bytes).map_err(|e| invalid(&p, e.to_string()))?;
+                let v: ImageIndex = parse(&p, &bytes)?;
                 if pinned == Some(d) {
                     return Err(invalid(
                         &p,
@@ -126,7 +119,7 @@ pub fn load_oci(
                 }
                 stack.push((p, v));
             } else {
-                candidates.push((d, size, m));
+                candidates.push((d, size, m.clone()));
             }
         }
     }
@@ -153,7 +146,7 @@ pub fn load_oci(
     } else {
         let matching: Vec<_> = candidates
             .iter()
-            .filter(|c| c.2["platform"]["os"] == os && c.2["platform"]["architecture"] == arch)
+            .filter(|c| platform_of(&c.2).is_some_and(|(o, a)| o == os && a == arch))
             .collect();
         match matching.as_slice() {
             [one] => (*one).clone(),
@@ -161,11 +154,8 @@ pub fn load_oci(
                 let found = candidates
                     .iter()
                     .map(|c| {
-                        format!(
-                            "{}/{}",
-                            c.2["platform"]["os"].as_str().unwrap_or("?"),
-                            c.2["platform"]["architecture"].as_str().unwrap_or("?")
-                        )
+                        let (o, a) = platform_of(&c.2).unwrap_or(("?".into(), "?".into()));
+                        format!("{o}/{a}")
                     })
                     .collect::<Vec<_>>()
                     .join(", ");
@@ -178,19 +168,20 @@ pub fn load_oci(
         }
     };
     let (manifest_path, manifest_bytes) = layout_blob(dir, &chosen.0, Some(chosen.1))?;
-    let manifest: Value = serde_json::from_slice(&manifest_bytes)
-        .map_err(|e| invalid(&manifest_path, e.to_string()))?;
-    let mt = manifest["mediaType"].as_str().unwrap_or(media::MANIFEST);
+    let manifest: ImageManifest = parse(&manifest_path, &manifest_bytes)?;
+    let mt = manifest
+        .media_type()
+        .as_ref()
+        .map_or_else(|| media::MANIFEST.to_owned(), |m| m.to_string());
     if mt != media::MANIFEST && mt != media::DOCKER_MANIFEST {
         return Err(invalid(
             &manifest_path,
             format!("unsupported manifest media type {mt}"),
         ));
     }
-    let (cd, csize) = desc_digest(&manifest_path, &manifest["config"])?;
+    let (cd, csize) = descriptor(&manifest_path, manifest.config())?;
     let (_, config_bytes) = layout_blob(dir, &cd, Some(csize))?;
-    let config: Value = serde_json::from_slice(&config_bytes)
-        .map_err(|e| invalid(&manifest_path, e.to_string()))?;
+    let config: Value = parse(&manifest_path, &config_bytes)?;
     let layers = layer_descs(&manifest_path, &manifest, &config)?;
     let blobs = layers
         .iter()
@@ -209,38 +200,25 @@ pub fn load_oci(
 /// mapped to OCI ones).
 fn layer_descs(
     here: &Path,
-    manifest: &Value,
+    manifest: &ImageManifest,
     config: &Value,
 ) -> Result<Vec<LayerDesc>, ImageError> {
-    let diff_ids: Vec<Digest> = config["rootfs"]["diff_ids"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|d| {
-            d.as_str()
-                .unwrap_or("")
-                .parse::<Digest>()
-                .map_err(|e| invalid(here, e.to_string()))
-        })
-        .collect::<Result<_, _>>()?;
-    let layers_json = manifest["layers"].as_array().cloned().unwrap_or_default();
-    if layers_json.len() != diff_ids.len() {
+    let diff_ids = diff_ids(here, config)?;
+    if manifest.layers().len() != diff_ids.len() {
         return Err(invalid(
             here,
             format!(
                 "{} layers but {} diff_ids in the config",
-                layers_json.len(),
+                manifest.layers().len(),
                 diff_ids.len()
             ),
         ));
     }
     let mut layers = Vec::new();
-    for (l, diff_id) in layers_json.iter().zip(diff_ids) {
-        let (d, size) = desc_digest(here, l)?;
-        let media_type = media::oci_layer(l["mediaType"].as_str().unwrap_or("")).to_owned();
+    for (l, diff_id) in manifest.layers().iter().zip(diff_ids) {
+        let (d, size) = descriptor(here, l)?;
         layers.push(LayerDesc {
-            media_type,
+            media_type: media::oci_layer(&l.media_type().to_string()).to_owned(),
             digest: d,
             size,
             diff_id,
@@ -253,7 +231,7 @@ fn layer_descs(
 pub fn base_from_pulled(
     name: &str,
     digest: Digest,
-    manifest: &Value,
+    manifest: &ImageManifest,
     config: Value,
     cache: &Cache,
 ) -> Result<BaseImage, ImageError> {
@@ -306,12 +284,10 @@ pub fn load_docker_archive(
     }
     let manifest =
         manifest.ok_or_else(|| invalid(file, "not a docker archive (no manifest.json)"))?;
-    let m: Value = serde_json::from_slice(&manifest)
+    let entries: Vec<ArchiveEntry> = serde_json::from_slice(&manifest)
         .map_err(|e| invalid(file, format!("manifest.json: {e}")))?;
-    let img = m
-        .as_array()
-        .and_then(|a| (a.len() == 1).then(|| a[0].clone()))
-        .ok_or_else(|| invalid(file, "manifest.json must describe exactly one image"))?;
+    let [img] = <[ArchiveEntry; 1]>::try_from(entries)
+        .map_err(|_| invalid(file, "manifest.json must describe exactly one image"))?;
     let member = |name: &str| {
         members.get(name).copied().ok_or_else(|| {
             invalid(
@@ -320,7 +296,7 @@ pub fn load_docker_archive(
             )
         })
     };
-    let (cd, _) = member(img["Config"].as_str().unwrap_or(""))?;
+    let (cd, _) = member(&img.config)?;
     if let Some(p) = pinned {
         if p != cd {
             return Err(ImageError::DigestMismatch {
@@ -334,8 +310,8 @@ pub fn load_docker_archive(
         serde_json::from_slice(&fs::read(cache.blob_path(&cd)).map_err(io_at(file))?)
             .map_err(|e| invalid(file, e.to_string()))?;
     let mut layers = Vec::new();
-    for l in img["Layers"].as_array().cloned().unwrap_or_default() {
-        let (d, size) = member(l.as_str().unwrap_or(""))?;
+    for l in &img.layers {
+        let (d, size) = member(l)?;
         let mut magic = [0u8; 2];
         let _ = fs::File::open(cache.blob_path(&d)).and_then(|mut f| f.read_exact(&mut magic));
         let (media_type, diff_id) = if magic == [0x1f, 0x8b] {

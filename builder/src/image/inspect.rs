@@ -6,6 +6,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use oci_spec::image::{ImageIndex, ImageManifest};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
@@ -16,7 +17,8 @@ use crate::image::ImageError;
 #[derive(Debug, Clone)]
 pub struct Opened {
     pub digest: Option<Digest>,
-    pub manifest: Value,
+    /// The manifest (none for a docker archive, which has only `manifest.json`).
+    pub manifest: Option<ImageManifest>,
     pub config: Value,
     pub layers: Vec<OpenedLayer>,
     source: Source,
@@ -26,6 +28,16 @@ pub struct Opened {
 enum Source {
     Layout(PathBuf),
     Archive(PathBuf),
+}
+
+impl Opened {
+    /// The manifest as JSON, for the field-by-field diff (null for a docker archive).
+    fn manifest_value(&self) -> Value {
+        self.manifest
+            .as_ref()
+            .and_then(|m| serde_json::to_value(m).ok())
+            .unwrap_or(Value::Null)
+    }
 }
 
 /// A layer and where to read it.
@@ -60,70 +72,43 @@ fn json(path: &Path, bytes: &[u8]) -> Result<Value, ImageError> {
 /// Opens an OCI image layout (its first manifest).
 pub fn open_oci(dir: &Path) -> Result<Opened, ImageError> {
     let index_path = dir.join("index.json");
-    let index = json(
+    let index: ImageIndex = super::parse(
         &index_path,
         &fs::read(&index_path).map_err(io_at(&index_path))?,
     )?;
-    let d: Digest = index["manifests"][0]["digest"]
-        .as_str()
-        .ok_or_else(|| bad(&index_path, "no manifest"))?
-        .parse()
-        .map_err(|e: crate::digest::BadDigest| bad(&index_path, e.to_string()))?;
-    let blob = |d: &str| {
-        let p = dir
-            .join("blobs/sha256")
-            .join(d.trim_start_matches("sha256:"));
+    let (d, _) = super::descriptor(
+        &index_path,
+        index
+            .manifests()
+            .first()
+            .ok_or_else(|| bad(&index_path, "no manifest"))?,
+    )?;
+    let blob = |d: &Digest| {
+        let p = dir.join("blobs/sha256").join(d.hex());
         fs::read(&p).map_err(io_at(&p))
     };
-    let manifest = json(dir, &blob(&d.to_string())?)?;
-    let config = json(
-        dir,
-        &blob(manifest["config"]["digest"].as_str().unwrap_or(""))?,
-    )?;
-    let layers = layers_of(dir, &manifest, &config, |l| {
-        l["digest"].as_str().map(|_| None)
-    })?;
+    let manifest: ImageManifest = super::parse(dir, &blob(&d)?)?;
+    let (cd, _) = super::descriptor(dir, manifest.config())?;
+    let config = json(dir, &blob(&cd)?)?;
+    let diff_ids = super::diff_ids(dir, &config).unwrap_or_default();
+    let mut layers = Vec::new();
+    for (i, l) in manifest.layers().iter().enumerate() {
+        let (digest, size) = super::descriptor(dir, l)?;
+        layers.push(OpenedLayer {
+            digest,
+            diff_id: diff_ids.get(i).copied(),
+            size,
+            media_type: l.media_type().to_string(),
+            member: None,
+        });
+    }
     Ok(Opened {
         digest: Some(d),
-        manifest,
+        manifest: Some(manifest),
         config,
         layers,
         source: Source::Layout(dir.to_path_buf()),
     })
-}
-
-fn layers_of(
-    path: &Path,
-    manifest: &Value,
-    config: &Value,
-    member: impl Fn(&Value) -> Option<Option<String>>,
-) -> Result<Vec<OpenedLayer>, ImageError> {
-    let diff_ids = config["rootfs"]["diff_ids"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let mut out = Vec::new();
-    for (i, l) in manifest["layers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        let digest = l["digest"]
-            .as_str()
-            .unwrap_or("")
-            .parse()
-            .map_err(|e: crate::digest::BadDigest| bad(path, e.to_string()))?;
-        out.push(OpenedLayer {
-            digest,
-            diff_id: diff_ids.get(i).and_then(|d| d.as_str()?.parse().ok()),
-            size: l["size"].as_u64().unwrap_or(0),
-            media_type: l["mediaType"].as_str().unwrap_or("").to_owned(),
-            member: member(l).flatten(),
-        });
-    }
-    Ok(out)
 }
 
 /// Calls `f` with the archive member `name`, streamed from the tar; `None` when it is absent.
@@ -142,21 +127,25 @@ fn with_member<T>(
     Ok(None)
 }
 
-fn member_json(file: &Path, name: &str) -> Result<Value, ImageError> {
+fn member_json<T: serde::de::DeserializeOwned>(file: &Path, name: &str) -> Result<T, ImageError> {
     let bytes = with_member(file, name, |r| {
         let mut v = Vec::new();
         r.read_to_end(&mut v)?;
         Ok(v)
     })?
     .ok_or_else(|| bad(file, format!("no {name} in the archive")))?;
-    json(file, &bytes)
+    super::parse(file, &bytes)
 }
 
 /// Opens a docker archive (manifest.json's single image).
 pub fn open_docker_archive(file: &Path) -> Result<Opened, ImageError> {
-    let m = member_json(file, "manifest.json")?;
-    let img = &m[0];
-    let config = member_json(file, img["Config"].as_str().unwrap_or(""))?;
+    let entries: Vec<super::ArchiveEntry> = member_json(file, "manifest.json")?;
+    let img = entries
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad(file, "manifest.json lists no image"))?;
+    let config: Value = member_json(file, &img.config)?;
+    let diff_ids = super::diff_ids(file, &config).unwrap_or_default();
     let mut sizes: BTreeMap<String, u64> = BTreeMap::new();
     let mut a = tar::Archive::new(fs::File::open(file).map_err(io_at(file))?);
     for e in a.entries().map_err(io_at(file))? {
@@ -166,13 +155,7 @@ pub fn open_docker_archive(file: &Path) -> Result<Opened, ImageError> {
             e.size(),
         );
     }
-    let layer_names: Vec<String> = img["Layers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect();
+    let layer_names = img.layers;
     let layers = layer_names
         .iter()
         .enumerate()
@@ -181,9 +164,7 @@ pub fn open_docker_archive(file: &Path) -> Result<Opened, ImageError> {
                 .trim_start_matches("blobs/sha256/")
                 .parse()
                 .unwrap_or_else(|_| Digest::of(name.as_bytes())),
-            diff_id: config["rootfs"]["diff_ids"][i]
-                .as_str()
-                .and_then(|d| d.parse().ok()),
+            diff_id: diff_ids.get(i).copied(),
             size: sizes.get(name).copied().unwrap_or(0),
             media_type: "docker-archive member".into(),
             member: Some(name.clone()),
@@ -191,7 +172,7 @@ pub fn open_docker_archive(file: &Path) -> Result<Opened, ImageError> {
         .collect();
     Ok(Opened {
         digest: None,
-        manifest: Value::Null,
+        manifest: None,
         config,
         layers,
         source: Source::Archive(file.to_path_buf()),
@@ -288,50 +269,46 @@ pub fn describe(img: &Opened) -> Result<String, ImageError> {
     if let Some(d) = img.digest {
         s.push_str(&format!("image        {d}\n"));
     }
-    let c = &img.config;
-    s.push_str(&format!(
-        "platform     {}/{}\n",
-        c["os"].as_str().unwrap_or("?"),
-        c["architecture"].as_str().unwrap_or("?")
-    ));
+    let c = super::typed_config(Path::new("config"), &img.config)?;
+    let cfg = c.config().clone().unwrap_or_default();
+    let json = |v: &Option<Vec<String>>| serde_json::to_string(v).unwrap_or_default();
+    s.push_str(&format!("platform     {}/{}\n", c.os(), c.architecture()));
     s.push_str(&format!(
         "created      {}\n",
-        c["created"].as_str().unwrap_or("")
+        c.created().as_deref().unwrap_or("")
     ));
-    s.push_str(&format!("entrypoint   {}\n", c["config"]["Entrypoint"]));
-    s.push_str(&format!("cmd          {}\n", c["config"]["Cmd"]));
+    s.push_str(&format!("entrypoint   {}\n", json(cfg.entrypoint())));
+    s.push_str(&format!("cmd          {}\n", json(cfg.cmd())));
     s.push_str(&format!(
         "workdir      {}\n",
-        c["config"]["WorkingDir"].as_str().unwrap_or("")
+        cfg.working_dir().as_deref().unwrap_or("")
     ));
     s.push_str(&format!(
         "user         {}\n",
-        c["config"]["User"].as_str().unwrap_or("")
+        cfg.user().as_deref().unwrap_or("")
     ));
-    for e in c["config"]["Env"].as_array().cloned().unwrap_or_default() {
-        s.push_str(&format!("env          {}\n", e.as_str().unwrap_or("")));
+    for e in cfg.env().iter().flatten() {
+        s.push_str(&format!("env          {e}\n"));
     }
-    for (k, v) in c["config"]["Labels"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default()
-    {
-        s.push_str(&format!("label        {k}={}\n", v.as_str().unwrap_or("")));
+    let sorted = |m: &Option<std::collections::HashMap<String, String>>| {
+        m.iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    for (k, v) in sorted(cfg.labels()) {
+        s.push_str(&format!("label        {k}={v}\n"));
     }
-    for (k, v) in img.manifest["annotations"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default()
-    {
-        s.push_str(&format!("annotation   {k}={}\n", v.as_str().unwrap_or("")));
+    let annotations = img.manifest.as_ref().and_then(|m| m.annotations().clone());
+    for (k, v) in sorted(&annotations) {
+        s.push_str(&format!("annotation   {k}={v}\n"));
     }
-    let history: Vec<String> = c["history"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let history: Vec<String> = c
+        .history()
         .iter()
-        .filter(|h| h["empty_layer"] != Value::Bool(true))
-        .map(|h| h["created_by"].as_str().unwrap_or("").to_owned())
+        .flatten()
+        .filter(|h| h.empty_layer() != Some(true))
+        .map(|h| h.created_by().clone().unwrap_or_default())
         .collect();
     for (i, l) in img.layers.iter().enumerate() {
         let entries = img.entries(i)?;
@@ -442,14 +419,15 @@ pub fn diff(a: &Opened, b: &Opened) -> Result<Vec<String>, ImageError> {
         }
     }
     json_diff("config", &a.config, &b.config, &mut out);
+    let (ma, mb) = (a.manifest_value(), b.manifest_value());
     json_diff(
         "manifest.annotations",
-        &a.manifest["annotations"],
-        &b.manifest["annotations"],
+        &ma["annotations"],
+        &mb["annotations"],
         &mut out,
     );
     if out.is_empty() && a.digest != b.digest {
-        json_diff("manifest", &a.manifest, &b.manifest, &mut out);
+        json_diff("manifest", &ma, &mb, &mut out);
     }
     Ok(out)
 }

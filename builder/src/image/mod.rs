@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use oci_spec::image::{Descriptor, ImageConfiguration, MediaType};
 use serde_json::Value;
 use thiserror::Error;
 
@@ -60,6 +61,60 @@ pub(crate) fn invalid(path: &Path, message: impl Into<String>) -> ImageError {
         path: path.to_path_buf(),
         message: message.into(),
     }
+}
+
+/// Parses a JSON document (an OCI index, manifest or config, typed or as a value), naming
+/// `path` when it is not one.
+pub fn parse<T: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T, ImageError> {
+    serde_json::from_slice(bytes).map_err(|e| invalid(path, format!("not JSON: {e}")))
+}
+
+/// A descriptor's digest (envbuild's type: sha256 only) and size.
+pub fn descriptor(path: &Path, d: &Descriptor) -> Result<(Digest, u64), ImageError> {
+    let digest = d
+        .digest()
+        .to_string()
+        .parse::<Digest>()
+        .map_err(|e| invalid(path, e.to_string()))?;
+    Ok((digest, d.size()))
+}
+
+/// A descriptor as oci-spec types it, from envbuild's media type string and digest.
+pub fn oci_descriptor(media_type: &str, d: &Digest, size: u64) -> Descriptor {
+    let digest = d
+        .to_string()
+        .parse::<oci_spec::image::Digest>()
+        .expect("a sha256 digest is an OCI digest");
+    Descriptor::new(MediaType::from(media_type), size, digest)
+}
+
+/// The `os` and `architecture` of a descriptor's platform.
+pub fn platform_of(d: &Descriptor) -> Option<(String, String)> {
+    d.platform()
+        .as_ref()
+        .map(|p| (p.os().to_string(), p.architecture().to_string()))
+}
+
+/// The diff IDs of an image config (`rootfs.diff_ids`), read through oci-spec's type. The
+/// config itself stays a value: the merge keeps every key of the base, which the type would
+/// drop.
+pub fn diff_ids(path: &Path, config: &Value) -> Result<Vec<Digest>, ImageError> {
+    let typed = typed_config(path, config)?;
+    typed
+        .rootfs()
+        .diff_ids()
+        .iter()
+        .map(|d| {
+            d.parse::<Digest>()
+                .map_err(|e| invalid(path, e.to_string()))
+        })
+        .collect()
+}
+
+/// An image config read through oci-spec's type (unknown keys dropped: for reading only).
+pub fn typed_config(path: &Path, config: &Value) -> Result<ImageConfiguration, ImageError> {
+    serde_json::from_value(config.clone())
+        .map_err(|e| invalid(path, format!("not an image config: {e}")))
 }
 
 /// JSON with object keys sorted at every level and no insignificant whitespace.
@@ -133,6 +188,17 @@ pub struct Image {
     pub manifest: Vec<u8>,
     pub digest: Digest,
     pub layers: Vec<LayerDesc>,
+}
+
+/// One entry of a `docker save` archive's `manifest.json` (Docker's format, not OCI's).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ArchiveEntry {
+    #[serde(rename = "Config")]
+    pub config: String,
+    #[serde(rename = "RepoTags", default)]
+    pub repo_tags: Vec<String>,
+    #[serde(rename = "Layers", default)]
+    pub layers: Vec<String>,
 }
 
 /// A manifest and its blobs, ready to push: (digest, size, file) for config and layers.

@@ -5,32 +5,35 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use oci_spec::image::{ImageIndex, ImageIndexBuilder, ImageManifest, MediaType, SCHEMA_VERSION};
 
-use super::base::{desc_digest, layout_blob, read_json};
-use super::{canonical_json, invalid, io_at, media, Image, ImageError, Pushable};
+use super::base::{layout_blob, read_doc};
+use super::{
+    canonical_json, descriptor, invalid, io_at, media, oci_descriptor, parse, ArchiveEntry, Image,
+    ImageError, Pushable,
+};
 use crate::cache::Cache;
 
 /// The image in an OCI layout, as the registry client pushes it.
 pub fn pushable_from_oci(dir: &Path) -> Result<Pushable, ImageError> {
-    let (_, index) = read_json(&dir.join("index.json"))?;
-    let m = index["manifests"]
-        .as_array()
-        .and_then(|a| a.first())
-        .cloned()
+    let index_path = dir.join("index.json");
+    let index: ImageIndex = read_doc(&index_path)?;
+    let m = index
+        .manifests()
+        .first()
         .ok_or_else(|| invalid(dir, "index.json lists no manifest"))?;
-    let (d, size) = desc_digest(&dir.join("index.json"), &m)?;
+    let (d, size) = descriptor(&index_path, m)?;
     let (path, manifest) = layout_blob(dir, &d, Some(size))?;
-    let v: Value = serde_json::from_slice(&manifest).map_err(|e| invalid(&path, e.to_string()))?;
+    let v: ImageManifest = parse(&path, &manifest)?;
     let mut blobs = Vec::new();
-    for desc in std::iter::once(&v["config"]).chain(v["layers"].as_array().into_iter().flatten()) {
-        let (d, size) = desc_digest(&path, desc)?;
+    for desc in std::iter::once(v.config()).chain(v.layers()) {
+        let (d, size) = descriptor(&path, desc)?;
         blobs.push((d, size, dir.join("blobs/sha256").join(d.hex())));
     }
-    let media_type = v["mediaType"]
-        .as_str()
-        .unwrap_or(media::MANIFEST)
-        .to_owned();
+    let media_type = v
+        .media_type()
+        .as_ref()
+        .map_or_else(|| media::MANIFEST.to_owned(), |m| m.to_string());
     Ok(Pushable {
         manifest,
         media_type,
@@ -98,16 +101,21 @@ pub fn write_oci(img: &Image, cache: &Cache, dir: &Path, tag: &str) -> Result<()
         }
         fs::write(blobs.join(img.config_digest.hex()), &img.config).map_err(io_at(&blobs))?;
         fs::write(blobs.join(img.digest.hex()), &img.manifest).map_err(io_at(&blobs))?;
-        let index = json!({
-            "schemaVersion": 2,
-            "mediaType": media::INDEX,
-            "manifests": [{
-                "mediaType": media::MANIFEST,
-                "digest": img.digest.to_string(),
-                "size": img.manifest.len(),
-                "annotations": {"org.opencontainers.image.ref.name": tag},
-            }],
-        });
+        let mut entry = oci_descriptor(media::MANIFEST, &img.digest, img.manifest.len() as u64);
+        entry.set_annotations(Some(
+            [(
+                "org.opencontainers.image.ref.name".to_owned(),
+                tag.to_owned(),
+            )]
+            .into(),
+        ));
+        let index = ImageIndexBuilder::default()
+            .schema_version(SCHEMA_VERSION)
+            .media_type(MediaType::ImageIndex)
+            .manifests(vec![entry])
+            .build()
+            .expect("every field of the index is set");
+        let index = serde_json::to_value(&index).expect("JSON");
         fs::write(tmp.join("index.json"), canonical_json(&index)).map_err(io_at(&tmp))?;
         replace_dir(&tmp, dir)
     })();
@@ -166,9 +174,12 @@ pub fn write_docker_archive(
             .iter()
             .map(|l| format!("blobs/sha256/{}", l.digest.hex()))
             .collect();
-        let manifest =
-            json!([{"Config": config_name, "RepoTags": [repo_tag], "Layers": layer_names}]);
-        let manifest = canonical_json(&manifest);
+        let manifest = [ArchiveEntry {
+            config: config_name.clone(),
+            repo_tags: vec![repo_tag.to_owned()],
+            layers: layer_names.clone(),
+        }];
+        let manifest = canonical_json(&serde_json::to_value(manifest).expect("JSON"));
         add("manifest.json", manifest.len() as u64, &mut &manifest[..]).map_err(io_at(&tmp))?;
         add(&config_name, img.config.len() as u64, &mut &img.config[..]).map_err(io_at(&tmp))?;
         let mut seen = std::collections::BTreeSet::new();

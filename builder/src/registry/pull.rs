@@ -4,6 +4,7 @@
 use std::fs;
 use std::sync::Mutex;
 
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use serde_json::Value;
 
 use super::{Client, RegistryError};
@@ -12,54 +13,50 @@ use crate::digest::Digest;
 use crate::image::media;
 
 /// Pulls the image `reference` (pinned by digest) for `os/arch` into the cache; returns the
-/// platform manifest's digest, the manifest and the config.
+/// platform manifest's digest, the manifest and the config (a value: the build keeps its keys).
 pub fn pull(
     client: &Client,
     digest: &Digest,
     os: &str,
     arch: &str,
     cache: &Cache,
-) -> Result<(Digest, Value, Value), RegistryError> {
+) -> Result<(Digest, ImageManifest, Value), RegistryError> {
     let (bytes, mt, d) = client.get_manifest(&digest.to_string())?;
     let what = format!("pull {digest}");
-    let mut manifest: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| client.protocol(&what, format!("manifest is not JSON: {e}")))?;
-    let mut chosen = d;
-    if mt == media::INDEX || mt == media::DOCKER_LIST || manifest["manifests"].is_array() {
-        let m = manifest["manifests"]
-            .as_array()
-            .and_then(|a| {
-                a.iter()
-                    .find(|m| m["platform"]["os"] == os && m["platform"]["architecture"] == arch)
-                    .cloned()
-            })
-            .ok_or_else(|| {
-                client.protocol(&what, format!("the index has no {os}/{arch} manifest"))
-            })?;
-        let (b, _, d2) = client.get_manifest(m["digest"].as_str().unwrap_or(""))?;
-        manifest = serde_json::from_slice(&b).map_err(|e| client.protocol(&what, e.to_string()))?;
-        chosen = d2;
-        cache.put_bytes(&b).map_err(|source| RegistryError::Io {
-            path: cache.root.clone(),
-            source,
-        })?;
-    } else {
-        cache
-            .put_bytes(&bytes)
-            .map_err(|source| RegistryError::Io {
-                path: cache.root.clone(),
-                source,
-            })?;
-    }
-    let desc = |v: &Value| -> Result<(Digest, u64), RegistryError> {
-        let d = v["digest"]
-            .as_str()
-            .unwrap_or("")
+    let io = |source| RegistryError::Io {
+        path: cache.root.clone(),
+        source,
+    };
+    let desc = |v: &Descriptor| -> Result<(Digest, u64), RegistryError> {
+        let d = v
+            .digest()
+            .to_string()
             .parse::<Digest>()
             .map_err(|e| client.protocol(&what, e.to_string()))?;
-        Ok((d, v["size"].as_u64().unwrap_or(0)))
+        Ok((d, v.size()))
     };
-    let (cd, csize) = desc(&manifest["config"])?;
+    let (chosen, manifest_bytes) = match serde_json::from_slice::<ImageIndex>(&bytes) {
+        Ok(index) if media::is_index(&mt) || !index.manifests().is_empty() => {
+            let m = index
+                .manifests()
+                .iter()
+                .find(|m| {
+                    m.platform().as_ref().is_some_and(|p| {
+                        p.os().to_string() == os && p.architecture().to_string() == arch
+                    })
+                })
+                .ok_or_else(|| {
+                    client.protocol(&what, format!("the index has no {os}/{arch} manifest"))
+                })?;
+            let (b, _, d2) = client.get_manifest(&desc(m)?.0.to_string())?;
+            (d2, b)
+        }
+        _ => (d, bytes),
+    };
+    let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| client.protocol(&what, format!("manifest is not JSON: {e}")))?;
+    cache.put_bytes(&manifest_bytes).map_err(io)?;
+    let (cd, csize) = desc(manifest.config())?;
     client.pull_blob(&cd, csize, cache)?;
     let config: Value =
         serde_json::from_slice(&fs::read(cache.blob_path(&cd)).map_err(|source| {
@@ -69,10 +66,8 @@ pub fn pull(
             }
         })?)
         .map_err(|e| client.protocol(&what, format!("config is not JSON: {e}")))?;
-    let layers: Vec<(Digest, u64)> = manifest["layers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let layers: Vec<(Digest, u64)> = manifest
+        .layers()
         .iter()
         .map(desc)
         .collect::<Result<_, _>>()?;
