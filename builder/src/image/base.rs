@@ -108,7 +108,7 @@ pub fn load_oci(
     while let Some((path, idx)) = stack.pop() {
         for m in idx.manifests() {
             let (d, size) = descriptor(&path, m)?;
-            if media::is_index(&m.media_type().to_string()) {
+            if media::is_index(m.media_type().as_ref()) {
                 let (p, bytes) = layout_blob(dir, &d, Some(size))?;
                 let v: ImageIndex = parse(&p, &bytes)?;
                 if pinned == Some(d) {
@@ -218,7 +218,7 @@ fn layer_descs(
     for (l, diff_id) in manifest.layers().iter().zip(diff_ids) {
         let (d, size) = descriptor(here, l)?;
         layers.push(LayerDesc {
-            media_type: media::oci_layer(&l.media_type().to_string()).to_owned(),
+            media_type: media::oci_layer(l.media_type().as_ref()).to_owned(),
             digest: d,
             size,
             diff_id,
