@@ -800,3 +800,37 @@ fn a_second_repository_mounts_known_blobs_and_a_refused_mount_falls_back_to_uplo
         "{third}"
     );
 }
+
+#[test]
+fn every_certificate_of_a_ca_bundle_is_trusted_not_only_the_first() {
+    // A bundle whose first certificate is an unrelated CA and whose second is the one that
+    // signed the server's: a reader that takes only the first cannot connect.
+    let other = {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    };
+    let server =
+        tls::serve_https(axum::Router::new().route("/", axum::routing::get(|| async { "ok" })));
+    let t = tempfile::tempdir().unwrap();
+    let get = |pem: &str| {
+        let bundle = t.path().join("bundle.pem");
+        std::fs::write(&bundle, pem).unwrap();
+        envbuild::auth::entra::install_crypto_provider();
+        let client = envbuild::http::blocking_client(Some(&bundle), None).unwrap();
+        client.get(&server.url).send()
+    };
+    let both = format!("{other}{}", tls::ca().pem());
+    let answer = get(&both).expect("the second certificate of the bundle is trusted");
+    assert_eq!(answer.text().unwrap(), "ok");
+    assert!(
+        get(&other).is_err(),
+        "TLS is verified: the unrelated CA alone is not enough"
+    );
+    // A file without certificates is refused by name, before any request.
+    let empty = t.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let e = envbuild::http::blocking_client(Some(&empty), None).unwrap_err();
+    assert!(e.to_string().contains("empty.pem"), "{e}");
+}

@@ -12,7 +12,7 @@ use envbuild_e2e::entra::Entra;
 use envbuild_e2e::{bins, last_line, run, tls};
 use serde_json::{json, Value};
 
-use super::envbuild;
+use super::build::envbuild;
 
 const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";

@@ -6,7 +6,7 @@ use std::process::Command;
 use envbuild_e2e::{bins, last_line, ok, run, skopeo_inspect, Registry};
 use serde_json::Value;
 
-use super::{build, cached_manifest, checkout, envbuild, manifest, REPRO_ENV};
+use super::build::{build, cached_manifest, checkout, envbuild, manifest, REPRO_ENV};
 
 fn push(
     env: &std::path::Path,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use envbuild_e2e::{base_layout, bins, engine_lock, ok, root, run, Registry};
 use serde_json::Value;
 
-use super::envbuild;
+use super::build::envbuild;
 
 const DATA: &str = "/usr/share/datasets/fashion-mnist";
 const SHORT: [&str; 6] = [
@@ -299,4 +299,88 @@ fn no_engine_and_bad_flags_are_one_clear_error_each() {
     }
     let o = run(envbuild().args(["run", "--data", DATA]).arg(&env));
     assert!(String::from_utf8_lossy(&o.stderr).contains("say where to run: `envbuild run --local"));
+}
+
+/// A sink that keeps what the run said, for the library-level test.
+#[derive(Default)]
+struct Collected {
+    stdout: std::sync::Mutex<Vec<u8>>,
+    messages: std::sync::Mutex<Vec<String>>,
+}
+
+impl envbuild::engine::run::Sink for Collected {
+    fn output(&self, stream: envbuild::engine::run::Stream, bytes: &[u8]) {
+        if stream == envbuild::engine::run::Stream::Stdout {
+            self.stdout.lock().unwrap().extend_from_slice(bytes);
+        }
+    }
+    fn message(&self, text: &str) {
+        self.messages.lock().unwrap().push(text.to_owned());
+    }
+}
+
+#[test]
+fn run_local_is_a_library_call_whose_output_goes_to_the_callers_sink() {
+    use envbuild::engine::local::{run_local, LocalRun};
+    use envbuild::engine::run::{Gpus, Outcome};
+    let _engine = engine_lock();
+    let t = tempfile::tempdir().unwrap();
+    // The environment file names its base through this variable, as the CLI tests pass it.
+    std::env::set_var("ENVBUILD_BASE", base_layout());
+    let run = LocalRun {
+        source: cpu_env().display().to_string(),
+        data: DATA.into(),
+        outputs: t.path().join("outputs"),
+        args: ["--epochs", "1"]
+            .iter()
+            .chain(SHORT.iter())
+            .map(|s| s.to_string())
+            .collect(),
+        env: vec![],
+        shm_size: Some(1 << 30),
+        memory: None,
+        gpus: Gpus::None,
+        user: None,
+        stop_timeout: 10,
+        keep: false,
+    };
+    let cache = envbuild::cache::Cache::open(&cache()).unwrap();
+    let settings = envbuild::build::Settings {
+        threads: 2,
+        source_date_epoch: 0,
+        skip_link_check: false,
+        registry: envbuild::registry::Settings::default(),
+    };
+    let sink = std::sync::Arc::new(Collected::default());
+    let finished = run_local(&run, &cache, &settings, sink.clone()).expect("the run starts");
+    assert_eq!(
+        finished.outcome,
+        Outcome::Exited {
+            code: 0,
+            oom_killed: false
+        }
+    );
+    assert!(finished.test_accuracy().is_some_and(|a| a > 0.3));
+    assert!(finished.outputs.join("model.safetensors").is_file());
+    let stdout = String::from_utf8_lossy(&sink.stdout.lock().unwrap()).into_owned();
+    assert!(
+        stdout.contains("epoch 1/1"),
+        "the trainer's output reached the sink: {stdout}"
+    );
+    let messages = sink.messages.lock().unwrap().join("\n");
+    assert!(
+        messages.contains("--gpus none: running on the CPU") && messages.contains("container "),
+        "{messages}"
+    );
+    assert!(!container_exists(&finished.container), "removed");
+    // Bad input is one typed error before anything starts.
+    let bad = LocalRun {
+        data: t.path().join("missing"),
+        ..run
+    };
+    let e = run_local(&bad, &cache, &settings, sink).unwrap_err();
+    assert!(
+        e.to_string().contains("--data") && e.to_string().contains("not a directory"),
+        "{e}"
+    );
 }

@@ -1,0 +1,600 @@
+//! `envbuild build` end to end: reproducibility (the same bytes from any checkout and machine
+//! state), incremental rebuilds, acceptance by skopeo, umoci and the Docker engine, bad input
+//! and the link check.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use envbuild_e2e::{base_layout, bins, last_line, ok, run, site_packages};
+use serde_json::Value;
+
+/// A small environment with the shape of the real one: a library layer (a real libtorch
+/// library, a nested directory, a relative symlink) and the trainer layer. Its entrypoint is the
+/// base's shell, so that the link check passes without the 450 MB of libtorch.
+pub const REPRO_ENV: &str = r#"
+name = "repro"
+[base]
+oci = "${ENVBUILD_BASE}"
+[[layer]]
+name = "libs"
+[[layer.files]]
+src = "lib"
+dest = "/opt/envbuild/lib"
+[[layer]]
+name = "trainer"
+[[layer.files]]
+src = "bin/trainer"
+dest = "/opt/envbuild/bin/trainer"
+mode = 0o755
+[config]
+entrypoint = ["/bin/sh"]
+env = { LD_LIBRARY_PATH = "/opt/envbuild/lib" }
+"#;
+
+/// Makes a checkout of the repro environment in `dir`. `reverse` creates the files in the
+/// opposite order and gives them shuffled modification times and restrictive permissions.
+pub fn checkout(dir: &Path, reverse: bool) -> PathBuf {
+    let libc10 = site_packages().join("torch/lib/libc10.so");
+    let mut files: Vec<(&str, Vec<u8>)> = vec![
+        ("bin/trainer", fs::read(&bins().trainer).unwrap()),
+        ("lib/libc10.so", fs::read(&libc10).unwrap()),
+        ("lib/nested/data.txt", b"some data\n".to_vec()),
+        ("lib/nested/more.txt", vec![7u8; 70_000]),
+    ];
+    if reverse {
+        files.reverse();
+    }
+    for (i, (name, bytes)) in files.iter().enumerate() {
+        let p = dir.join(name);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, bytes).unwrap();
+        let mode = match (reverse, name.starts_with("bin/")) {
+            (false, true) => 0o755,
+            (false, false) => 0o644,
+            (true, true) => 0o700,
+            (true, false) => 0o600,
+        };
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        if reverse {
+            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000 + 7_777 * i as u64);
+            fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+    }
+    symlink("nested/data.txt", dir.join("lib/link.txt")).unwrap();
+    fs::write(dir.join("env.toml"), REPRO_ENV).unwrap();
+    dir.join("env.toml")
+}
+
+pub fn envbuild() -> Command {
+    let mut c = Command::new(&bins().envbuild);
+    c.env("ENVBUILD_BASE", base_layout())
+        .env_remove("SOURCE_DATE_EPOCH");
+    c
+}
+
+pub fn build(env: &Path, cache: &Path, extra: &[&str]) -> String {
+    let mut c = envbuild();
+    c.arg("build")
+        .arg(env)
+        .arg("--cache")
+        .arg(cache)
+        .args(extra);
+    last_line(&ok(&mut c))
+}
+
+fn blob(layout: &Path, digest: &str) -> Vec<u8> {
+    fs::read(
+        layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:")),
+    )
+    .unwrap()
+}
+
+pub fn manifest(layout: &Path) -> Value {
+    let index: Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    serde_json::from_slice(&blob(
+        layout,
+        index["manifests"][0]["digest"].as_str().unwrap(),
+    ))
+    .unwrap()
+}
+
+#[test]
+fn same_inputs_same_digest_whatever_the_machine_state() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        t.path().join("checkout-a"),
+        t.path().join("somewhere/else/checkout-b"),
+    );
+    let env_a = checkout(&a, false);
+    let env_b = checkout(&b, true);
+    let (cache_a, cache_b) = (t.path().join("cache-a"), t.path().join("cache-b"));
+
+    let first = build(
+        &env_a,
+        &cache_a,
+        &[
+            "--threads",
+            "2",
+            "--output",
+            &format!("oci:{}", t.path().join("out-a").display()),
+        ],
+    );
+    assert!(first.starts_with("sha256:"), "{first}");
+
+    // The other checkout, cold cache, one thread, umask 077, another time zone and host name.
+    let script = format!(
+        "umask 077; hostname envbuild-other-host 2>/dev/null; exec {} build {} --cache {} --threads 1 --output oci:{}",
+        bins().envbuild.display(),
+        env_b.display(),
+        cache_b.display(),
+        t.path().join("out-b").display()
+    );
+    let mut c = Command::new("unshare");
+    c.args(["--uts", "sh", "-c", &script])
+        .env("TZ", "Asia/Kathmandu")
+        .env("ENVBUILD_BASE", base_layout());
+    let o = run(&mut c);
+    let second = if o.status.success() {
+        last_line(&String::from_utf8_lossy(&o.stdout))
+    } else {
+        // No permission for a UTS namespace: everything but the host name still differs.
+        let mut c = Command::new("sh");
+        c.args([
+            "-c",
+            &script.replace("hostname envbuild-other-host 2>/dev/null; ", ""),
+        ])
+        .env("TZ", "Asia/Kathmandu")
+        .env("ENVBUILD_BASE", base_layout());
+        last_line(&ok(&mut c))
+    };
+    assert_eq!(first, second, "two checkouts gave two digests");
+
+    // Warm cache: layers come from the cache and the digest is the same again.
+    let mut c = envbuild();
+    c.arg("build").arg(&env_a).arg("--cache").arg(&cache_a);
+    let o = run(&mut c);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cached"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(last_line(&String::from_utf8_lossy(&o.stdout)), first);
+
+    // The layouts are byte-identical, file for file.
+    let list = |d: &Path| {
+        let mut v: Vec<(String, Vec<u8>)> = fs::read_dir(d.join("blobs/sha256"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(list(&t.path().join("out-a")) == list(&t.path().join("out-b")));
+
+    // SOURCE_DATE_EPOCH is an input: it changes the digest, and nothing else does.
+    let mut c = envbuild();
+    c.arg("build")
+        .arg(&env_a)
+        .arg("--cache")
+        .arg(&cache_a)
+        .env("SOURCE_DATE_EPOCH", "1700000000");
+    assert_ne!(last_line(&ok(&mut c)), first);
+}
+
+#[test]
+fn one_byte_trainer_change_rebuilds_only_the_trainer_layer() {
+    let t = tempfile::tempdir().unwrap();
+    let env = checkout(&t.path().join("c"), false);
+    let cache = t.path().join("cache");
+    let (out1, out2) = (t.path().join("o1"), t.path().join("o2"));
+    let d1 = build(
+        &env,
+        &cache,
+        &["--output", &format!("oci:{}", out1.display())],
+    );
+    let trainer = t.path().join("c/bin/trainer");
+    let mut bytes = fs::read(&trainer).unwrap();
+    bytes.push(0);
+    fs::write(&trainer, bytes).unwrap();
+    let mut c = envbuild();
+    c.arg("build")
+        .arg(&env)
+        .arg("--cache")
+        .arg(&cache)
+        .arg("--output")
+        .arg(format!("oci:{}", out2.display()));
+    let o = run(&mut c);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let d2 = last_line(&String::from_utf8_lossy(&o.stdout));
+    assert_ne!(d1, d2);
+    assert!(
+        stderr.contains("layer libs         cached")
+            && stderr.contains("layer trainer      building"),
+        "{stderr}"
+    );
+    let (m1, m2) = (manifest(&out1), manifest(&out2));
+    let (l1, l2) = (
+        m1["layers"].as_array().unwrap(),
+        m2["layers"].as_array().unwrap(),
+    );
+    assert_eq!(l1.len(), l2.len());
+    let n = l1.len();
+    assert_eq!(
+        l1[..n - 1],
+        l2[..n - 1],
+        "base and library layers must not change"
+    );
+    assert_ne!(l1[n - 1], l2[n - 1]);
+    assert_ne!(m1["config"]["digest"], m2["config"]["digest"]);
+
+    // `envbuild diff` names the layer, the file and the header field; exit 1 like diff(1).
+    let o = run(Command::new(&bins().envbuild).args([
+        "diff",
+        &format!("oci:{}", out1.display()),
+        &format!("oci:{}", out2.display()),
+    ]));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("layer 2: opt/envbuild/bin/trainer: content differs"),
+        "{text}"
+    );
+    assert!(
+        text.contains("layer 2: opt/envbuild/bin/trainer: header size"),
+        "{text}"
+    );
+    assert!(text.contains("config.rootfs.diff_ids[2]"), "{text}");
+    assert!(!text.contains("layer 1:"), "{text}");
+    let same = ok(Command::new(&bins().envbuild).args([
+        "diff",
+        &format!("oci:{}", out1.display()),
+        &format!("oci:{}", out1.display()),
+    ]));
+    assert!(same.starts_with("identical: sha256:"), "{same}");
+}
+
+#[test]
+fn skopeo_umoci_and_docker_accept_the_image() {
+    let _engine = envbuild_e2e::engine_lock();
+    // The real CPU environment: trainer, libtorch's CPU libraries, the Debian runtime base.
+    let t = tempfile::tempdir().unwrap();
+    let env = envbuild_e2e::root().join("environments/mnist-cpu.toml");
+    let (layout, archive) = (t.path().join("oci"), t.path().join("image.tar"));
+    let digest = build(
+        &env,
+        &t.path().join("cache"),
+        &[
+            "--output",
+            &format!("oci:{}", layout.display()),
+            "--output",
+            &format!("docker-archive:{}", archive.display()),
+        ],
+    );
+
+    let inspect: Value = serde_json::from_str(&ok(
+        Command::new("skopeo").args(["inspect", &format!("oci:{}", layout.display())])
+    ))
+    .unwrap();
+    assert_eq!(inspect["Digest"], digest.as_str());
+    assert_eq!(
+        inspect["Layers"].as_array().unwrap().len(),
+        4,
+        "base, cuda-runtime, libtorch, trainer"
+    );
+    ok(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        &format!("oci:{}", layout.display()),
+        &format!("dir:{}", t.path().join("dir").display()),
+    ]));
+
+    let bundle = t.path().join("bundle");
+    ok(Command::new("umoci")
+        .args([
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{}:latest", layout.display()),
+        ])
+        .arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    assert_eq!(
+        fs::read(rootfs.join("opt/envbuild/bin/trainer")).unwrap(),
+        fs::read(&bins().trainer).unwrap()
+    );
+    assert!(rootfs
+        .join("opt/envbuild/site-packages/torch/lib/libtorch_cpu.so")
+        .is_file());
+    assert!(rootfs.join("bin/sh").exists(), "the base's /bin/sh");
+
+    let shown =
+        ok(Command::new(&bins().envbuild).args(["inspect", &format!("oci:{}", layout.display())]));
+    assert!(
+        shown.starts_with(&format!("image        {digest}")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("made by    envbuild layer libtorch") && shown.contains("top level  opt"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("entrypoint   [\"/opt/envbuild/bin/trainer\"]"),
+        "{shown}"
+    );
+    let from_archive = ok(Command::new(&bins().envbuild)
+        .args(["inspect", &format!("docker-archive:{}", archive.display())]));
+    assert!(
+        from_archive.contains("made by    envbuild layer trainer"),
+        "{from_archive}"
+    );
+
+    let loaded = ok(Command::new("docker").args(["load", "-i"]).arg(&archive));
+    assert!(loaded.contains("envbuild/mnist-cpu:latest"), "{loaded}");
+    let help =
+        ok(Command::new("docker").args(["run", "--rm", "envbuild/mnist-cpu:latest", "--help"]));
+    assert!(help.contains("train-images-idx3-ubyte"), "{help}");
+    let _ = run(Command::new("docker").args(["rmi", "-f", "envbuild/mnist-cpu:latest"]));
+}
+
+/// Expects `envbuild build` to fail with `expect` in its error, writing neither the output nor
+/// anything into the cache.
+fn fails(env: &Path, expect: &str, t: &Path) {
+    let cache = t.join(format!("cache-{}", expect.len()));
+    let out = t.join(format!("out-{}", expect.len()));
+    let mut c = envbuild();
+    c.arg("build")
+        .arg(env)
+        .arg("--cache")
+        .arg(&cache)
+        .arg("--output")
+        .arg(format!("oci:{}", out.display()));
+    let o = run(&mut c);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{expect}: {stderr}");
+    assert!(stderr.contains(expect), "expected `{expect}` in:\n{stderr}");
+    assert!(!out.exists(), "{expect}: output written");
+    for sub in ["blobs/sha256", "layers"] {
+        let n = fs::read_dir(cache.join(sub))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(n, 0, "{expect}: {sub} written in the cache");
+    }
+}
+
+#[test]
+fn bad_input_gives_a_clear_error_and_writes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("c");
+    let env = checkout(&dir, false);
+    let write = |text: String| {
+        let p = dir.join("bad.toml");
+        fs::write(&p, text).unwrap();
+        p
+    };
+    fails(
+        &write(REPRO_ENV.replace("mode = 0o755", "mode = 0o755\nowner = \"me\"")),
+        "bad.toml:16: unknown field `owner`",
+        t.path(),
+    );
+    fails(
+        &write(REPRO_ENV.replace("bin/trainer\"\ndest", "bin/nope\"\ndest")),
+        "bin/nope does not exist",
+        t.path(),
+    );
+    fails(
+        &write(REPRO_ENV.replace("dest = \"/opt/envbuild/lib\"", "dest = \"/opt/../lib\"")),
+        "field `layer[0].files[0].dest`",
+        t.path(),
+    );
+    let wrong = format!(
+        "oci = \"${{ENVBUILD_BASE}}\"\ndigest = \"sha256:{}\"",
+        "0".repeat(64)
+    );
+    fails(
+        &write(REPRO_ENV.replace("oci = \"${ENVBUILD_BASE}\"", &wrong)),
+        "base digest mismatch",
+        t.path(),
+    );
+    symlink("../../../etc/passwd", dir.join("lib/nested/evil")).unwrap();
+    fails(&env, "escapes its source root", t.path());
+    fs::remove_file(dir.join("lib/nested/evil")).unwrap();
+
+    // An output that cannot be written is refused before any work.
+    fs::write(t.path().join("file"), b"x").unwrap();
+    let cache = t.path().join("cache-out");
+    let mut c = envbuild();
+    c.arg("build")
+        .arg(&env)
+        .arg("--cache")
+        .arg(&cache)
+        .arg("--output")
+        .arg(format!("oci:{}/file/out", t.path().display()));
+    let o = run(&mut c);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is not a directory"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!cache.exists(), "the cache was touched");
+}
+
+#[test]
+fn link_check_names_a_missing_library_and_a_too_new_glibc() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("c");
+    checkout(&dir, false);
+    // The trainer as entrypoint, without libtorch_cpu.so, and asking for a glibc from the future.
+    let trainer = dir.join("bin/trainer");
+    let mut bytes = fs::read(&trainer).unwrap();
+    let at = bytes
+        .windows(11)
+        .position(|w| w == b"GLIBC_2.34\0")
+        .expect("the trainer needs GLIBC_2.34");
+    bytes[at..at + 10].copy_from_slice(b"GLIBC_2.99");
+    fs::write(&trainer, bytes).unwrap();
+    let env = dir.join("link.toml");
+    fs::write(
+        &env,
+        REPRO_ENV.replace(
+            "entrypoint = [\"/bin/sh\"]",
+            "entrypoint = [\"/opt/envbuild/bin/trainer\"]",
+        ),
+    )
+    .unwrap();
+    fails(
+        &env,
+        "trainer needs libtorch_cpu.so, which is not in the image",
+        t.path(),
+    );
+    fails(
+        &env,
+        "trainer needs GLIBC_2.99 from libc.so.6, but the image's libc.so.6 (/lib/x86_64-linux-gnu/libc.so.6) provides at most GLIBC_2.36",
+        t.path(),
+    );
+    // The check can be skipped on purpose.
+    let mut c = envbuild();
+    c.arg("build")
+        .arg(&env)
+        .arg("--cache")
+        .arg(t.path().join("cache-skip"))
+        .arg("--skip-link-check");
+    assert!(last_line(&ok(&mut c)).starts_with("sha256:"));
+}
+
+#[test]
+fn load_puts_the_image_into_the_engine_and_a_missing_engine_is_one_clear_error() {
+    let t = tempfile::tempdir().unwrap();
+    let env = checkout(&t.path().join("c"), false);
+    let cache = t.path().join("cache");
+    let mut c = envbuild();
+    c.arg("build")
+        .arg(&env)
+        .arg("--cache")
+        .arg(&cache)
+        .arg("--load")
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    let o = run(&mut c);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "no Docker engine at unix:///nonexistent/docker.sock — is the daemon running?"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(
+        fs::read_dir(cache.join("blobs/sha256"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0
+    );
+
+    let _ = run(Command::new("docker").args(["rmi", "-f", "envbuild/repro:latest"]));
+    let digest = build(&env, &cache, &["--load"]);
+    let config_digest = manifest_config_digest(&cache, &digest);
+    let id = ok(Command::new("docker").args([
+        "image",
+        "inspect",
+        "-f",
+        "{{.Id}}",
+        "envbuild/repro:latest",
+    ]));
+    assert_eq!(
+        id.trim(),
+        config_digest,
+        "the engine holds exactly the built config"
+    );
+    let out = ok(Command::new("docker").args([
+        "run",
+        "--rm",
+        "envbuild/repro:latest",
+        "-c",
+        "read line < /opt/envbuild/lib/link.txt; echo \"$line\"",
+    ]));
+    assert_eq!(out, "some data\n");
+    let _ = run(Command::new("docker").args(["rmi", "-f", "envbuild/repro:latest"]));
+}
+
+/// The manifest `digest` as the build left it in the cache.
+pub fn cached_manifest(cache: &Path, digest: &str) -> Value {
+    serde_json::from_slice(
+        &fs::read(
+            cache
+                .join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:")),
+        )
+        .unwrap(),
+    )
+    .unwrap()
+}
+
+/// The config digest of the image whose manifest `digest` is in the cache.
+fn manifest_config_digest(cache: &Path, digest: &str) -> String {
+    cached_manifest(cache, digest)["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The whole chain from source to digest is reproducible only if the trainer binary is: built
+/// from a second checkout at another path (own target directory, own `.venv` path), it must be
+/// the same bytes. scripts/env.sh remaps the checkout and cargo home in Rust and C++ paths.
+#[test]
+fn trainer_binary_is_identical_from_two_checkout_paths() {
+    let root = envbuild_e2e::root();
+    let t = tempfile::tempdir().unwrap();
+    let other = t.path().join("some/other/place/envbuild");
+    fs::create_dir_all(&other).unwrap();
+    let files = ok(Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(&root));
+    let mut copied = 0;
+    for f in files.split('\0').filter(|f| !f.is_empty()) {
+        let (src, dst) = (root.join(f), other.join(f));
+        if src.is_file() {
+            fs::create_dir_all(dst.parent().unwrap()).unwrap();
+            fs::copy(&src, &dst).unwrap();
+            copied += 1;
+        }
+    }
+    assert!(copied > 20, "copied {copied} files");
+    // The same venv contents, seen under the other checkout's path.
+    symlink(root.join(".venv"), other.join(".venv")).unwrap();
+    let o = envbuild_e2e::release_build(&other, &["-p", "trainer"], Some(&other.join("target")));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let a = fs::read(&bins().trainer).unwrap();
+    let b = fs::read(other.join("target/release/trainer")).unwrap();
+    let leaked = |bin: &[u8], p: &Path| {
+        bin.windows(p.as_os_str().len())
+            .any(|w| w == p.as_os_str().as_encoded_bytes())
+    };
+    assert!(
+        !leaked(&b, &other),
+        "the other checkout's path is inside its binary"
+    );
+    assert!(
+        a == b,
+        "trainer differs between checkouts ({} vs {} bytes)",
+        a.len(),
+        b.len()
+    );
+}
