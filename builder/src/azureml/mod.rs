@@ -17,7 +17,7 @@ use reqwest::Method;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::auth::entra::ARM_SCOPE;
+use crate::auth::entra::{EntraError, ARM_SCOPE};
 use crate::auth::Secret;
 use crate::http::{self, RetryPolicy};
 pub use workspace::Workspace;
@@ -30,7 +30,7 @@ pub const DEFAULT_API_VERSION: &str = "2025-12-01";
 /// Where tokens come from: the credential chain in the CLI, a fixed source in tests.
 pub trait TokenSource: Send + Sync {
     /// An access token for `scope`, or why none could be had (listing what was tried).
-    fn token(&self, scope: &str) -> Result<Secret, String>;
+    fn token(&self, scope: &str) -> Result<Secret, EntraError>;
 }
 
 /// A token source that always answers with one token (tests, and callers that hold a token).
@@ -38,7 +38,7 @@ pub trait TokenSource: Send + Sync {
 pub struct StaticToken(pub Secret);
 
 impl TokenSource for StaticToken {
-    fn token(&self, _scope: &str) -> Result<Secret, String> {
+    fn token(&self, _scope: &str) -> Result<Secret, EntraError> {
         Ok(self.0.clone())
     }
 }
@@ -78,8 +78,12 @@ pub enum AzureError {
         #[source]
         source: reqwest::Error,
     },
-    #[error("no access token for {scope}: {why}")]
-    Token { scope: String, why: String },
+    #[error("no access token for {scope}: {source}")]
+    Token {
+        scope: String,
+        #[source]
+        source: EntraError,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -217,9 +221,9 @@ impl Client {
     fn bearer(&self) -> Result<Secret, AzureError> {
         self.tokens
             .token(ARM_SCOPE)
-            .map_err(|why| AzureError::Token {
+            .map_err(|source| AzureError::Token {
                 scope: ARM_SCOPE.into(),
-                why,
+                source,
             })
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
-use envbuild::auth::entra::EntraChain;
+use envbuild::auth::entra::{EntraChain, EntraError};
 use envbuild::auth::Secret;
 use envbuild::azureml::{self, environment, job, model, Client, TokenSource};
 use envbuild::error::Hinted;
@@ -128,11 +128,8 @@ fn arm_tokens(ws: &WorkspaceArgs) -> anyhow::Result<Box<dyn TokenSource>> {
 struct ChainTokens(EntraChain);
 
 impl TokenSource for ChainTokens {
-    fn token(&self, scope: &str) -> Result<Secret, String> {
-        self.0
-            .token(scope)
-            .map(|t| t.secret)
-            .map_err(|e| e.to_string())
+    fn token(&self, scope: &str) -> Result<Secret, EntraError> {
+        self.0.token(scope).map(|t| t.secret)
     }
 }
 
