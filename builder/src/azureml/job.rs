@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::{valid_name, AzureError, Client};
+use super::{valid_name, AzureError, Client, NameRule};
 
 /// Where the trainer lives in envbuild images.
 pub const TRAINER: &str = "/opt/envbuild/bin/trainer";
@@ -129,16 +129,19 @@ pub fn new_job_id(prefix: &str) -> String {
 impl CommandJob {
     pub fn check(&self) -> Result<(), AzureError> {
         if !valid_name(&self.id) {
-            return Err(AzureError::Invalid(format!(
-                "job name `{}` is not valid: letters, digits, - and _, starting with a letter or digit",
-                self.id
-            )));
+            return Err(AzureError::BadName {
+                what: "job name",
+                name: self.id.clone(),
+                rule: NameRule::Job,
+            });
         }
         for name in self.inputs.keys().chain(self.outputs.iter()) {
             if !valid_name(name) || name.contains('-') {
-                return Err(AzureError::Invalid(format!(
-                    "input/output name `{name}` is not valid: letters, digits and _"
-                )));
+                return Err(AzureError::BadName {
+                    what: "input/output name",
+                    name: name.clone(),
+                    rule: NameRule::InputOutput,
+                });
             }
         }
         Ok(())
