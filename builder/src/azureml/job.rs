@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{json, Value};
+use thiserror::Error;
 
 use super::{valid_name, AzureError, Client, NameRule};
 
@@ -65,9 +66,16 @@ pub fn trainer_command(has_data_input: bool, output: &str, args: &[String]) -> S
     c
 }
 
+/// A `--timeout` that [`parse_timeout`] cannot read.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("timeout `{text}` is not a duration (use e.g. 2h, 90m, 1h30m, 600s or PT2H)")]
+pub struct BadDuration {
+    pub text: String,
+}
+
 /// `2h`, `90m`, `45s`, `1h30m`, or ISO 8601 `PT…` → ISO 8601 (`PT2H`, `PT1H30M`).
-pub fn parse_timeout(s: &str) -> Result<String, String> {
-    let bad = || format!("timeout `{s}` is not a duration (use e.g. 2h, 90m, 1h30m, 600s or PT2H)");
+pub fn parse_timeout(s: &str) -> Result<String, BadDuration> {
+    let bad = || BadDuration { text: s.to_owned() };
     let t = s.trim();
     let body = t
         .strip_prefix("PT")
@@ -82,12 +90,16 @@ pub fn parse_timeout(s: &str) -> Result<String, String> {
         }
         let n: u64 = num.parse().map_err(|_| bad())?;
         num.clear();
-        secs += n * match ch {
+        let unit = match ch {
             'h' => 3600,
             'm' => 60,
             's' => 1,
             _ => return Err(bad()),
         };
+        secs = n
+            .checked_mul(unit)
+            .and_then(|d| secs.checked_add(d))
+            .ok_or_else(bad)?;
     }
     if !num.is_empty() || secs == 0 {
         return Err(bad());
@@ -364,8 +376,13 @@ mod tests {
         assert_eq!(parse_timeout("1h30m15s").unwrap(), "PT1H30M15S");
         assert_eq!(parse_timeout("PT45M").unwrap(), "PT45M");
         assert_eq!(parse_timeout("600s").unwrap(), "PT10M");
-        for bad in ["", "2", "2d", "h", "0s", "PT"] {
-            assert!(parse_timeout(bad).is_err(), "{bad}");
+        for bad in ["", "2", "2d", "h", "0s", "PT", "18446744073709551615h"] {
+            assert_eq!(
+                parse_timeout(bad).unwrap_err().to_string(),
+                format!(
+                    "timeout `{bad}` is not a duration (use e.g. 2h, 90m, 1h30m, 600s or PT2H)"
+                )
+            );
         }
     }
 

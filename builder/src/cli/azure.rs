@@ -453,7 +453,7 @@ pub fn run(r: RunArgs) -> anyhow::Result<ExitCode> {
         a.env_vars.push(super::args::env_pair(kv)?);
     }
     let (env_or_image, trainer_args, ws) = (&r.source, &r.args, &r.ws);
-    let timeout = job::parse_timeout(&a.timeout).map_err(anyhow::Error::msg)?;
+    let timeout = job::parse_timeout(&a.timeout)?;
     let client = client(ws)?;
     let (environment_id, env_name) =
         environment_for_run(&client, env_or_image, &a, &r.cache, &r.transport)?;
