@@ -370,6 +370,40 @@ mod tests {
     }
 
     #[test]
+    fn command_job_body_is_pinned_whole() {
+        let mut j = job();
+        j.instance_type = Some("Standard_DS3_v2".into());
+        j.tags.insert("envbuild.environment".into(), "mnist".into());
+        assert_eq!(
+            j.body(),
+            json!({"properties": {
+                "jobType": "Command",
+                "command": j.command,
+                "environmentId": j.environment_id,
+                "computeId": j.compute_id,
+                "displayName": "mnist",
+                "experimentName": "Default",
+                "environmentVariables": {"A": "1"},
+                "inputs": {"data": {
+                    "jobInputType": "uri_folder",
+                    "uri": "azureml://datastores/workspaceblobstore/paths/mnist/",
+                    "mode": "ReadOnlyMount",
+                }},
+                "outputs": {"model": {"jobOutputType": "uri_folder", "mode": "ReadWriteMount"}},
+                "resources": {"instanceCount": 1, "instanceType": "Standard_DS3_v2"},
+                "limits": {"jobLimitsType": "Command", "timeout": "PT2H"},
+                "tags": {"envbuild.environment": "mnist"},
+            }})
+        );
+        let mut bare = job();
+        (bare.compute_id, bare.display_name) = (None, None);
+        bare.inputs.clear();
+        let p = &bare.body()["properties"];
+        assert_eq!(p["inputs"], json!({}));
+        assert!(p.get("computeId").is_none() && p.get("displayName").is_none());
+    }
+
+    #[test]
     fn timeouts_become_iso_durations() {
         assert_eq!(parse_timeout("2h").unwrap(), "PT2H");
         assert_eq!(parse_timeout("90m").unwrap(), "PT1H30M");
