@@ -1,5 +1,5 @@
-//! Command jobs: the request body (the trainer with `${{inputs.*}}`/`${{outputs.*}}`), submit,
-//! follow with backoff until a terminal status, cancel, and the log's tail where one is served.
+//! Jobs: the command job's body (the trainer with `${{inputs.*}}`/`${{outputs.*}}`); submit of any
+//! [`JobBody`], follow with backoff until a terminal status, cancel, and the log's tail if served.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -138,8 +138,23 @@ pub fn new_job_id(prefix: &str) -> String {
     )
 }
 
-impl CommandJob {
-    pub fn check(&self) -> Result<(), AzureError> {
+/// A job envbuild can submit: a command job now, a sweep job next. [`submit`] PUTs any kind;
+/// [`get`], [`cancel`], [`follow`] and [`log_tail`] need only the id, so they serve every kind.
+pub trait JobBody {
+    /// The job's name: the last part of `jobs/{id}`.
+    fn id(&self) -> &str;
+    /// Refuses what the service would refuse (names), before any request.
+    fn check(&self) -> Result<(), AzureError>;
+    /// The PUT body: `{"properties": {"jobType": …, …}}`.
+    fn body(&self) -> Value;
+}
+
+impl JobBody for CommandJob {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn check(&self) -> Result<(), AzureError> {
         if !valid_name(&self.id) {
             return Err(AzureError::BadName {
                 what: "job name",
@@ -159,8 +174,7 @@ impl CommandJob {
         Ok(())
     }
 
-    /// The PUT body.
-    pub fn body(&self) -> Value {
+    fn body(&self) -> Value {
         let inputs: serde_json::Map<String, Value> = self
             .inputs
             .iter()
@@ -207,11 +221,15 @@ impl CommandJob {
     }
 }
 
-/// PUT the job; the service's answer (with `services.Studio.endpoint`).
-pub fn submit(client: &Client, job: &CommandJob) -> Result<Value, AzureError> {
+/// Checks the job, then PUTs it; the service's answer (with `services.Studio.endpoint`).
+pub fn submit(client: &Client, job: &impl JobBody) -> Result<Value, AzureError> {
     job.check()?;
     Ok(client
-        .ws(Method::PUT, &format!("jobs/{}", job.id), Some(&job.body()))?
+        .ws(
+            Method::PUT,
+            &format!("jobs/{}", job.id()),
+            Some(&job.body()),
+        )?
         .body)
 }
 
