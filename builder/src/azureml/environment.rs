@@ -9,7 +9,7 @@ use std::path::Path;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::{valid_name, AzureError, Client};
+use super::{valid_name, AssetKind, AzureError, Client, NameRule};
 use crate::registry::Reference;
 
 /// What to register.
@@ -35,15 +35,17 @@ pub enum Outcome {
 /// Refuses names Azure ML reserves or cannot hold.
 pub fn check_name(name: &str) -> Result<(), AzureError> {
     if !valid_name(name) {
-        return Err(AzureError::Invalid(format!(
-            "environment name `{name}` is not valid: letters, digits, - and _, starting with a letter or digit, at most 255"
-        )));
+        return Err(AzureError::BadName {
+            what: "environment name",
+            name: name.to_owned(),
+            rule: NameRule::Environment,
+        });
     }
     let lower = name.to_ascii_lowercase();
     if lower.starts_with("azureml") || lower.starts_with("microsoft") {
-        return Err(AzureError::Invalid(format!(
-            "environment name `{name}` is reserved: names starting with AzureML or Microsoft belong to curated environments; choose another (publish.azureml_environment or --name)"
-        )));
+        return Err(AzureError::ReservedName {
+            name: name.to_owned(),
+        });
     }
     Ok(())
 }
@@ -63,13 +65,11 @@ impl EnvironmentVersion {
         revision: Option<String>,
     ) -> Result<EnvironmentVersion, AzureError> {
         check_name(name)?;
-        let r: Reference = image
-            .parse()
-            .map_err(|e: crate::registry::BadReference| AzureError::Invalid(e.to_string()))?;
+        let r: Reference = image.parse()?;
         let Some(digest) = r.digest else {
-            return Err(AzureError::Invalid(format!(
-                "image `{image}` has no digest: Azure ML would resolve a tag at run time, so a job could run another image than the one registered\nhint: pass the REGISTRY/REPOSITORY@sha256:… that `envbuild push` prints, or use `envbuild deploy ENV`"
-            )));
+            return Err(AzureError::NoDigest {
+                image: image.to_owned(),
+            });
         };
         let pinned = format!("{}/{}@{digest}", r.registry, r.repository);
         let mut tags = BTreeMap::new();
@@ -154,18 +154,23 @@ pub fn register(client: &Client, env: &EnvironmentVersion) -> Result<Outcome, Az
         if image == env.image {
             return Ok(Outcome::Unchanged);
         }
-        return Err(AzureError::Invalid(format!(
-            "environment {} version {} exists with image {image}, not {}; versions are immutable\nhint: register under another name (--name)",
-            env.name, env.version, env.image
-        )));
+        return Err(AzureError::VersionTaken {
+            name: env.name.clone(),
+            version: env.version.clone(),
+            existing: image.to_owned(),
+            image: env.image.clone(),
+        });
     }
     match client.ws(Method::PUT, &env.path(), Some(&env.body())) {
         Ok(r) if r.status == 201 => Ok(Outcome::Created),
         Ok(_) => Ok(Outcome::Unchanged),
-        Err(AzureError::Arm(a)) if a.status == 409 => Err(AzureError::Invalid(format!(
-            "environment {} version {}: {} (x-ms-request-id: {})\nhint: Azure ML versions are immutable — only description and tags can change. envbuild derives the version from the image digest, so a new image gets a new version; this version was made by something else with other settings",
-            env.name, env.version, a.message, a.request_id
-        ))),
+        Err(AzureError::Arm(a)) if a.status == 409 => Err(AzureError::Conflict {
+            kind: AssetKind::Environment,
+            name: env.name.clone(),
+            version: env.version.clone(),
+            message: a.message,
+            request_id: a.request_id,
+        }),
         Err(e) => Err(e),
     }
 }

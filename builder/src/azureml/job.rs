@@ -1,5 +1,5 @@
-//! Command jobs: the request body (the trainer with `${{inputs.*}}`/`${{outputs.*}}`), submit,
-//! follow with backoff until a terminal status, cancel, and the log's tail where one is served.
+//! Jobs: the command job's body (the trainer with `${{inputs.*}}`/`${{outputs.*}}`); submit of any
+//! [`JobBody`], follow with backoff until a terminal status, cancel, and the log's tail if served.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{json, Value};
+use thiserror::Error;
 
-use super::{valid_name, AzureError, Client};
+use super::{valid_name, AzureError, Client, NameRule};
 
 /// Where the trainer lives in envbuild images.
 pub const TRAINER: &str = "/opt/envbuild/bin/trainer";
@@ -65,9 +66,16 @@ pub fn trainer_command(has_data_input: bool, output: &str, args: &[String]) -> S
     c
 }
 
+/// A `--timeout` that [`parse_timeout`] cannot read.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("timeout `{text}` is not a duration (use e.g. 2h, 90m, 1h30m, 600s or PT2H)")]
+pub struct BadDuration {
+    pub text: String,
+}
+
 /// `2h`, `90m`, `45s`, `1h30m`, or ISO 8601 `PT…` → ISO 8601 (`PT2H`, `PT1H30M`).
-pub fn parse_timeout(s: &str) -> Result<String, String> {
-    let bad = || format!("timeout `{s}` is not a duration (use e.g. 2h, 90m, 1h30m, 600s or PT2H)");
+pub fn parse_timeout(s: &str) -> Result<String, BadDuration> {
+    let bad = || BadDuration { text: s.to_owned() };
     let t = s.trim();
     let body = t
         .strip_prefix("PT")
@@ -82,12 +90,16 @@ pub fn parse_timeout(s: &str) -> Result<String, String> {
         }
         let n: u64 = num.parse().map_err(|_| bad())?;
         num.clear();
-        secs += n * match ch {
+        let unit = match ch {
             'h' => 3600,
             'm' => 60,
             's' => 1,
             _ => return Err(bad()),
         };
+        secs = n
+            .checked_mul(unit)
+            .and_then(|d| secs.checked_add(d))
+            .ok_or_else(bad)?;
     }
     if !num.is_empty() || secs == 0 {
         return Err(bad());
@@ -126,26 +138,43 @@ pub fn new_job_id(prefix: &str) -> String {
     )
 }
 
-impl CommandJob {
-    pub fn check(&self) -> Result<(), AzureError> {
+/// A job envbuild can submit: a command job now, a sweep job next. [`submit`] PUTs any kind;
+/// [`get`], [`cancel`], [`follow`] and [`log_tail`] need only the id, so they serve every kind.
+pub trait JobBody {
+    /// The job's name: the last part of `jobs/{id}`.
+    fn id(&self) -> &str;
+    /// Refuses what the service would refuse (names), before any request.
+    fn check(&self) -> Result<(), AzureError>;
+    /// The PUT body: `{"properties": {"jobType": …, …}}`.
+    fn body(&self) -> Value;
+}
+
+impl JobBody for CommandJob {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn check(&self) -> Result<(), AzureError> {
         if !valid_name(&self.id) {
-            return Err(AzureError::Invalid(format!(
-                "job name `{}` is not valid: letters, digits, - and _, starting with a letter or digit",
-                self.id
-            )));
+            return Err(AzureError::BadName {
+                what: "job name",
+                name: self.id.clone(),
+                rule: NameRule::Job,
+            });
         }
         for name in self.inputs.keys().chain(self.outputs.iter()) {
             if !valid_name(name) || name.contains('-') {
-                return Err(AzureError::Invalid(format!(
-                    "input/output name `{name}` is not valid: letters, digits and _"
-                )));
+                return Err(AzureError::BadName {
+                    what: "input/output name",
+                    name: name.clone(),
+                    rule: NameRule::InputOutput,
+                });
             }
         }
         Ok(())
     }
 
-    /// The PUT body.
-    pub fn body(&self) -> Value {
+    fn body(&self) -> Value {
         let inputs: serde_json::Map<String, Value> = self
             .inputs
             .iter()
@@ -192,11 +221,15 @@ impl CommandJob {
     }
 }
 
-/// PUT the job; the service's answer (with `services.Studio.endpoint`).
-pub fn submit(client: &Client, job: &CommandJob) -> Result<Value, AzureError> {
+/// Checks the job, then PUTs it; the service's answer (with `services.Studio.endpoint`).
+pub fn submit(client: &Client, job: &impl JobBody) -> Result<Value, AzureError> {
     job.check()?;
     Ok(client
-        .ws(Method::PUT, &format!("jobs/{}", job.id), Some(&job.body()))?
+        .ws(
+            Method::PUT,
+            &format!("jobs/{}", job.id()),
+            Some(&job.body()),
+        )?
         .body)
 }
 
@@ -355,14 +388,53 @@ mod tests {
     }
 
     #[test]
+    fn command_job_body_is_pinned_whole() {
+        let mut j = job();
+        j.instance_type = Some("Standard_DS3_v2".into());
+        j.tags.insert("envbuild.environment".into(), "mnist".into());
+        assert_eq!(
+            j.body(),
+            json!({"properties": {
+                "jobType": "Command",
+                "command": j.command,
+                "environmentId": j.environment_id,
+                "computeId": j.compute_id,
+                "displayName": "mnist",
+                "experimentName": "Default",
+                "environmentVariables": {"A": "1"},
+                "inputs": {"data": {
+                    "jobInputType": "uri_folder",
+                    "uri": "azureml://datastores/workspaceblobstore/paths/mnist/",
+                    "mode": "ReadOnlyMount",
+                }},
+                "outputs": {"model": {"jobOutputType": "uri_folder", "mode": "ReadWriteMount"}},
+                "resources": {"instanceCount": 1, "instanceType": "Standard_DS3_v2"},
+                "limits": {"jobLimitsType": "Command", "timeout": "PT2H"},
+                "tags": {"envbuild.environment": "mnist"},
+            }})
+        );
+        let mut bare = job();
+        (bare.compute_id, bare.display_name) = (None, None);
+        bare.inputs.clear();
+        let p = &bare.body()["properties"];
+        assert_eq!(p["inputs"], json!({}));
+        assert!(p.get("computeId").is_none() && p.get("displayName").is_none());
+    }
+
+    #[test]
     fn timeouts_become_iso_durations() {
         assert_eq!(parse_timeout("2h").unwrap(), "PT2H");
         assert_eq!(parse_timeout("90m").unwrap(), "PT1H30M");
         assert_eq!(parse_timeout("1h30m15s").unwrap(), "PT1H30M15S");
         assert_eq!(parse_timeout("PT45M").unwrap(), "PT45M");
         assert_eq!(parse_timeout("600s").unwrap(), "PT10M");
-        for bad in ["", "2", "2d", "h", "0s", "PT"] {
-            assert!(parse_timeout(bad).is_err(), "{bad}");
+        for bad in ["", "2", "2d", "h", "0s", "PT", "18446744073709551615h"] {
+            assert_eq!(
+                parse_timeout(bad).unwrap_err().to_string(),
+                format!(
+                    "timeout `{bad}` is not a duration (use e.g. 2h, 90m, 1h30m, 600s or PT2H)"
+                )
+            );
         }
     }
 

@@ -1,8 +1,9 @@
 //! Azure Machine Learning over Azure Resource Manager: the workspace, a blocking ARM client with
-//! retries and clear errors, and the three things envbuild does there — environment versions,
-//! command jobs, model versions (one submodule each).
+//! retries and typed errors (`error`), and the three things envbuild does there — environment
+//! versions, command jobs, model versions (one submodule each).
 
 pub mod environment;
+pub mod error;
 pub mod job;
 pub mod model;
 pub mod workspace;
@@ -15,11 +16,11 @@ use reqwest::blocking::Client as Http;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::Method;
 use serde_json::Value;
-use thiserror::Error;
 
-use crate::auth::entra::ARM_SCOPE;
+use crate::auth::entra::{EntraError, ARM_SCOPE};
 use crate::auth::Secret;
 use crate::http::{self, RetryPolicy};
+pub use error::{ArmFailure, AssetKind, AzureError, NameRule};
 pub use workspace::Workspace;
 
 /// Public Azure's ARM endpoint.
@@ -30,7 +31,7 @@ pub const DEFAULT_API_VERSION: &str = "2025-12-01";
 /// Where tokens come from: the credential chain in the CLI, a fixed source in tests.
 pub trait TokenSource: Send + Sync {
     /// An access token for `scope`, or why none could be had (listing what was tried).
-    fn token(&self, scope: &str) -> Result<Secret, String>;
+    fn token(&self, scope: &str) -> Result<Secret, EntraError>;
 }
 
 /// A token source that always answers with one token (tests, and callers that hold a token).
@@ -38,7 +39,7 @@ pub trait TokenSource: Send + Sync {
 pub struct StaticToken(pub Secret);
 
 impl TokenSource for StaticToken {
-    fn token(&self, _scope: &str) -> Result<Secret, String> {
+    fn token(&self, _scope: &str) -> Result<Secret, EntraError> {
         Ok(self.0.clone())
     }
 }
@@ -63,82 +64,6 @@ impl Default for Settings {
             ca_file: None,
             retry: RetryPolicy::default(),
         }
-    }
-}
-
-/// Why an Azure ML request failed. Every variant names the request; none carries a token.
-#[derive(Debug, Error)]
-pub enum AzureError {
-    #[error("{0}")]
-    Arm(Box<ArmFailure>),
-    #[error("{method} {url}: {source}")]
-    Connect {
-        method: String,
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("no access token for {scope}: {why}")]
-    Token { scope: String, why: String },
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Invalid(String),
-    #[error(transparent)]
-    Http(#[from] http::HttpError),
-}
-
-impl AzureError {
-    /// The HTTP status of an ARM error.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            AzureError::Arm(a) => Some(a.status),
-            _ => None,
-        }
-    }
-}
-
-/// An ARM error answer: the request, the service's code and message, its request id.
-#[derive(Debug)]
-pub struct ArmFailure {
-    pub method: String,
-    pub path: String,
-    pub status: u16,
-    pub code: String,
-    pub message: String,
-    pub request_id: String,
-    pub hint: Option<String>,
-}
-
-impl crate::error::Hint for AzureError {
-    fn hint(&self) -> Option<std::borrow::Cow<'_, str>> {
-        match self {
-            AzureError::Arm(a) => crate::error::Hint::hint(&**a),
-            _ => None,
-        }
-    }
-}
-
-impl crate::error::Hint for ArmFailure {
-    fn hint(&self) -> Option<std::borrow::Cow<'_, str>> {
-        self.hint.as_deref().map(std::borrow::Cow::Borrowed)
-    }
-}
-
-impl std::error::Error for ArmFailure {}
-
-impl fmt::Display for ArmFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {}: HTTP {} {}: {} (x-ms-request-id: {})",
-            self.method, self.path, self.status, self.code, self.message, self.request_id
-        )?;
-        Ok(())
     }
 }
 
@@ -217,9 +142,9 @@ impl Client {
     fn bearer(&self) -> Result<Secret, AzureError> {
         self.tokens
             .token(ARM_SCOPE)
-            .map_err(|why| AzureError::Token {
+            .map_err(|source| AzureError::Token {
                 scope: ARM_SCOPE.into(),
-                why,
+                source,
             })
     }
 
@@ -284,10 +209,14 @@ impl Client {
                             let body = if text.trim().is_empty() {
                                 Value::Null
                             } else {
-                                serde_json::from_str(&text).map_err(|e| {
-                                    AzureError::Invalid(format!(
-                                        "{method} {path}: HTTP {status} with a body that is not JSON ({e}) (x-ms-request-id: {request_id})"
-                                    ))
+                                serde_json::from_str(&text).map_err(|source| {
+                                    AzureError::NotJson {
+                                        method: method.to_string(),
+                                        path: path.to_owned(),
+                                        status,
+                                        request_id: request_id.clone(),
+                                        source,
+                                    }
                                 })?
                             };
                             return Ok(Response {
@@ -359,7 +288,10 @@ impl Client {
         let status = resp.status();
         let text = resp.text().unwrap_or_default();
         if !status.is_success() {
-            return Err(AzureError::Invalid(format!("GET {url}: HTTP {status}")));
+            return Err(AzureError::GetFailed {
+                url: url.to_owned(),
+                status,
+            });
         }
         Ok(text)
     }

@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::{valid_name, AzureError, Client};
+use super::{valid_name, AssetKind, AzureError, Client, NameRule};
 
 /// A model version to register.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,43 +44,46 @@ pub fn register(client: &Client, m: &ModelVersion) -> Result<(String, String), A
         ("output", &m.output),
     ] {
         if !valid_name(v) {
-            return Err(AzureError::Invalid(format!(
-                "{what} `{v}` is not a valid name"
-            )));
+            return Err(AzureError::BadName {
+                what,
+                name: v.clone(),
+                rule: NameRule::Asset,
+            });
         }
     }
     let Some(job) = client.get_opt(&format!("jobs/{}", m.job))? else {
-        return Err(AzureError::Invalid(format!(
-            "job {} does not exist in workspace {}",
-            m.job, client.workspace.name
-        )));
+        return Err(AzureError::NoJob {
+            job: m.job.clone(),
+            workspace: client.workspace.name.clone(),
+        });
     };
     let status = super::job::status(&job);
     if status != "Completed" {
-        return Err(AzureError::Invalid(format!(
-            "job {} is {status}, not Completed: its output {} may be missing or partial",
-            m.job, m.output
-        )));
+        return Err(AzureError::NotCompleted {
+            job: m.job.clone(),
+            status: status.to_owned(),
+            output: m.output.clone(),
+        });
     }
     let outputs = &job["properties"]["outputs"];
     if outputs.get(&m.output).is_none() {
-        let names: Vec<&str> = outputs
-            .as_object()
-            .map(|o| o.keys().map(String::as_str).collect())
-            .unwrap_or_default();
-        return Err(AzureError::Invalid(format!(
-            "job {} has no output `{}` (it has: {})",
-            m.job,
-            m.output,
-            names.join(", ")
-        )));
+        return Err(AzureError::NoOutput {
+            job: m.job.clone(),
+            output: m.output.clone(),
+            outputs: outputs
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default(),
+        });
     }
     let version = match &m.version {
         Some(v) => {
             if !valid_name(v) {
-                return Err(AzureError::Invalid(format!(
-                    "model version `{v}` is not valid"
-                )));
+                return Err(AzureError::BadName {
+                    what: "model version",
+                    name: v.clone(),
+                    rule: NameRule::Version,
+                });
             }
             v.clone()
         }
@@ -97,10 +100,13 @@ pub fn register(client: &Client, m: &ModelVersion) -> Result<(String, String), A
     let r = client.ws(Method::PUT, &path, Some(&m.body()));
     match r {
         Ok(_) => Ok((version, format!("{}/{path}", client.workspace.arm_id()))),
-        Err(AzureError::Arm(a)) if a.status == 409 => Err(AzureError::Invalid(format!(
-            "model {} version {version}: {} (x-ms-request-id: {})\nhint: versions are immutable; leave out --version to take the next one"
-            , m.name, a.message, a.request_id
-        ))),
+        Err(AzureError::Arm(a)) if a.status == 409 => Err(AzureError::Conflict {
+            kind: AssetKind::Model,
+            name: m.name.clone(),
+            version,
+            message: a.message,
+            request_id: a.request_id,
+        }),
         Err(e) => Err(e),
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{valid_name, AzureError};
+use super::{valid_name, AzureError, NameRule};
 
 /// An Azure ML workspace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,11 +86,9 @@ pub fn read_config(p: &Path) -> Result<Partial, AzureError> {
         what: format!("workspace config {}", p.display()),
         source,
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        AzureError::Invalid(format!(
-            "workspace config {}: {e} (expected {{\"subscription_id\", \"resource_group\", \"workspace_name\"}})",
-            p.display()
-        ))
+    serde_json::from_slice(&bytes).map_err(|source| AzureError::BadConfig {
+        path: p.to_path_buf(),
+        source,
     })
 }
 
@@ -127,12 +125,10 @@ pub fn resolve(
     .map(|(k, _)| *k)
     .collect();
     if !missing.is_empty() {
-        return Err(AzureError::Invalid(format!(
-            "no Azure ML workspace: missing {}{}\nhint: download config.json from the workspace's page in Azure ML studio into this directory, or pass the flags",
-            missing.join(", "),
-            from.map(|f| format!(" (also not in {})", f.display()))
-                .unwrap_or_else(|| " (no config.json or .azureml/config.json here or in a parent directory)".into())
-        )));
+        return Err(AzureError::NoWorkspace {
+            missing,
+            config: from,
+        });
     }
     let (s, r, w) = (
         p.subscription_id.unwrap_or_default(),
@@ -145,14 +141,17 @@ pub fn resolve(
                 .all(|c| c.is_ascii_alphanumeric() || "-_.()".contains(c))
     };
     if !ok_part(&s) || !ok_part(&r) {
-        return Err(AzureError::Invalid(format!(
-            "subscription `{s}` / resource group `{r}`: only letters, digits and -_.() are allowed"
-        )));
+        return Err(AzureError::BadWorkspacePath {
+            subscription: s,
+            resource_group: r,
+        });
     }
     if !valid_name(&w) {
-        return Err(AzureError::Invalid(format!(
-            "workspace name `{w}` is not valid (letters, digits, - and _, starting with a letter or digit)"
-        )));
+        return Err(AzureError::BadName {
+            what: "workspace name",
+            name: w,
+            rule: NameRule::Workspace,
+        });
     }
     Ok(Workspace {
         subscription_id: s,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
-use envbuild::auth::entra::EntraChain;
+use envbuild::auth::entra::{EntraChain, EntraError};
 use envbuild::auth::Secret;
 use envbuild::azureml::{self, environment, job, model, Client, TokenSource};
 use envbuild::error::Hinted;
@@ -128,11 +128,8 @@ fn arm_tokens(ws: &WorkspaceArgs) -> anyhow::Result<Box<dyn TokenSource>> {
 struct ChainTokens(EntraChain);
 
 impl TokenSource for ChainTokens {
-    fn token(&self, scope: &str) -> Result<Secret, String> {
-        self.0
-            .token(scope)
-            .map(|t| t.secret)
-            .map_err(|e| e.to_string())
+    fn token(&self, scope: &str) -> Result<Secret, EntraError> {
+        self.0.token(scope).map(|t| t.secret)
     }
 }
 
@@ -456,7 +453,7 @@ pub fn run(r: RunArgs) -> anyhow::Result<ExitCode> {
         a.env_vars.push(super::args::env_pair(kv)?);
     }
     let (env_or_image, trainer_args, ws) = (&r.source, &r.args, &r.ws);
-    let timeout = job::parse_timeout(&a.timeout).map_err(anyhow::Error::msg)?;
+    let timeout = job::parse_timeout(&a.timeout)?;
     let client = client(ws)?;
     let (environment_id, env_name) =
         environment_for_run(&client, env_or_image, &a, &r.cache, &r.transport)?;
