@@ -1,6 +1,7 @@
-//! The new image's config and manifest: the base's config (its keys kept, byte for byte, so
-//! that the merge never depends on which keys envbuild knows) with the environment's
-//! entrypoint, env, labels and layers added, both serialised as canonical JSON.
+//! The new image's config and manifest: the base's config (every key kept but a fixed list of
+//! host-specific ones, so that the merge never depends on which keys envbuild knows — hence a
+//! JSON value, not oci-spec's type, which drops unknown keys) with the environment's entrypoint,
+//! env, labels and layers added; the manifest typed; both serialised as canonical JSON.
 
 use std::collections::BTreeMap;
 
