@@ -229,17 +229,7 @@ pub fn install_crypto_provider() {
 
 fn azure_error(e: &azure_core::Error) -> String {
     // The chain of causes, on one line; azure_identity's messages carry no secrets.
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(c) = src {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        src = c.source();
-    }
-    s.replace('\n', " ")
+    crate::error::report(crate::error::chain(e), |_| None, None).replace('\n', " ")
 }
 
 impl EntraChain {

@@ -164,6 +164,32 @@ impl RegistryArgs {
     }
 }
 
+/// Where an image goes and what it comes from: the registry, and the cache a file is built in.
+#[derive(Debug, Clone, Default, Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+impl PublishArgs {
+    /// Pushes `source` (an environment file, built first, or `oci:DIR`) to `dest`, with per-blob
+    /// progress on a terminal.
+    pub fn push(&self, source: &str, dest: &str) -> anyhow::Result<registry::PushReport> {
+        let dest: registry::Reference = dest.parse()?;
+        Ok(envbuild::publish::push_source(
+            source,
+            &dest,
+            self.registry.credentials.resolve(&dest.registry)?,
+            &self.cache.root(),
+            &self.registry.build()?,
+            &mut super::Stderr,
+            &super::blob_progress(),
+        )?)
+    }
+}
+
 /// `SOURCE_DATE_EPOCH`, the time every timestamp of the image gets (0 when unset).
 pub fn source_date_epoch() -> anyhow::Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {

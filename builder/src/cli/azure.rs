@@ -17,8 +17,8 @@ use envbuild::azureml::{self, environment, job, model, Client, TokenSource};
 use envbuild::error::Hinted;
 use envbuild::registry::Reference;
 
-use super::args::{CacheArgs, FollowArgs, RegistryArgs, RunArgs, TransportArgs, WorkspaceArgs};
-use super::{blob_progress, Stderr};
+use super::args::{CacheArgs, FollowArgs, PublishArgs, RunArgs, TransportArgs, WorkspaceArgs};
+use super::Stderr;
 
 #[derive(Debug, Args)]
 pub struct RegisterArgs {
@@ -41,9 +41,7 @@ pub struct RegisterArgs {
     #[arg(long, value_name = "REF")]
     pub image_repository: Option<String>,
     #[command(flatten)]
-    pub registry: RegistryArgs,
-    #[command(flatten)]
-    pub cache: CacheArgs,
+    pub publish: PublishArgs,
     #[command(flatten)]
     pub ws: WorkspaceArgs,
 }
@@ -62,9 +60,7 @@ pub struct DeployArgs {
     #[arg(long, value_name = "FILE")]
     pub emit_yaml: Option<PathBuf>,
     #[command(flatten)]
-    pub registry: RegistryArgs,
-    #[command(flatten)]
-    pub cache: CacheArgs,
+    pub publish: PublishArgs,
     #[command(flatten)]
     pub ws: WorkspaceArgs,
 }
@@ -172,11 +168,15 @@ fn source(s: &str) -> Source {
 fn pushed_image_of(
     file: &Path,
     repository: Option<&str>,
-    registry: &RegistryArgs,
-    cache: &CacheArgs,
+    publish: &PublishArgs,
 ) -> anyhow::Result<(String, envbuild::spec::Environment)> {
-    let (env, built) =
-        envbuild::build::build_file(file, &cache.open()?, &registry.build()?, &mut Stderr)?;
+    let registry = &publish.registry;
+    let (env, built) = envbuild::build::build_file(
+        file,
+        &publish.cache.open()?,
+        &registry.build()?,
+        &mut Stderr,
+    )?;
     let repo = match repository {
         Some(r) => r.to_owned(),
         None => match (&env.publish.registry, &env.publish.repository) {
@@ -245,7 +245,7 @@ pub fn register(a: RegisterArgs) -> anyhow::Result<ExitCode> {
     let (image, env) = match source(&a.source) {
         Source::Image(i) => (i, None),
         Source::File(f) => {
-            let (i, e) = pushed_image_of(&f, a.image_repository.as_deref(), &a.registry, &a.cache)?;
+            let (i, e) = pushed_image_of(&f, a.image_repository.as_deref(), &a.publish)?;
             (i, Some(e))
         }
     };
@@ -291,16 +291,7 @@ pub fn deploy(a: DeployArgs) -> anyhow::Result<ExitCode> {
     };
     // The workspace is checked before the push, so a typo does not cost an upload.
     let client = client(&a.ws)?;
-    let dest: Reference = dest.parse()?;
-    let report = envbuild::publish::push_source(
-        &a.env.display().to_string(),
-        &dest,
-        a.registry.credentials.resolve(&dest.registry)?,
-        &a.cache.root(),
-        &a.registry.build()?,
-        &mut Stderr,
-        &blob_progress(),
-    )?;
+    let report = a.publish.push(&a.env.display().to_string(), &dest)?;
     eprintln!(
         "pushed {} ({} blobs uploaded, {} already there)",
         report.reference, report.uploaded, report.skipped

@@ -8,8 +8,7 @@ use envbuild::auth::docker_config::{self, Stored};
 use envbuild::auth::{self, AuthMode, Credentials};
 use envbuild::registry::{Client, Reference};
 
-use super::args::{CacheArgs, CredentialArgs, RegistryArgs, TransferArgs, TransportArgs};
-use super::{blob_progress, Stderr};
+use super::args::{CredentialArgs, PublishArgs, TransferArgs, TransportArgs};
 
 #[derive(Debug, Args)]
 pub struct PushArgs {
@@ -18,9 +17,7 @@ pub struct PushArgs {
     /// REGISTRY/REPOSITORY[:TAG]
     pub dest: String,
     #[command(flatten)]
-    pub registry: RegistryArgs,
-    #[command(flatten)]
-    pub cache: CacheArgs,
+    pub publish: PublishArgs,
     /// Print a JSON summary (reference, blobs uploaded and skipped, bytes, seconds)
     #[arg(long)]
     pub json: bool,
@@ -37,16 +34,7 @@ pub struct LoginArgs {
 }
 
 pub fn push(a: PushArgs) -> anyhow::Result<ExitCode> {
-    let dest: Reference = a.dest.parse()?;
-    let report = envbuild::publish::push_source(
-        &a.source,
-        &dest,
-        a.registry.credentials.resolve(&dest.registry)?,
-        &a.cache.root(),
-        &a.registry.build()?,
-        &mut Stderr,
-        &blob_progress(),
-    )?;
+    let report = a.publish.push(&a.source, &a.dest)?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     }
