@@ -12,6 +12,27 @@ pub trait Hint {
     fn hint(&self) -> Option<Cow<'_, str>>;
 }
 
+/// A word of input (a flag's value, a field of a file) that is not what it should be.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("`{text}` is not {what} (use {expected})")]
+pub struct BadValue {
+    pub text: String,
+    /// What it should have been, with its article: "a size".
+    pub what: &'static str,
+    /// What would be valid.
+    pub expected: &'static str,
+}
+
+impl BadValue {
+    pub fn new(text: &str, what: &'static str, expected: &'static str) -> BadValue {
+        BadValue {
+            text: text.to_owned(),
+            what,
+            expected,
+        }
+    }
+}
+
 /// A message and its hint, for errors made by a caller (the CLI's own checks).
 #[derive(Debug, Error)]
 #[error("{message}")]

@@ -396,10 +396,9 @@ pub fn parse(path: &Path, text: &str, vars: &Vars) -> Result<Environment, SpecEr
 
     let compression = match &raw.compression {
         None => Compression::Gzip(6),
-        Some(c) => c
-            .get_ref()
-            .parse()
-            .map_err(|m| err(Some(c.span()), "compression", m))?,
+        Some(c) => c.get_ref().parse().map_err(|m: crate::error::BadValue| {
+            err(Some(c.span()), "compression", m.to_string())
+        })?,
     };
 
     let mut layers = Vec::new();

@@ -21,6 +21,7 @@ use futures_util::StreamExt;
 
 use super::{Engine, EngineError};
 use crate::auth::Credentials;
+use crate::error::BadValue;
 
 /// Where the data and the outputs appear inside the container.
 pub const DATA_MOUNT: &str = "/data";
@@ -37,16 +38,18 @@ pub enum Gpus {
 }
 
 impl FromStr for Gpus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Gpus, String> {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Gpus, BadValue> {
         match s {
             "auto" => Ok(Gpus::Auto),
             "all" => Ok(Gpus::All),
             "none" | "0" => Ok(Gpus::None),
             n => match n.parse::<u32>() {
                 Ok(n) => Ok(Gpus::Count(n)),
-                Err(_) => Err(format!(
-                    "`{s}` is not a GPU request (use auto, all, none or a count such as 2)"
+                Err(_) => Err(BadValue::new(
+                    s,
+                    "a GPU request",
+                    "auto, all, none or a count such as 2",
                 )),
             },
         }
@@ -84,7 +87,7 @@ pub fn device_request(gpus: Gpus, nvidia_runtime: bool) -> Option<DeviceRequest>
 
 /// Parses a size such as `2g`, `512m`, `1.5GiB` or `1073741824` (bytes; k/m/g/t are powers of
 /// 1024, as in `docker run --shm-size`).
-pub fn parse_size(s: &str) -> Result<i64, String> {
+pub fn parse_size(s: &str) -> Result<i64, BadValue> {
     let t = s.trim().to_ascii_lowercase();
     let t = t
         .strip_suffix("ib")
@@ -101,8 +104,10 @@ pub fn parse_size(s: &str) -> Result<i64, String> {
         Ok(v) if v.is_finite() && v > 0.0 && v * (mult as f64) < 9.0e18 => {
             Ok((v * mult as f64) as i64)
         }
-        _ => Err(format!(
-            "`{s}` is not a size (use e.g. 2g, 512m or a number of bytes)"
+        _ => Err(BadValue::new(
+            s,
+            "a size",
+            "e.g. 2g, 512m or a number of bytes",
         )),
     }
 }
@@ -414,7 +419,11 @@ mod tests {
         assert_eq!("all".parse(), Ok(Gpus::All));
         assert_eq!("3".parse(), Ok(Gpus::Count(3)));
         assert_eq!("none".parse(), Ok(Gpus::None));
-        assert!("two".parse::<Gpus>().unwrap_err().contains("`two`"));
+        assert!("two"
+            .parse::<Gpus>()
+            .unwrap_err()
+            .to_string()
+            .contains("`two`"));
         assert_eq!(parse_size("2g"), Ok(2 << 30));
         assert_eq!(parse_size("512m"), Ok(512 << 20));
         assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
+use crate::error::BadValue;
 
 /// Media type of a gzip-compressed OCI layer.
 pub const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -46,11 +47,10 @@ impl Compression {
 }
 
 impl std::str::FromStr for Compression {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Compression, String> {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Compression, BadValue> {
         let (alg, level) = s.split_once(':').map_or((s, None), |(a, l)| (a, Some(l)));
-        let bad =
-            || format!("`{s}` is not a compression (use gzip, gzip:1..9, zstd or zstd:1..19)");
+        let bad = || BadValue::new(s, "a compression", "gzip, gzip:1..9, zstd or zstd:1..19");
         match alg {
             "gzip" => {
                 let l = level.map_or(Ok(6), |l| l.parse().map_err(|_| bad()))?;
