@@ -10,7 +10,7 @@ use crate::cache::{layer_key, Cache};
 use crate::digest::Digest;
 use crate::image::linkcheck::{self, ImageFs, LinkError};
 use crate::image::{self, Additions, BaseImage, Image, ImageError, LayerDesc};
-use crate::layer::{self, LayerError, Mapping, TarOptions, Tree};
+use crate::layer::{self, LayerError, Mapping, TarSettings, Tree};
 use crate::spec::{Base, Environment};
 
 /// Why a build failed.
@@ -154,7 +154,7 @@ pub fn build(
         path: cache.root.clone(),
         source,
     };
-    let tar_opts = TarOptions {
+    let tar_opts = TarSettings {
         mtime: settings.source_date_epoch,
     };
     let identity = env.compression.identity();

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
-use crate::layer::{LayerBlob, Node, TarOptions, Tree};
+use crate::layer::{LayerBlob, Node, TarSettings, Tree};
 
 /// A cache directory (`--cache`, `$ENVBUILD_CACHE`, or `~/.cache/envbuild`).
 #[derive(Debug, Clone)]
@@ -205,7 +205,7 @@ impl FileDigests {
 pub fn layer_key(
     tree: &Tree,
     contents: &BTreeMap<String, Digest>,
-    opts: TarOptions,
+    opts: TarSettings,
     compressor: &str,
 ) -> Option<Digest> {
     let mut h = Sha256::new();

@@ -15,7 +15,7 @@ use crate::digest::Digest;
 
 /// The tar header fields every entry shares: the same whatever the host.
 #[derive(Debug, Clone, Copy)]
-pub struct TarOptions {
+pub struct TarSettings {
     /// Modification time of every entry (SOURCE_DATE_EPOCH or 0).
     pub mtime: u64,
 }
@@ -26,7 +26,7 @@ pub type ContentDigests = BTreeMap<String, Digest>;
 /// Writes `tree` as a canonical tar to `out`; returns the sha256 of each file's content.
 pub fn write_tar<W: Write>(
     tree: &Tree,
-    opts: TarOptions,
+    opts: TarSettings,
     out: W,
 ) -> Result<(W, ContentDigests), LayerError> {
     let mut b = tar::Builder::new(out);
@@ -194,7 +194,7 @@ pub struct LayerBlob {
 /// content digests of its files.
 pub fn build<W: Write>(
     tree: &Tree,
-    opts: TarOptions,
+    opts: TarSettings,
     compression: Compression,
     threads: usize,
     out: W,

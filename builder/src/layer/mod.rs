@@ -296,7 +296,7 @@ fn check_symlink(root: &Path, link: &Path, target: &str) -> Result<(), LayerErro
     Ok(())
 }
 
-pub use archive::{build, write_tar, ContentDigests, LayerBlob, TarOptions};
+pub use archive::{build, write_tar, ContentDigests, LayerBlob, TarSettings};
 
 #[cfg(test)]
 mod tests {
@@ -343,7 +343,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let (bytes, digests) = write_tar(&t, TarOptions { mtime: 7 }, Vec::new()).unwrap();
+        let (bytes, digests) = write_tar(&t, TarSettings { mtime: 7 }, Vec::new()).unwrap();
         let e = entries(&bytes);
         let names: Vec<&str> = e.iter().map(|x| x.0.as_str()).collect();
         let long_path = format!("opt/app/{long}");
