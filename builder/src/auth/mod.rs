@@ -75,6 +75,8 @@ pub enum AuthError {
     NoPassword(String),
     #[error("Docker's config.json")]
     DockerConfig(#[source] docker_config::ConfigError),
+    #[error("`--auth anonymous` has nothing to log in with")]
+    AnonymousLogin,
 }
 
 /// What the command line gave: a user name, a password read from stdin, an auth mode.
@@ -136,6 +138,29 @@ pub fn resolve(given: &Given, registry: &str) -> Result<Option<Credentials>, Aut
     })
 }
 
+/// The credentials `login` checks and stores for `registry`: with a user name or password, those
+/// (by [`resolve`], the auth mode aside); else Entra ID when asked for or for an ACR; else what
+/// [`resolve`] finds.
+pub fn for_login(given: &Given, registry: &str) -> Result<Option<Credentials>, AuthError> {
+    if given.username.is_some() || given.password.is_some() {
+        return resolve(
+            &Given {
+                mode: None,
+                ..given.clone()
+            },
+            registry,
+        );
+    }
+    match mode_from_env(given.mode)? {
+        Some(AuthMode::Anonymous) => Err(AuthError::AnonymousLogin),
+        Some(AuthMode::Entra) => Ok(Some(Credentials::Entra)),
+        _ => match host_default(registry) {
+            Some(c) => Ok(Some(c)),
+            None => resolve(given, registry),
+        },
+    }
+}
+
 /// The credentials for pulling from `registry` when nothing was given (base images, `run
 /// --local` pulls): Docker's config, else Entra ID for an ACR, else none. An unreadable config
 /// or a failing helper counts as none here (a pull of a public image needs nothing).
@@ -191,5 +216,34 @@ mod tests {
         assert_eq!(resolve(&anonymous, "myacr.azurecr.io").unwrap(), None);
         assert_eq!(host_default("myacr.azurecr.io"), Some(Credentials::Entra));
         assert_eq!(host_default("ghcr.io"), None);
+    }
+
+    #[test]
+    fn login_takes_what_was_given_else_entra_for_acr() {
+        let anonymous = Given {
+            mode: Some(AuthMode::Anonymous),
+            ..Given::default()
+        };
+        assert!(matches!(
+            for_login(&anonymous, "r.io"),
+            Err(AuthError::AnonymousLogin)
+        ));
+        let nothing = Given {
+            mode: Some(AuthMode::Docker),
+            ..Given::default()
+        };
+        assert_eq!(
+            for_login(&nothing, "myacr.azurecr.io").unwrap(),
+            Some(Credentials::Entra)
+        );
+        let password = Given {
+            username: Some("alice".into()),
+            password: Some(Secret::new("pw")),
+            mode: Some(AuthMode::Anonymous),
+        };
+        assert!(matches!(
+            for_login(&password, "myacr.azurecr.io").unwrap(),
+            Some(Credentials::Basic { .. })
+        ));
     }
 }

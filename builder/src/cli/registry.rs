@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use envbuild::auth::docker_config::{self, Stored};
-use envbuild::auth::{self, AuthMode, Credentials};
+use envbuild::auth::{self, Credentials};
 use envbuild::registry::{Client, Reference};
 
 use super::args::{CredentialArgs, PublishArgs, TransferArgs, TransportArgs};
@@ -55,22 +55,7 @@ pub fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
         "`{}` is not a registry host (expected e.g. myacr.azurecr.io or 127.0.0.1:5000)",
         a.registry
     );
-    let c = &a.credentials;
-    let creds = match (
-        c.username.is_some() || c.password_stdin,
-        auth::mode_from_env(c.auth)?,
-    ) {
-        (false, Some(AuthMode::Anonymous)) => {
-            anyhow::bail!("`--auth anonymous` has nothing to log in with")
-        }
-        (false, Some(AuthMode::Entra)) => Some(Credentials::Entra),
-        (false, _) => auth::host_default(host).map_or_else(|| c.resolve(host), |d| Ok(Some(d)))?,
-        (true, _) => CredentialArgs {
-            auth: None,
-            ..c.clone()
-        }
-        .resolve(host)?,
-    };
+    let creds = auth::for_login(&a.credentials.given()?, host)?;
     let Some(creds) = creds else {
         anyhow::bail!("no credentials for {host}: give --username and --password-stdin, or --auth entra for Microsoft Entra ID");
     };
