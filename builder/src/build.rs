@@ -42,6 +42,16 @@ pub enum BuildError {
     BadBase(#[from] crate::registry::BadReference),
 }
 
+impl crate::error::Hint for BuildError {
+    fn hint(&self) -> Option<std::borrow::Cow<'_, str>> {
+        // Only the transparent variants: the others keep their cause in the chain.
+        match self {
+            BuildError::Link(e) => e.hint(),
+            _ => None,
+        }
+    }
+}
+
 /// Settings that do not change the image.
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -35,4 +35,10 @@ pub fn hint_of(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         .or_else(|| h::<image::linkcheck::LinkError>(e))
         .or_else(|| h::<azureml::AzureError>(e))
         .or_else(|| h::<azureml::ArmFailure>(e))
+        // Errors that wrap another transparently (its Display, its source): the wrapped
+        // error is not in the chain, so they pass its hint on.
+        .or_else(|| h::<build::BuildError>(e))
+        .or_else(|| h::<publish::PublishError>(e))
+        .or_else(|| h::<engine::image::EnsureError>(e))
+        .or_else(|| h::<engine::local::LocalError>(e))
 }

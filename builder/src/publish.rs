@@ -33,6 +33,16 @@ pub enum PublishError {
     Registry(#[from] RegistryError),
 }
 
+impl crate::error::Hint for PublishError {
+    fn hint(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            PublishError::Build(e) => e.hint(),
+            PublishError::Registry(e) => e.hint(),
+            _ => None,
+        }
+    }
+}
+
 /// Pushes `source` (`oci:DIR` or an environment file) to `dest`. `on_blob` hears of each blob
 /// as it is done: digest, size, whether bytes went up, seconds.
 pub fn push_source(
@@ -61,4 +71,27 @@ pub fn push_source(
         image::pushable_from_cache(&built.image, &cache)
     };
     Ok(registry::push(&client, &image, on_blob)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrapped_registry_error_keeps_its_hint() {
+        // PublishError shows a RegistryError transparently, so the RegistryError is not a
+        // cause of its own in the chain: the hint must be passed on.
+        let e = PublishError::Registry(RegistryError::Status {
+            registry: "r.io".into(),
+            repository: "a/b".into(),
+            what: "HEAD blob".into(),
+            status: 401,
+            message: "denied".into(),
+            hint: Some("check the credentials"),
+        });
+        assert_eq!(
+            crate::error::report(crate::error::chain(&e), crate::hint_of, None),
+            "r.io/a/b: HEAD blob: HTTP 401: denied\nhint: check the credentials"
+        );
+    }
 }

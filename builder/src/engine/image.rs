@@ -64,6 +64,16 @@ pub enum EnsureError {
     },
 }
 
+impl crate::error::Hint for EnsureError {
+    fn hint(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            EnsureError::Build(e) => e.hint(),
+            EnsureError::Registry(e) => e.hint(),
+            _ => None,
+        }
+    }
+}
+
 /// Makes sure the engine has the image of `source` and returns the name to run it by: for an
 /// environment file, the built config's ID; for a reference, `REPO@DIGEST`.
 pub fn ensure_image(

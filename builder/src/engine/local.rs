@@ -87,6 +87,15 @@ impl From<EnsureError> for LocalError {
     }
 }
 
+impl crate::error::Hint for LocalError {
+    fn hint(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            LocalError::Image(e) => e.hint(),
+            _ => None,
+        }
+    }
+}
+
 /// Sends build messages to the run's sink.
 struct Messages<'a>(&'a dyn Sink);
 

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
                 );
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", report(&e));
                 return ExitCode::FAILURE;
             }
         }
