@@ -216,11 +216,19 @@ fn push_through_faults_completes_and_endless_faults_leave_no_manifest() {
     let cache = t.path().join("cache");
     let digest = build(&env, &cache, &[]);
 
-    // Every third request fails in one of six ways; 1 MiB chunks give many PATCHes to hit; one
-    // transfer at a time keeps the order of requests, and so the test, deterministic.
+    // Every second request fails in one of six ways; 1 MiB chunks give many PATCHes to hit; one
+    // transfer at a time keeps the order of requests, and so the test, deterministic: each
+    // failed attempt's retry gets a clean slot. (With the default 4 transfers, their requests
+    // interleave and one HEAD can draw five faulted slots in a row, which is a push that fails
+    // as it should after five attempts, and a test that fails by chance.)
     let proxy = envbuild_e2e::FaultProxy::start(&reg.addr, false);
     let dest = format!("{}/faulty/repro:v1", proxy.addr);
-    let (s, reference, stderr) = push(&env, &dest, &cache, &["--chunk-mib", "1"]);
+    let (s, reference, stderr) = push(
+        &env,
+        &dest,
+        &cache,
+        &["--chunk-mib", "1", "--parallel", "1"],
+    );
     assert!(
         proxy.faults.load(std::sync::atomic::Ordering::SeqCst) >= 6,
         "too few faults injected"

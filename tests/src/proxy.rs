@@ -1,6 +1,6 @@
 //! A fault-injecting HTTP proxy for the registry tests: 5xx, 429, resets, lost answers, stalls.
 
-/// A fault-injecting HTTP proxy in front of a registry: every third request is hit by the next
+/// A fault-injecting HTTP proxy in front of a registry: every second request is hit by the next
 /// fault of a fixed cycle (5xx, 429 with Retry-After, a reset in the middle of the request body,
 /// a response lost after the registry acted on the request, a stall), or by every fault when
 /// `always` is set. One request per connection (`Connection: close`).
