@@ -40,6 +40,8 @@ pub enum BuildError {
     Pull(#[from] crate::registry::RegistryError),
     #[error("base image")]
     BadBase(#[from] crate::registry::BadReference),
+    #[error("{file}: the image would have nothing to run: neither [config] nor the base image gives an entrypoint or cmd")]
+    NothingToRun { file: String },
 }
 
 impl crate::error::Hint for BuildError {
@@ -47,6 +49,7 @@ impl crate::error::Hint for BuildError {
         // Only the transparent variants: the others keep their cause in the chain.
         match self {
             BuildError::Link(e) => e.hint(),
+            BuildError::NothingToRun { .. } => Some("set `entrypoint = [\"/path/in/image\", ...]` (or `cmd`) in the file's [config] table".into()),
             _ => None,
         }
     }
@@ -156,6 +159,16 @@ pub fn build(
             image::base_from_pulled(reference, d, &manifest, config, cache)?
         }
     };
+    let runs = |v: &serde_json::Value| v.as_array().is_some_and(|a| !a.is_empty());
+    if env.config.entrypoint.is_empty()
+        && env.config.cmd.is_empty()
+        && !runs(&base.config["config"]["Entrypoint"])
+        && !runs(&base.config["config"]["Cmd"])
+    {
+        return Err(BuildError::NothingToRun {
+            file: env.file.display().to_string(),
+        });
+    }
     if !settings.skip_link_check {
         link_check(env, &base, &trees, rep)?;
     }
@@ -280,6 +293,18 @@ fn link_check(
             path: p.clone(),
             source: e,
         })?;
+    }
+    const SHOWN: usize = 5;
+    for e in fs.escapes.iter().take(SHOWN) {
+        rep.message(&format!(
+            "warning: base layer entry {e} reaches out of the image root; engines refuse or rewrite it"
+        ));
+    }
+    if fs.escapes.len() > SHOWN {
+        rep.message(&format!(
+            "warning: {} more base layer entries reach out of the image root",
+            fs.escapes.len() - SHOWN
+        ));
     }
     for t in trees {
         fs.add_tree(t);

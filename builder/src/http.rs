@@ -12,10 +12,29 @@ use thiserror::Error;
 
 /// `envbuild/<version>`, sent with every request.
 pub const USER_AGENT: &str = concat!("envbuild/", env!("CARGO_PKG_VERSION"));
-/// How long to wait for a TCP/TLS connection before the attempt counts as failed.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest wait a server's `Retry-After` may impose.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// The most of a JSON or token answer read into memory; a longer one is an error naming it.
+pub const MAX_ANSWER: u64 = 4 << 20;
+
+/// How long a network step may go without progress. Progress-aware: a transfer that moves bytes
+/// never times out, however long it takes; a server that stops answering does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// To open the TCP (and TLS) connection.
+    pub connect: Duration,
+    /// Without a byte read or written: waiting for an answer, or in the middle of a body.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            idle: Duration::from_secs(30),
+        }
+    }
+}
 
 /// Why an HTTP client could not be set up.
 #[derive(Debug, Error)]
@@ -64,27 +83,37 @@ pub fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, HttpErr
     Ok(certs)
 }
 
-/// A blocking client builder with the user agent, the connect timeout and the extra CAs.
-pub fn blocking_builder(ca: &[reqwest::Certificate]) -> reqwest::blocking::ClientBuilder {
+/// A blocking client builder with the user agent, the timeouts and the extra CAs. The blocking
+/// client's `timeout` bounds the wait for an answer's head and then each read of its body
+/// separately, so it is the idle timeout here: a long download that keeps reading never runs
+/// out. (reqwest's `read_timeout` would be the same idea, but its timer needs a Tokio context
+/// that blocking reads of a body do not have.) Uploads of large bodies go through the async
+/// client with a progress watchdog instead.
+pub fn blocking_builder(
+    ca: &[reqwest::Certificate],
+    timeouts: Timeouts,
+) -> reqwest::blocking::ClientBuilder {
     ca.iter().fold(
         reqwest::blocking::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_timeout(timeouts.connect)
+            .timeout(timeouts.idle)
             .user_agent(USER_AGENT),
         |b, c| b.add_root_certificate(c.clone()),
     )
 }
 
-/// The async counterpart of [`blocking_builder`].
-pub fn async_builder(ca: &[reqwest::Certificate]) -> reqwest::ClientBuilder {
+/// An async client builder with the user agent, the connect timeout and the extra CAs.
+pub fn async_builder(ca: &[reqwest::Certificate], timeouts: Timeouts) -> reqwest::ClientBuilder {
     ca.iter().fold(
         reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_timeout(timeouts.connect)
             .user_agent(USER_AGENT),
         |b, c| b.add_root_certificate(c.clone()),
     )
 }
 
-/// A blocking client that trusts the system's CAs and those of the bundle at `ca_file`.
+/// A blocking client that trusts the system's CAs and those of the bundle at `ca_file`, with
+/// the default [`Timeouts`] and at most `timeout` for a whole request.
 pub fn blocking_client(
     ca_file: Option<&Path>,
     timeout: Option<Duration>,
@@ -93,10 +122,49 @@ pub fn blocking_client(
         Some(p) => ca_certificates(p)?,
         None => Vec::new(),
     };
-    blocking_builder(&ca)
+    blocking_builder(&ca, Timeouts::default())
         .timeout(timeout)
         .build()
         .map_err(HttpError::Tls)
+}
+
+/// Reads at most `cap` bytes of `body`; `Err(None)` when there was more, `Err(Some(e))` when
+/// reading failed.
+pub fn read_capped(body: impl std::io::Read, cap: u64) -> Result<Vec<u8>, Option<std::io::Error>> {
+    use std::io::Read as _;
+    let mut buf = Vec::new();
+    body.take(cap + 1).read_to_end(&mut buf).map_err(Some)?;
+    if buf.len() as u64 > cap {
+        return Err(None);
+    }
+    Ok(buf)
+}
+
+/// The start of an async answer's body (at most `cap` bytes) as text, for an error message.
+pub async fn text_capped(mut resp: reqwest::Response, cap: u64) -> String {
+    let mut buf = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        buf.extend_from_slice(&chunk);
+        if buf.len() as u64 >= cap {
+            buf.truncate(cap as usize);
+            break;
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A server's text as it may be shown in an error: at most `max` characters, control characters
+/// (and so any terminal escape) written as `\u{..}`, never raw bytes.
+pub fn printable(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in text.chars().take(max) {
+        if c.is_control() && c != ' ' {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// When and how often a failed request is tried again.
@@ -213,5 +281,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing.pem"), "{e}");
+    }
+
+    #[test]
+    fn answers_are_capped_and_shown_without_control_bytes() {
+        assert_eq!(read_capped(&b"12345"[..], 5).unwrap(), b"12345");
+        assert!(matches!(read_capped(&b"123456"[..], 5), Err(None)));
+        assert_eq!(printable("a\x1b[31mb\n", 100), "a\\u{1b}[31mb\\u{a}");
+        assert_eq!(printable("abcdef", 3), "abc");
     }
 }

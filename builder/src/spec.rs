@@ -288,13 +288,66 @@ pub fn load_file(path: &Path) -> Result<Environment, SpecError> {
 }
 
 pub fn load(path: &Path, vars: &Vars) -> Result<Environment, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+    let fail = |message: String| SpecError {
         file: path.to_path_buf(),
         line: None,
         field: String::new(),
-        message: format!("cannot read: {e}"),
+        message,
+    };
+    // A regular file of a sane size: a FIFO, a device (`/dev/zero`) or a runaway file would
+    // be read forever or into all memory.
+    let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(fail(
+            "not a regular file (an environment file is a TOML file, not a pipe or device)".into(),
+        ));
+    }
+    let f = std::fs::File::open(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let bytes = crate::http::read_capped(f, MAX_FILE).map_err(|e| match e {
+        Some(e) => fail(format!("cannot read: {e}")),
+        None => fail(format!(
+            "larger than {} KiB, which no environment file is",
+            MAX_FILE >> 10
+        )),
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        fail(format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
     })?;
     parse(path, &text, vars)
+}
+
+/// The largest environment file read.
+const MAX_FILE: u64 = 1 << 20;
+
+/// The dotted name (`table.key`) of the key whose `key = value` line holds `offset`, with the
+/// `[table]` or `[[table]]` header above it; `None` off such a line.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].split('\n').next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with(['[', '#']) || key.contains(char::is_whitespace) {
+        return None;
+    }
+    let table = text[..start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.starts_with('[').then(|| {
+            l.trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
+    });
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_owned(),
+    })
 }
 
 /// Checks environment file text; `path` names it in errors and anchors relative paths.
@@ -308,7 +361,12 @@ pub fn parse(path: &Path, text: &str, vars: &Vars) -> Result<Environment, SpecEr
     };
     let raw: RawEnv = toml::from_str(text).map_err(|e| {
         let msg = e.message().to_owned();
-        err(e.span(), "", msg.replace("\n", " "))
+        let field = e
+            .span()
+            .filter(|_| msg.starts_with("invalid type") || msg.starts_with("invalid value"))
+            .and_then(|s| key_at(text, s.start))
+            .unwrap_or_default();
+        err(e.span(), &field, msg.replace("\n", " "))
     })?;
     let expand = |s: &Spanned<String>, field: &str| {
         vars.expand(s.get_ref())
@@ -514,6 +572,37 @@ env = { LD_LIBRARY_PATH = "/opt/torch/lib", HOME = "${NOPE:-/root}" }
         assert_eq!(e.config.env["HOME"], "/root");
         assert_eq!(e.compression, Compression::Gzip(6));
         assert_eq!(e.layers[1].line, 14);
+    }
+
+    #[test]
+    fn a_type_error_names_the_field_and_its_table() {
+        let e = check(&GOOD.replace("mode = 0o755", "mode = \"rwx\"")).unwrap_err();
+        assert_eq!(e.field, "layer.files.mode", "{e}");
+        assert!(
+            e.to_string().contains(":18: field `layer.files.mode`"),
+            "{e}"
+        );
+        assert_eq!(key_at("a = 1\n[x]\nb = 2\n", 13), Some("x.b".into()));
+        assert_eq!(key_at("[x]\n", 1), None);
+    }
+
+    #[test]
+    fn only_regular_files_of_a_sane_size_are_read() {
+        let e = load(Path::new("/dev/zero"), &Vars::default()).unwrap_err();
+        assert!(e.message.contains("not a regular file"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.toml");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = load(&fifo, &Vars::default()).unwrap_err();
+        assert!(
+            e.message.contains("not a regular file") && e.to_string().contains("fifo.toml"),
+            "{e}"
+        );
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, "# x\n".repeat(300_000)).unwrap();
+        let e = load(&big, &Vars::default()).unwrap_err();
+        assert!(e.message.contains("larger than 1024 KiB"), "{e}");
     }
 
     #[test]

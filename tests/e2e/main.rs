@@ -5,5 +5,6 @@
 mod auth;
 mod azure;
 mod build;
+mod hostile;
 mod registry;
 mod run;

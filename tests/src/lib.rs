@@ -4,6 +4,7 @@
 pub mod acr;
 pub mod azure;
 pub mod entra;
+pub mod hostile;
 pub mod proxy;
 pub mod registry;
 pub mod tls;

@@ -11,7 +11,7 @@ use clap::Args;
 use envbuild::auth::{self, AuthMode, Given, Secret};
 use envbuild::cache::Cache;
 use envbuild::engine::run::{parse_size, Gpus};
-use envbuild::http::RetryPolicy;
+use envbuild::http::{RetryPolicy, Timeouts};
 use envbuild::{azureml, build, registry};
 
 /// `--cache`.
@@ -42,6 +42,13 @@ pub struct TransportArgs {
     /// PEM file with CA certificates to trust besides the system's
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Seconds to wait for a connection to a registry [default: 10]
+    #[arg(long, value_name = "SECS", env = "ENVBUILD_CONNECT_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub connect_timeout: Option<u64>,
+    /// Seconds a registry may stay silent (no byte sent or received) before the request fails;
+    /// a transfer that moves bytes never times out [default: 30]
+    #[arg(long, value_name = "SECS", env = "ENVBUILD_IDLE_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub idle_timeout: Option<u64>,
 }
 
 /// How blobs move: parallel transfers and chunk size.
@@ -74,6 +81,16 @@ impl TransportArgs {
             chunk: transfer.chunk_mib.map_or(0, |m| m << 20),
             parallel: transfer.parallel as usize,
             retry: RetryPolicy::default(),
+            timeouts: self.timeouts(),
+        }
+    }
+
+    /// The timeouts of these flags, the defaults where none is given.
+    pub fn timeouts(&self) -> Timeouts {
+        let d = Timeouts::default();
+        Timeouts {
+            connect: self.connect_timeout.map_or(d.connect, Duration::from_secs),
+            idle: self.idle_timeout.map_or(d.idle, Duration::from_secs),
         }
     }
 
@@ -115,10 +132,7 @@ impl CredentialArgs {
     /// What the flags give, the password read from stdin when asked for.
     pub fn given(&self) -> anyhow::Result<Given> {
         let password = if self.password_stdin {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-                .context("reading the password from stdin")?;
-            Some(Secret::new(s.trim_end_matches(['\n', '\r'])))
+            Some(password_from(std::io::stdin().lock())?)
         } else {
             None
         };
@@ -133,6 +147,23 @@ impl CredentialArgs {
     pub fn resolve(&self, registry: &str) -> anyhow::Result<Option<auth::Credentials>> {
         Ok(auth::resolve(&self.given()?, registry)?)
     }
+}
+
+/// The password or token on `input` (`--password-stdin`): one line, its line end dropped. Empty
+/// input is refused, not stored or sent as an empty password; more than 64 KiB is no password.
+fn password_from(input: impl std::io::Read) -> anyhow::Result<Secret> {
+    let bytes = envbuild::http::read_capped(input, 64 << 10).map_err(|e| match e {
+        Some(e) => anyhow::Error::new(e).context("reading the password from stdin"),
+        None => anyhow::anyhow!("--password-stdin: standard input holds more than 64 KiB, which is no password or token"),
+    })?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("--password-stdin: standard input is not UTF-8 text"))?;
+    let password = text.trim_end_matches(['\n', '\r']);
+    anyhow::ensure!(
+        !password.is_empty(),
+        "--password-stdin: standard input was empty; pipe the password or token in, e.g. `echo \"$TOKEN\" | envbuild login --username U --password-stdin REGISTRY`"
+    );
+    Ok(Secret::new(password))
 }
 
 /// Everything a command that talks to a registry needs.
@@ -435,4 +466,22 @@ pub struct AzureRunArgs {
     pub detach: bool,
     #[command(flatten)]
     pub follow: FollowArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_or_endless_password_on_stdin_is_refused() {
+        assert_eq!(password_from(&b"s3cret\n"[..]).unwrap().expose(), "s3cret");
+        for empty in [&b""[..], b"\n", b"\r\n"] {
+            let e = password_from(empty).unwrap_err().to_string();
+            assert!(e.contains("--password-stdin") && e.contains("empty"), "{e}");
+        }
+        let e = password_from(std::io::repeat(b'x'))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("64 KiB"), "{e}");
+    }
 }

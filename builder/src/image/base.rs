@@ -76,11 +76,15 @@ pub(super) fn layout_blob(
     size: Option<u64>,
 ) -> Result<(PathBuf, Vec<u8>), ImageError> {
     let path = dir.join("blobs/sha256").join(d.hex());
+    if let Some(size) = size {
+        super::verify_blob(&path, d, size)?;
+    }
     let bytes = fs::read(&path).map_err(io_at(&path))?;
-    if size.is_some_and(|s| s != bytes.len() as u64) || Digest::of(&bytes) != *d {
+    let found = Digest::of(&bytes);
+    if found != *d {
         return Err(invalid(
             &path,
-            format!("blob does not match its digest {d}"),
+            format!("blob bytes hash to {found}, not to the descriptor's {d}"),
         ));
     }
     Ok((path, bytes))

@@ -76,20 +76,17 @@ pub fn open_oci(dir: &Path) -> Result<Opened, ImageError> {
         &index_path,
         &fs::read(&index_path).map_err(io_at(&index_path))?,
     )?;
-    let (d, _) = super::descriptor(
+    let (d, size) = super::descriptor(
         &index_path,
         index
             .manifests()
             .first()
             .ok_or_else(|| bad(&index_path, "no manifest"))?,
     )?;
-    let blob = |d: &Digest| {
-        let p = dir.join("blobs/sha256").join(d.hex());
-        fs::read(&p).map_err(io_at(&p))
-    };
-    let manifest: ImageManifest = super::parse(dir, &blob(&d)?)?;
-    let (cd, _) = super::descriptor(dir, manifest.config())?;
-    let config = json(dir, &blob(&cd)?)?;
+    let blob = |d: &Digest, size| super::base::layout_blob(dir, d, Some(size)).map(|(_, b)| b);
+    let manifest: ImageManifest = super::parse(dir, &blob(&d, size)?)?;
+    let (cd, csize) = super::descriptor(dir, manifest.config())?;
+    let config = json(dir, &blob(&cd, csize)?)?;
     let diff_ids = super::diff_ids(dir, &config).unwrap_or_default();
     let mut layers = Vec::new();
     for (i, l) in manifest.layers().iter().enumerate() {
@@ -190,7 +187,10 @@ impl Opened {
     fn layer_reader(&self, l: &OpenedLayer) -> Result<Box<dyn Read>, ImageError> {
         let raw: Box<dyn Read> = match &self.source {
             Source::Layout(dir) => {
+                // Checked whole first: a corrupt layer is named with both digests, not met as
+                // a decompression error halfway through.
                 let p = dir.join("blobs/sha256").join(l.digest.hex());
+                super::verify_blob(&p, &l.digest, l.size)?;
                 Box::new(io::BufReader::new(fs::File::open(&p).map_err(io_at(&p))?))
             }
             Source::Archive(file) => {

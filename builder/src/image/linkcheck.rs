@@ -48,6 +48,26 @@ enum Entry {
 #[derive(Debug, Default)]
 pub struct ImageFs {
     entries: BTreeMap<String, Entry>,
+    /// Base-layer entries that reach out of the image root (a `..` in the path, a link whose
+    /// target climbs above `/`): engines refuse or rewrite them, so the build warns.
+    pub escapes: Vec<String>,
+}
+
+/// Whether the relative link `target`, met in directory `dir`, climbs above the root.
+fn climbs_out(dir: &str, target: &str) -> bool {
+    if target.starts_with('/') {
+        return false;
+    }
+    let mut depth = dir.split('/').filter(|c| !c.is_empty()).count();
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." if depth == 0 => return true,
+            ".." => depth -= 1,
+            _ => depth += 1,
+        }
+    }
+    false
 }
 
 /// Base-layer files up to this size that look like ELF are kept in memory for the check.
@@ -85,20 +105,27 @@ impl ImageFs {
                 continue;
             }
             let ty = e.header().entry_type();
+            let link = e
+                .link_name()?
+                .map(|l| l.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if path.split('/').any(|c| c == "..") {
+                self.escapes.push(format!("{path} (a `..` in its path)"));
+                continue;
+            }
+            if ty.is_hard_link() && (link.split('/').any(|c| c == "..")) {
+                self.escapes.push(format!("{path} (a hard link to {link})"));
+            } else if ty.is_symlink() && climbs_out(dir, &link) {
+                self.escapes.push(format!(
+                    "{path} (a symbolic link to {link}, above the root)"
+                ));
+            }
             let entry = if ty.is_dir() {
                 Entry::Dir
             } else if ty.is_symlink() {
-                Entry::Symlink(
-                    e.link_name()?
-                        .map(|l| l.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                )
+                Entry::Symlink(link)
             } else if ty.is_hard_link() {
-                let target = norm(
-                    &e.link_name()?
-                        .map(|l| l.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                );
+                let target = norm(&link);
                 self.entries
                     .get(&target)
                     .cloned()
@@ -230,6 +257,8 @@ fn map_file(p: &std::path::Path) -> io::Result<Blob> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkError {
     pub problems: Vec<String>,
+    /// The entrypoint itself is not in the image (no library is to blame).
+    pub entrypoint_missing: bool,
 }
 
 impl fmt::Display for LinkError {
@@ -251,7 +280,11 @@ impl fmt::Display for LinkError {
 
 impl crate::error::Hint for LinkError {
     fn hint(&self) -> Option<std::borrow::Cow<'_, str>> {
-        Some("add the missing libraries to a layer (or LD_LIBRARY_PATH), or use a base with a newer glibc/libstdc++".into())
+        Some(if self.entrypoint_missing {
+            "check `entrypoint` in the environment file: an absolute path in the image (or a name on its PATH) that one of the [[layer]] entries or the base puts there".into()
+        } else {
+            "add the missing libraries to a layer (or LD_LIBRARY_PATH), or use a base with a newer glibc/libstdc++".into()
+        })
     }
 }
 
@@ -369,6 +402,7 @@ pub fn check(
     let Some((entry_path, _)) = fs.resolve(entrypoint) else {
         return Err(LinkError {
             problems: vec![format!("entrypoint {entrypoint} is not in the image")],
+            entrypoint_missing: true,
         });
     };
     let bytes = match fs.read(&entry_path) {
@@ -376,6 +410,7 @@ pub fn check(
         Some(Err(e)) => {
             return Err(LinkError {
                 problems: vec![format!("cannot read entrypoint {entrypoint}: {e}")],
+                entrypoint_missing: false,
             })
         }
         None => {
@@ -404,7 +439,10 @@ pub fn check(
         return if problems.is_empty() {
             Ok(report)
         } else {
-            Err(LinkError { problems })
+            Err(LinkError {
+                problems,
+                entrypoint_missing: false,
+            })
         };
     }
     let env_dirs: Vec<String> = ld_library_path
@@ -533,7 +571,10 @@ pub fn check(
         Ok(report)
     } else {
         problems.dedup();
-        Err(LinkError { problems })
+        Err(LinkError {
+            problems,
+            entrypoint_missing: false,
+        })
     }
 }
 

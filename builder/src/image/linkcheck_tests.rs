@@ -8,7 +8,48 @@ fn fs_with(entries: &[(&str, Entry)]) -> ImageFs {
             .iter()
             .map(|(p, e)| (p.to_string(), e.clone()))
             .collect(),
+        escapes: Vec::new(),
     }
+}
+
+#[test]
+fn base_entries_that_reach_out_of_the_root_are_noted() {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut link = |path: &str, target: &str, kind: tar::EntryType| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(0o777);
+        // Raw names: the tar crate's setters refuse `..`, as a hostile layer would not.
+        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        h.as_old_mut().linkname[..target.len()].copy_from_slice(target.as_bytes());
+        h.set_cksum();
+        b.append(&h, std::io::empty()).unwrap();
+    };
+    link("usr/lib/ok", "../../bin/sh", tar::EntryType::Symlink);
+    link("usr/lib/abs", "/etc/passwd", tar::EntryType::Symlink);
+    link("usr/up", "../../../etc/shadow", tar::EntryType::Symlink);
+    link("usr/../../evil", "", tar::EntryType::Regular);
+    link("usr/hard", "../etc/passwd", tar::EntryType::Link);
+    let mut fs = ImageFs::default();
+    fs.add_layer_tar(&b.into_inner().unwrap()[..]).unwrap();
+    assert_eq!(fs.escapes.len(), 3, "{:?}", fs.escapes);
+    assert!(
+        fs.escapes[0].starts_with("usr/up (a symbolic link"),
+        "{:?}",
+        fs.escapes
+    );
+    assert!(
+        fs.escapes[1].starts_with("usr/../../evil"),
+        "{:?}",
+        fs.escapes
+    );
+    assert!(
+        fs.escapes[2].starts_with("usr/hard (a hard link"),
+        "{:?}",
+        fs.escapes
+    );
+    assert!(!fs.entries.contains_key("usr/../../evil") && fs.entries.contains_key("usr/lib/ok"));
 }
 
 #[test]

@@ -76,7 +76,45 @@ pub fn descriptor(path: &Path, d: &Descriptor) -> Result<(Digest, u64), ImageErr
         .to_string()
         .parse::<Digest>()
         .map_err(|e| invalid(path, e.to_string()))?;
+    if d.size() > MAX_BLOB {
+        return Err(invalid(
+            path,
+            format!(
+                "the descriptor of {digest} gives size {}, beyond any blob (over 1 TiB)",
+                d.size()
+            ),
+        ));
+    }
     Ok((digest, d.size()))
+}
+
+/// The largest blob size a descriptor may give.
+pub const MAX_BLOB: u64 = 1 << 40;
+
+/// Checks that the blob file at `path` has the descriptor's `size` and `digest` (streamed, not
+/// read whole); the error names the file and both sizes or both digests.
+pub fn verify_blob(path: &Path, digest: &Digest, size: u64) -> Result<(), ImageError> {
+    let meta = std::fs::metadata(path).map_err(io_at(path))?;
+    if !meta.is_file() || meta.len() != size {
+        return Err(invalid(
+            path,
+            format!(
+                "blob {digest} is {} bytes, its descriptor says {size}",
+                meta.len()
+            ),
+        ));
+    }
+    let mut h = sha2::Sha256::default();
+    let mut f = std::fs::File::open(path).map_err(io_at(path))?;
+    io::copy(&mut f, &mut h).map_err(io_at(path))?;
+    let found = Digest::from_sha256(h);
+    if found != *digest {
+        return Err(invalid(
+            path,
+            format!("blob bytes hash to {found}, not to the descriptor's {digest}"),
+        ));
+    }
+    Ok(())
 }
 
 /// A descriptor as oci-spec types it, from envbuild's media type string and digest.

@@ -30,6 +30,14 @@ pub fn pushable_from_oci(dir: &Path) -> Result<Pushable, ImageError> {
         let (d, size) = descriptor(&path, desc)?;
         blobs.push((d, size, dir.join("blobs/sha256").join(d.hex())));
     }
+    // Every blob is what its descriptor says before a byte goes out: a short blob would stream
+    // less than its Content-Length, a corrupt one would be refused only after its upload.
+    {
+        use rayon::prelude::*;
+        blobs
+            .par_iter()
+            .try_for_each(|(d, size, p)| super::verify_blob(p, d, *size))?;
+    }
     let media_type = v
         .media_type()
         .as_ref()

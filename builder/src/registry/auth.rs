@@ -7,14 +7,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use reqwest::blocking::{RequestBuilder, Response};
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use reqwest::blocking::Response;
+use reqwest::header::{HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::{Client, RegistryError};
 use crate::auth::entra::{EntraChain, EntraError, ACR_SCOPE};
 use crate::auth::{Credentials, Secret};
+use crate::http;
+
+/// The most of a token endpoint's answer that is read.
+const MAX_TOKEN_ANSWER: u64 = 256 << 10;
+/// The longest token sent back as a header (ACR's and Docker Hub's are a few KiB).
+const MAX_TOKEN: usize = 64 << 10;
 
 /// What a client knows of its authentication, behind one lock.
 #[derive(Debug, Default)]
@@ -94,10 +100,26 @@ impl Client {
         Some(v)
     }
 
-    pub(super) fn authorize(&self, rb: RequestBuilder, token: Option<&Secret>) -> RequestBuilder {
-        match self.authorization(token) {
-            Some(v) => rb.header(AUTHORIZATION, v),
-            None => rb,
+    /// [`Self::authorization`] for a request to `url`, which gets none unless it goes to this
+    /// registry (same scheme, host and port): an upload `Location` naming another host gets no
+    /// password or token of this one, as containerd and go-containerregistry scope them.
+    pub(super) fn authorization_for(
+        &self,
+        url: &str,
+        token: Option<&Secret>,
+    ) -> Option<HeaderValue> {
+        let origin = |u: &str| {
+            reqwest::Url::parse(u).ok().map(|u| {
+                (
+                    u.scheme().to_owned(),
+                    u.host_str().map(str::to_owned),
+                    u.port_or_known_default(),
+                )
+            })
+        };
+        match (origin(url), origin(&self.base)) {
+            (Some(a), Some(b)) if a == b => self.authorization(token),
+            _ => None,
         }
     }
 
@@ -151,6 +173,16 @@ impl Client {
                 let token = v.token.or(v.access_token).ok_or_else(|| {
                     self.protocol(what, "token endpoint answered without a token")
                 })?;
+                if token.len() > MAX_TOKEN {
+                    return Err(self.protocol(
+                        what,
+                        format!(
+                            "the token from {realm} is {} KiB long, more than the {} KiB a registry token needs; it is not sent",
+                            token.len() >> 10,
+                            MAX_TOKEN >> 10
+                        ),
+                    ));
+                }
                 let life = v
                     .expires_in
                     .or_else(|| jwt_seconds_left(&token))
@@ -199,7 +231,21 @@ impl Client {
         hint_401: Option<&'static str>,
     ) -> Result<TokenAnswer, RegistryError> {
         let status = resp.status();
-        let body = resp.text().unwrap_or_default();
+        let body = match http::read_capped(resp, MAX_TOKEN_ANSWER) {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(None) => {
+                return Err(self.protocol(
+                    what,
+                    format!(
+                        "{url} answered more than {} KiB, more than any token answer",
+                        MAX_TOKEN_ANSWER >> 10
+                    ),
+                ))
+            }
+            Err(Some(e)) => {
+                return Err(self.protocol(what, format!("reading the answer of {url}: {e}")))
+            }
+        };
         if !status.is_success() {
             let mut e = self.status_err(&format!("{what}: token from {url}"), status, &body);
             if let (RegistryError::Status { hint, .. }, Some(h), 401) =

@@ -3,41 +3,58 @@
 //! `Range` for large ones (bodies streamed from the file by reqwest's async client), and pulls
 //! into the cache verified by digest and size.
 
-use std::fs;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use reqwest::{Method, StatusCode};
 use sha2::{Digest as _, Sha256};
 
-use super::client::Reply as _;
+use super::client::Reply;
 use super::{Client, RegistryError};
 use crate::cache::Cache;
 use crate::digest::Digest;
 
-/// `len` bytes of the file at `path` from `offset`, as a body read in 1 MiB pieces.
-fn file_body(path: &Path, offset: u64, len: u64) -> io::Result<reqwest::Body> {
-    use tokio::io::AsyncReadExt as _;
-    let mut f = fs::File::open(path)?;
-    f.seek(SeekFrom::Start(offset))?;
-    let f = tokio::fs::File::from_std(f).take(len);
-    Ok(reqwest::Body::wrap_stream(
-        tokio_util::io::ReaderStream::with_capacity(f, 1 << 20),
-    ))
-}
-
 impl Client {
-    /// Whether the registry has the blob.
-    pub fn has_blob(&self, d: &Digest) -> Result<bool, RegistryError> {
+    /// Whether the registry has the blob of `size` bytes. A `200` must be about that blob: its
+    /// `Docker-Content-Digest` (which registries send) is the digest, or without one its
+    /// `Content-Length` is the size; a web page answering `200` to everything is no registry.
+    pub fn has_blob(&self, d: &Digest, size: u64) -> Result<bool, RegistryError> {
         let what = format!("HEAD blob {d}");
         let resp = self.send(&what, &|| {
             Ok(self.http.head(self.url(&format!("blobs/{d}"))))
         })?;
         match resp.status() {
-            StatusCode::OK => Ok(true),
+            StatusCode::OK => {
+                let header = |name| {
+                    resp.headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                };
+                match (header("docker-content-digest"), header("content-length")) {
+                    (Some(theirs), _) if theirs == d.to_string() => Ok(true),
+                    (Some(theirs), _) => Err(self.protocol(
+                        &what,
+                        format!(
+                            "the registry answered 200 with Docker-Content-Digest {}",
+                            crate::http::printable(&theirs, 100)
+                        ),
+                    )),
+                    (None, Some(len)) if len.trim() == size.to_string() => Ok(true),
+                    (None, len) => Err(self.protocol(
+                        &what,
+                        format!(
+                            "the registry answered 200 without a Docker-Content-Digest header and with Content-Length {} for a blob of {size} bytes: is this a registry API?",
+                            len.as_deref().map_or("(none)".into(), |l| crate::http::printable(l, 40))
+                        ),
+                    )),
+                }
+            }
             StatusCode::NOT_FOUND => Ok(false),
-            s => Err(self.status_err(&what, s, "")),
+            _ => Err(self
+                .expect(&what, resp, &[])
+                .expect_err("neither 200 nor 404")),
         }
     }
 
@@ -58,7 +75,7 @@ impl Client {
         path: &Path,
         sources: &[String],
     ) -> Result<Sent, RegistryError> {
-        if self.has_blob(d)? {
+        if self.has_blob(d, size)? {
             return Ok(Sent::Skipped);
         }
         let mut started = None;
@@ -84,9 +101,11 @@ impl Client {
             session += 1;
             match self.upload(d, size, path, started.take()) {
                 Ok(()) => return Ok(Sent::Uploaded),
-                Err(e @ RegistryError::Io { .. }) => return Err(e),
-                Err(e) => {
-                    if self.has_blob(d)? {
+                // A new session is for a session the registry lost or closed (an error
+                // status); a broken file, a registry that breaks the protocol, or one that
+                // stopped answering through every retry would meet the same again.
+                Err(e @ RegistryError::Status { .. }) => {
+                    if self.has_blob(d, size)? {
                         return Ok(Sent::Uploaded);
                     }
                     if session >= self.settings.retry.attempts {
@@ -94,6 +113,7 @@ impl Client {
                     }
                     self.settings.retry.wait(session, None);
                 }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -126,20 +146,21 @@ impl Client {
             }
         };
         let up = self.uploader()?;
+        let idle = self.settings.timeouts.idle;
         if size <= self.settings.chunk {
             let url = with_digest(&location, d);
             let resp = self.send_with(&what, &|token| {
-                let body = file_body(path, 0, size).map_err(io_err)?;
                 let rb = up
                     .http
                     .put(&url)
                     .header(CONTENT_TYPE, "application/octet-stream")
-                    .header(CONTENT_LENGTH, size)
-                    .body(body);
-                Ok(up.send(rb, self.authorization(token)))
+                    .header(CONTENT_LENGTH, size);
+                let auth = self.authorization_for(&url, token);
+                up.send(rb, auth, Some((path, 0, size)), idle)
+                    .map_err(io_err)
             })?;
-            self.expect(&what, resp, &[StatusCode::CREATED])?;
-            return Ok(());
+            let resp = self.expect(&what, resp, &[StatusCode::CREATED])?;
+            return self.committed(&what, &resp, d);
         }
         let mut offset = 0u64;
         let mut failures = 0;
@@ -148,15 +169,15 @@ impl Client {
             let len = end - offset + 1;
             let url = location.clone();
             let sent = self.send_with(&what, &|token| {
-                let body = file_body(path, offset, len).map_err(io_err)?;
                 let rb = up
                     .http
                     .request(Method::PATCH, &url)
                     .header(CONTENT_TYPE, "application/octet-stream")
                     .header(CONTENT_RANGE, format!("{offset}-{end}"))
-                    .header(CONTENT_LENGTH, len)
-                    .body(body);
-                Ok(up.send(rb, self.authorization(token)))
+                    .header(CONTENT_LENGTH, len);
+                let auth = self.authorization_for(&url, token);
+                up.send(rb, auth, Some((path, offset, len)), idle)
+                    .map_err(io_err)
             });
             match sent {
                 Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
@@ -193,8 +214,28 @@ impl Client {
         }
         let url = with_digest(&location, d);
         let resp = self.send(&what, &|| Ok(self.http.put(&url).header(CONTENT_LENGTH, 0)))?;
-        self.expect(&what, resp, &[StatusCode::CREATED])?;
-        Ok(())
+        let resp = self.expect(&what, resp, &[StatusCode::CREATED])?;
+        self.committed(&what, &resp, d)
+    }
+
+    /// The checks of a `201` that closes an upload: the `Location` the distribution spec
+    /// requires, and the `Docker-Content-Digest` (when sent) equal to the digest pushed.
+    fn committed(&self, what: &str, resp: &impl Reply, d: &Digest) -> Result<(), RegistryError> {
+        self.location(what, resp)?;
+        match resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(theirs) if theirs != d.to_string() => Err(self.protocol(
+                what,
+                format!(
+                    "the registry stored {}, not {d}",
+                    crate::http::printable(theirs, 100)
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Streams a blob into the cache, verifying digest and size; never fetches what the cache has.
@@ -224,6 +265,9 @@ impl Client {
                 h.update(&buf[..k]);
                 tmp.write_all(&buf[..k])?;
                 n += k as u64;
+                if n > size {
+                    return Err(io::Error::other("more bytes than the descriptor's size"));
+                }
             })();
             if copied.is_ok() && n == size && Digest::from_sha256(h) == *d {
                 cache

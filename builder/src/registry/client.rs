@@ -2,11 +2,15 @@
 //! registry request goes through (authentication answered once per challenge, retries by the
 //! [`RetryPolicy`](crate::http::RetryPolicy)), and the errors that name registry and repository.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use reqwest::blocking::{Client as Http, RequestBuilder, Response};
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, LOCATION, WWW_AUTHENTICATE};
+use reqwest::header::{
+    HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE,
+};
 use reqwest::StatusCode;
 
 use super::auth::TokenCache;
@@ -31,13 +35,46 @@ impl Reply for Response {
         Response::headers(self)
     }
     fn into_text(self) -> String {
-        self.text().unwrap_or_default()
+        match http::read_capped(self, 64 << 10) {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(_) => String::new(),
+        }
     }
 }
 
 /// One attempt of a request with the given token: the HTTP outcome, or an error before sending.
 pub(super) type Attempt<'a, R> =
-    dyn Fn(Option<&Secret>) -> Result<Result<R, reqwest::Error>, RegistryError> + 'a;
+    dyn Fn(Option<&Secret>) -> Result<Result<R, Failure>, RegistryError> + 'a;
+
+/// Why an attempt got no answer.
+#[derive(Debug)]
+pub(super) enum Failure {
+    Http(reqwest::Error),
+    /// An upload moved no byte, and got no answer, for the idle timeout.
+    Stalled,
+}
+
+impl Failure {
+    fn transient(&self) -> bool {
+        match self {
+            Failure::Http(e) => http::transient(e),
+            Failure::Stalled => true,
+        }
+    }
+
+    fn timed_out(&self) -> bool {
+        match self {
+            Failure::Http(e) => e.is_timeout(),
+            Failure::Stalled => true,
+        }
+    }
+}
+
+impl From<reqwest::Error> for Failure {
+    fn from(e: reqwest::Error) -> Failure {
+        Failure::Http(e)
+    }
+}
 
 /// An answer to an upload, read whole (upload answers carry headers and at most an error).
 #[derive(Debug)]
@@ -71,26 +108,75 @@ pub(super) struct Uploader {
 }
 
 impl Uploader {
+    /// Sends an upload whose body is `body` (`len` bytes of the file at `path` from `offset`),
+    /// watched for progress: when no byte of the body is taken and no answer comes for `idle`,
+    /// the attempt ends as [`Failure::Stalled`].
     pub(super) fn send(
         &self,
         rb: reqwest::RequestBuilder,
         authorization: Option<HeaderValue>,
-    ) -> Result<Uploaded, reqwest::Error> {
+        body: Option<(&Path, u64, u64)>,
+        idle: Duration,
+    ) -> Result<Result<Uploaded, Failure>, std::io::Error> {
         let rb = match authorization {
             Some(v) => rb.header(AUTHORIZATION, v),
             None => rb,
         };
-        self.rt.block_on(async {
-            let resp = rb.send().await?;
-            let (status, headers) = (resp.status(), resp.headers().clone());
-            let body = resp.text().await.unwrap_or_default();
-            Ok(Uploaded {
-                status,
-                headers,
-                body,
-            })
-        })
+        let (progress, started) = (Arc::new(AtomicU64::new(0)), Instant::now());
+        let rb = match body {
+            Some((path, offset, len)) => {
+                rb.body(watched_body(path, offset, len, started, &progress)?)
+            }
+            None => rb,
+        };
+        let moved = |p: &AtomicU64| started + Duration::from_millis(p.load(Ordering::Relaxed));
+        Ok(self.rt.block_on(async {
+            let request = async {
+                let resp = rb.send().await?;
+                let (status, headers) = (resp.status(), resp.headers().clone());
+                let body = http::text_capped(resp, http::MAX_ANSWER).await;
+                Ok(Uploaded {
+                    status,
+                    headers,
+                    body,
+                })
+            };
+            tokio::pin!(request);
+            loop {
+                let deadline = moved(&progress) + idle;
+                tokio::select! {
+                    r = &mut request => return r,
+                    _ = tokio::time::sleep_until(deadline.into()) => {
+                        if moved(&progress) + idle <= Instant::now() {
+                            return Err(Failure::Stalled);
+                        }
+                    }
+                }
+            }
+        }))
     }
+}
+
+/// `len` bytes of the file at `path` from `offset`, as a body read in 1 MiB pieces; each piece
+/// taken records, in `progress`, the milliseconds since the request began.
+fn watched_body(
+    path: &Path,
+    offset: u64,
+    len: u64,
+    started: Instant,
+    progress: &Arc<AtomicU64>,
+) -> std::io::Result<reqwest::Body> {
+    use futures_util::StreamExt as _;
+    use std::io::{Seek as _, SeekFrom};
+    use tokio::io::AsyncReadExt as _;
+    let mut f = std::fs::File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let f = tokio::fs::File::from_std(f).take(len);
+    let progress = progress.clone();
+    let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20).inspect(move |_| {
+        progress.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    });
+    Ok(reqwest::Body::wrap_stream(stream))
 }
 
 /// A client for one repository.
@@ -130,8 +216,7 @@ impl Client {
             Some(p) => http::ca_certificates(p).map_err(http_err)?,
             None => Vec::new(),
         };
-        let client = http::blocking_builder(&ca)
-            .timeout(None)
+        let client = http::blocking_builder(&ca, settings.timeouts)
             .build()
             .map_err(|e| http_err(http::HttpError::Tls(e)))?;
         let host = hosts::api_host(&reference.registry);
@@ -228,11 +313,21 @@ impl Client {
         what: &str,
         make: &dyn Fn() -> Result<RequestBuilder, RegistryError>,
     ) -> Result<Response, RegistryError> {
-        self.send_with(what, &|token| Ok(self.authorize(make()?, token).send()))
+        self.send_with(what, &|token| {
+            let mut req = match make()?.build() {
+                Ok(r) => r,
+                Err(e) => return Ok(Err(e.into())),
+            };
+            if let Some(v) = self.authorization_for(req.url().as_str(), token) {
+                req.headers_mut().insert(AUTHORIZATION, v);
+            }
+            Ok(self.http.execute(req).map_err(Failure::from))
+        })
     }
 
     /// The loop of [`Self::send`] around `attempt`, which makes and sends one request with the
-    /// given token (the blocking client, or the [`Uploader`]).
+    /// given token (the blocking client, or the [`Uploader`]). A request that timed out is
+    /// tried once more, not the policy's every attempt: a server silent twice is down.
     pub(super) fn send_with<R: Reply>(
         &self,
         what: &str,
@@ -240,6 +335,7 @@ impl Client {
     ) -> Result<R, RegistryError> {
         let mut answered = false;
         let mut attempt = 0;
+        let mut timeouts = 0;
         loop {
             attempt += 1;
             let used = self.current_token();
@@ -265,44 +361,124 @@ impl Client {
                         .wait(attempt, http::retry_after(resp.headers()));
                 }
                 Ok(resp) => return Ok(resp),
-                Err(e) if self.settings.retry.again(attempt) && http::transient(&e) => {
+                Err(f)
+                    if f.transient()
+                        && self.settings.retry.again(attempt)
+                        && !(f.timed_out() && timeouts > 0) =>
+                {
+                    timeouts += usize::from(f.timed_out());
                     self.settings.retry.wait(attempt, None);
                 }
-                Err(source) => {
-                    return Err(RegistryError::Connect {
-                        registry: self.reference.registry.clone(),
-                        repository: self.reference.repository.clone(),
-                        what: what.to_owned(),
-                        source,
-                    })
-                }
+                Err(f) => return Err(self.no_answer(what, f)),
             }
         }
     }
 
+    /// The error for an attempt that got no answer: a timeout names the limit that ran out, a
+    /// redirect loop says so, anything else is a connection failure.
+    pub(super) fn no_answer(&self, what: &str, f: Failure) -> RegistryError {
+        let (registry, repository, what) = (
+            self.reference.registry.clone(),
+            self.reference.repository.clone(),
+            what.to_owned(),
+        );
+        let t = self.settings.timeouts;
+        match f {
+            Failure::Stalled => RegistryError::TimedOut {
+                registry,
+                repository,
+                what,
+                message: format!("nothing sent or received for {} s", t.idle.as_secs()),
+            },
+            Failure::Http(e) if e.is_timeout() && e.is_connect() => RegistryError::TimedOut {
+                registry,
+                repository,
+                what,
+                message: format!("no connection within {} s", t.connect.as_secs()),
+            },
+            Failure::Http(e) if e.is_timeout() => RegistryError::TimedOut {
+                registry,
+                repository,
+                what,
+                message: format!("no answer within {} s", t.idle.as_secs()),
+            },
+            Failure::Http(e) if e.is_redirect() => RegistryError::Protocol {
+                registry,
+                repository,
+                what,
+                message: format!(
+                    "the registry redirects in a loop or too often ({})",
+                    e.url().map_or_else(String::new, |u| u.to_string())
+                ),
+            },
+            Failure::Http(source) => RegistryError::Connect {
+                registry,
+                repository,
+                what,
+                source,
+            },
+        }
+    }
+
+    /// `resp` when its status is one of `ok`; else the error for its status. A success status
+    /// other than those the distribution spec requires (e.g. a web server's `200 text/html`
+    /// where a registry answers `202`) is named as such, not taken for success.
     pub(super) fn expect<R: Reply>(
         &self,
         what: &str,
         resp: R,
         ok: &[StatusCode],
     ) -> Result<R, RegistryError> {
-        if ok.contains(&resp.status()) {
-            Ok(resp)
-        } else {
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let body = resp.into_text();
-            Err(self.status_err_with(what, status, &headers, &body))
+        let status = resp.status();
+        if ok.contains(&status) {
+            return Ok(resp);
         }
+        if status.is_success() || status.is_redirection() {
+            let kind = resp
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(String::new, |t| format!(" ({})", http::printable(t, 80)));
+            let wanted: Vec<String> = ok.iter().map(|s| s.to_string()).collect();
+            return Err(self.protocol(
+                what,
+                format!(
+                    "answered {status}{kind} where a registry answers {}: is this a registry API?",
+                    wanted.join(" or ")
+                ),
+            ));
+        }
+        let headers = resp.headers().clone();
+        let body = resp.into_text();
+        Err(self.status_err_with(what, status, &headers, &body))
     }
 
+    /// The answer's `Location` (made absolute), which the distribution spec requires of it.
     pub(super) fn location(&self, what: &str, resp: &impl Reply) -> Result<String, RegistryError> {
         let l = resp
             .headers()
             .get(LOCATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| self.protocol(what, "upload answer without Location"))?;
+            .filter(|l| !l.is_empty())
+            .ok_or_else(|| {
+                self.protocol(
+                    what,
+                    format!(
+                        "the {} answer has no Location header (the distribution spec requires one)",
+                        resp.status()
+                    ),
+                )
+            })?;
         Ok(self.absolute(l))
+    }
+
+    /// Checks that the registry speaks the distribution API (`GET /v2/`, answering its
+    /// challenge): a redirect loop, a silent server or a wrong answer fails here, before a blob.
+    pub fn ping(&self) -> Result<Response, RegistryError> {
+        let what = "GET /v2/";
+        let url = format!("{}/v2/", self.base);
+        let resp = self.send(what, &|| Ok(self.http.get(&url)))?;
+        self.expect(what, resp, &[StatusCode::OK])
     }
 
     /// This client's [`Uploader`], made on first use.
@@ -320,7 +496,7 @@ impl Client {
                 path: PathBuf::from("(upload runtime)"),
                 source,
             })?;
-        let http = http::async_builder(&self.ca)
+        let http = http::async_builder(&self.ca, self.settings.timeouts)
             .build()
             .map_err(|e| RegistryError::Http {
                 registry: self.reference.registry.clone(),

@@ -8,6 +8,9 @@ use super::{Client, RegistryError};
 use crate::digest::Digest;
 use crate::image::media;
 
+/// The largest manifest read (distribution and ACR refuse larger ones).
+const MAX_MANIFEST: u64 = 4 << 20;
+
 impl Client {
     /// Puts a manifest under `reference` (a tag or a digest); checks the registry's digest.
     pub fn push_manifest(
@@ -26,7 +29,9 @@ impl Client {
                 .header(CONTENT_TYPE, media_type)
                 .body(body.clone()))
         })?;
-        let resp = self.expect(&what, resp, &[StatusCode::CREATED, StatusCode::OK])?;
+        // The distribution spec: `201 Created` with the manifest's `Location`.
+        let resp = self.expect(&what, resp, &[StatusCode::CREATED])?;
+        self.location(&what, &resp)?;
         let ours = Digest::of(bytes);
         if let Some(theirs) = resp
             .headers()
@@ -34,9 +39,13 @@ impl Client {
             .and_then(|v| v.to_str().ok())
         {
             if theirs != ours.to_string() {
-                return Err(
-                    self.protocol(&what, format!("registry stored {theirs}, expected {ours}"))
-                );
+                return Err(self.protocol(
+                    &what,
+                    format!(
+                        "registry stored {}, expected {ours}",
+                        crate::http::printable(theirs, 100)
+                    ),
+                ));
             }
         }
         Ok(ours)
@@ -66,15 +75,16 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
-        let bytes = resp
-            .bytes()
-            .map_err(|source| RegistryError::Connect {
-                registry: self.reference.registry.clone(),
-                repository: self.reference.repository.clone(),
-                what: what.clone(),
-                source,
-            })?
-            .to_vec();
+        let bytes = crate::http::read_capped(resp, MAX_MANIFEST).map_err(|e| match e {
+            None => self.protocol(
+                &what,
+                format!(
+                    "the manifest is larger than {} MiB, the registries' limit",
+                    MAX_MANIFEST >> 20
+                ),
+            ),
+            Some(e) => self.protocol(&what, format!("reading the manifest: {e}")),
+        })?;
         let d = Digest::of(&bytes);
         if let Ok(want) = reference.parse::<Digest>() {
             if want != d {

@@ -24,7 +24,7 @@ use thiserror::Error;
 
 use crate::auth::entra::EntraError;
 use crate::error::Hint;
-use crate::http::{HttpError, RetryPolicy};
+use crate::http::{HttpError, RetryPolicy, Timeouts};
 
 pub use crate::image::Pushable;
 pub use blob::Sent;
@@ -47,6 +47,13 @@ pub enum RegistryError {
     },
     #[error("{registry}/{repository}: {what}: {message}")]
     Protocol {
+        registry: String,
+        repository: String,
+        what: String,
+        message: String,
+    },
+    #[error("{registry}/{repository}: {what}: {message}")]
+    TimedOut {
         registry: String,
         repository: String,
         what: String,
@@ -87,6 +94,7 @@ impl Hint for RegistryError {
         match self {
             RegistryError::Status { hint, .. } => hint.map(Cow::Borrowed),
             RegistryError::Connect { .. } => Some(Cow::Borrowed("is the registry up and the address right? Plain HTTP is used only for loopback or --insecure-registry")),
+            RegistryError::TimedOut { .. } => Some(Cow::Borrowed("the registry stopped answering; on a slow or distant link raise --connect-timeout or --idle-timeout (seconds)")),
             _ => None,
         }
     }
@@ -105,6 +113,8 @@ pub struct Settings {
     pub parallel: usize,
     /// Attempts per request for retryable failures, and the backoff between them.
     pub retry: RetryPolicy,
+    /// How long a connection or a silence may take.
+    pub timeouts: Timeouts,
 }
 
 /// The registry's error message from an OCI error body (`{"errors":[{"code","message"}]}`,
@@ -126,14 +136,17 @@ pub(crate) fn error_message(body: &str) -> String {
             .errors
             .iter()
             .map(|e| {
-                format!(
-                    "{}: {}",
-                    e.code.as_deref().unwrap_or("?"),
-                    e.message.as_deref().unwrap_or("")
+                crate::http::printable(
+                    &format!(
+                        "{}: {}",
+                        e.code.as_deref().unwrap_or("?"),
+                        e.message.as_deref().unwrap_or("")
+                    ),
+                    300,
                 )
             })
             .collect::<Vec<_>>()
             .join("; "),
-        Err(_) => body.chars().take(300).collect(),
+        Err(_) => crate::http::printable(body, 300),
     }
 }

@@ -29,6 +29,8 @@ pub fn push(
 ) -> Result<PushReport, RegistryError> {
     let start = Instant::now();
     let r = &client.reference;
+    // The registry must answer as one (and authentication is settled) before any blob moves.
+    client.ping()?;
     // Blobs known in other repositories of this registry: mount candidates, whose pull scope
     // the token must include.
     let known = client
