@@ -463,3 +463,52 @@ fn an_empty_password_on_stdin_is_refused() {
     );
     assert!(registry.seen().is_empty());
 }
+
+#[test]
+fn a_build_with_nothing_to_run_and_odd_environment_files_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let cache = t.path().join("cache");
+    let build = |file: &Path| {
+        run(Command::new(envbuild_debug())
+            .arg("build")
+            .arg(file)
+            .arg("--cache")
+            .arg(&cache))
+    };
+    fs::write(t.path().join("data.txt"), "x\n").unwrap();
+    let env = t.path().join("nothing.toml");
+    fs::write(
+        &env,
+        "name = \"nothing\"\n[base]\nscratch = true\n\n[[layer]]\nname = \"data\"\n[[layer.files]]\nsrc = \"data.txt\"\ndest = \"/data.txt\"\n",
+    )
+    .unwrap();
+    let o = build(&env);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("nothing.toml")
+            && e.contains("nothing to run")
+            && e.contains("hint: set `entrypoint"),
+        "{e}"
+    );
+    assert!(o.stdout.is_empty(), "a digest was printed");
+
+    // A device, and a type error that names its field.
+    let o = build(Path::new("/dev/zero"));
+    assert!(
+        stderr(&o).contains("/dev/zero: not a regular file"),
+        "{}",
+        stderr(&o)
+    );
+    fs::write(
+        &env,
+        "name = \"nothing\"\n[base]\nscratch = true\n\n[[layer]]\nname = \"data\"\n[[layer.files]]\nsrc = \"data.txt\"\ndest = \"/data.txt\"\nmode = \"rw\"\n",
+    )
+    .unwrap();
+    let o = build(&env);
+    assert!(
+        stderr(&o).contains("nothing.toml:10: field `layer.files.mode`: invalid type"),
+        "{}",
+        stderr(&o)
+    );
+}

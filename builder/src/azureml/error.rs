@@ -36,6 +36,13 @@ pub enum AzureError {
         #[source]
         source: serde_json::Error,
     },
+    /// An answer longer than any the service gives (read no further).
+    #[error("{method} {url}: the answer is larger than {} MiB; not read further", cap >> 20)]
+    TooLarge {
+        method: String,
+        url: String,
+        cap: u64,
+    },
     /// A GET outside ARM (a log endpoint) that did not succeed.
     #[error("GET {url}: HTTP {status}")]
     GetFailed { url: String, status: StatusCode },

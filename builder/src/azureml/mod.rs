@@ -204,7 +204,7 @@ impl Client {
                     if http::retryable(status) && self.settings.retry.again(attempt) {
                         http::retry_after(&headers)
                     } else {
-                        let text = resp.text().unwrap_or_default();
+                        let text = capped_text(resp, method.as_str(), path)?;
                         if status.is_success() {
                             let body = if text.trim().is_empty() {
                                 Value::Null
@@ -286,7 +286,7 @@ impl Client {
                 source,
             })?;
         let status = resp.status();
-        let text = resp.text().unwrap_or_default();
+        let text = capped_text(resp, "GET", url)?;
         if !status.is_success() {
             return Err(AzureError::GetFailed {
                 url: url.to_owned(),
@@ -294,6 +294,27 @@ impl Client {
             });
         }
         Ok(text)
+    }
+}
+
+/// The most of an ARM answer or a log read into memory (a job's whole log is a few MiB).
+const MAX_ANSWER: u64 = 64 << 20;
+
+/// An answer's body as text, read up to [`MAX_ANSWER`]; a longer one is an error naming it,
+/// a broken read gives what arrived.
+fn capped_text(
+    resp: reqwest::blocking::Response,
+    method: &str,
+    url: &str,
+) -> Result<String, AzureError> {
+    match http::read_capped(resp, MAX_ANSWER) {
+        Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        Err(None) => Err(AzureError::TooLarge {
+            method: method.to_owned(),
+            url: url.to_owned(),
+            cap: MAX_ANSWER,
+        }),
+        Err(Some(_)) => Ok(String::new()),
     }
 }
 
