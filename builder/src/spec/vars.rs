@@ -102,4 +102,3 @@ fn find_site(venv: &Path) -> Option<PathBuf> {
     pythons.sort();
     pythons.pop().map(|p| p.join("site-packages"))
 }
-
