@@ -67,7 +67,13 @@ pub fn report<'a>(
     let mut text = String::new();
     let mut hints: Vec<String> = Vec::new();
     for (i, cause) in chain.into_iter().enumerate() {
-        let c = cause.to_string();
+        // No raw byte of a broken input reaches the terminal, whatever error quoted it.
+        let c: Vec<String> = cause
+            .to_string()
+            .split('\n')
+            .map(|l| printable(l, usize::MAX))
+            .collect();
+        let c = c.join("\n");
         if i == 0 {
             text = c;
         } else if !text.contains(&c) {
@@ -86,6 +92,20 @@ pub fn report<'a>(
         }
     }
     text
+}
+
+/// Text from outside (a server's answer, a file's bytes) as it may be shown in an error: at most `max` characters, control characters
+/// (and so any terminal escape) written as `\u{..}`, never raw bytes.
+pub fn printable(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in text.chars().take(max) {
+        if c.is_control() && c != ' ' {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The chain of `e`, from `e` itself to its root cause.
@@ -115,5 +135,16 @@ mod tests {
             "a: b\nhint: x"
         );
         assert_eq!(report(chain(&e), |_| None, None), "a: b");
+    }
+
+    #[test]
+    fn no_raw_control_byte_reaches_the_terminal() {
+        assert_eq!(printable("a\x1b[31mb\n", 100), "a\\u{1b}[31mb\\u{a}");
+        assert_eq!(printable("abcdef", 3), "abc");
+        let e = Hinted::new("bad \x00\x07 field\nsecond line", "x");
+        assert_eq!(
+            report(chain(&e), |_| None, None),
+            "bad \\u{0}\\u{7} field\nsecond line"
+        );
     }
 }

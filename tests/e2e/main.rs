@@ -5,6 +5,7 @@
 mod auth;
 mod azure;
 mod build;
+mod cli;
 mod hostile;
 mod registry;
 mod run;

@@ -384,3 +384,179 @@ fn run_local_is_a_library_call_whose_output_goes_to_the_callers_sink() {
         "{e}"
     );
 }
+
+/// A container that ignores SIGTERM would hold `run --local` for the whole stop timeout after
+/// Ctrl-C; a second Ctrl-C kills it at once, as docker's second interrupt does.
+#[test]
+fn a_second_interrupt_kills_the_container_at_once() {
+    use std::io::BufRead as _;
+    let _engine = engine_lock();
+    let t = tempfile::tempdir().unwrap();
+    fs::write(t.path().join("note.txt"), "stubborn\n").unwrap();
+    let env = t.path().join("stubborn.toml");
+    fs::write(
+        &env,
+        format!(
+            r#"name = "stubborn"
+[base]
+oci = "{}"
+
+[[layer]]
+name = "note"
+[[layer.files]]
+src = "note.txt"
+dest = "/note.txt"
+# The base has only dash; the host's sleep needs nothing but its libc (Debian 12 as well).
+[[layer.files]]
+src = "/bin/sleep"
+dest = "/bin/sleep"
+mode = 0o755
+
+[config]
+entrypoint = ["/bin/sh", "-c", "trap '' TERM INT; echo stubborn-ready; while :; do sleep 1; done"]
+"#,
+            base_layout().display()
+        ),
+    )
+    .unwrap();
+    let outputs = t.path().join("outputs");
+    let mut c = run_local(
+        env.to_str().unwrap(),
+        &outputs,
+        &["--stop-timeout", "120"],
+        &[],
+    );
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx2.send(l);
+        }
+    });
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    let mut seen = Vec::new();
+    let wait_for = |needle: &str, seen: &mut Vec<String>| {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        while !seen.iter().any(|l| l.contains(needle)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) => seen.push(l),
+                Err(_) => panic!("no `{needle}` in:\n{}", seen.join("\n")),
+            }
+        }
+    };
+    wait_for("stubborn-ready", &mut seen);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    wait_for("interrupt again", &mut seen);
+    let second = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let took = second.elapsed();
+    wait_for("killing the container", &mut seen);
+    assert!(
+        took < Duration::from_secs(30),
+        "took {took:?} of a 120 s stop timeout"
+    );
+    assert_eq!(status.code(), Some(130), "{}", seen.join("\n"));
+    assert!(
+        !container_exists(&container_id(&seen.join("\n"))),
+        "the container is gone"
+    );
+}
+
+/// `run --local` takes what `build --output` writes, as `push` does: an OCI layout and a
+/// docker archive are loaded (the engine's image ID is the config digest) and run.
+#[test]
+fn run_local_takes_the_layouts_and_archives_build_writes() {
+    let _engine = engine_lock();
+    let t = tempfile::tempdir().unwrap();
+    // A note unique to this run: a new image, which the engine cannot have yet.
+    let token = format!(
+        "note-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    fs::write(t.path().join("note.txt"), format!("{token}\n")).unwrap();
+    let env = t.path().join("note.toml");
+    fs::write(
+        &env,
+        format!(
+            r#"name = "note"
+[base]
+oci = "{}"
+
+[[layer]]
+name = "note"
+[[layer.files]]
+src = "note.txt"
+dest = "/note.txt"
+
+[config]
+entrypoint = ["/bin/sh", "-c", "read l < /note.txt; echo \"$l\"; exit 3"]
+"#,
+            base_layout().display()
+        ),
+    )
+    .unwrap();
+    let layout = t.path().join("layout");
+    let archive = t.path().join("image.tar");
+    for out in [
+        format!("oci:{}", layout.display()),
+        format!("docker-archive:{}", archive.display()),
+    ] {
+        ok(envbuild()
+            .arg("build")
+            .arg(&env)
+            .arg("--cache")
+            .arg(cache())
+            .args(["--output", &out]));
+    }
+    let index: Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let m = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .replace("sha256:", "");
+    let manifest: Value =
+        serde_json::from_slice(&fs::read(layout.join("blobs/sha256").join(m)).unwrap()).unwrap();
+    let id = manifest["config"]["digest"].as_str().unwrap().to_owned();
+    for source in [
+        format!("oci:{}", layout.display()),
+        format!("docker-archive:{}", archive.display()),
+    ] {
+        let _ = run(Command::new("docker").args(["image", "rm", "-f", &id]));
+        let outputs = t.path().join("outputs");
+        let o = run(&mut run_local(&source, &outputs, &[], &[]));
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(3),
+            "{source}: the trainer's own status\n{stderr}"
+        );
+        assert!(stdout.contains(&token), "{source}: {stdout}\n{stderr}");
+        assert!(stderr.contains("loaded"), "{source}: not loaded: {stderr}");
+        ok(Command::new("docker").args(["image", "inspect", &id]));
+    }
+    let _ = run(Command::new("docker").args(["image", "rm", "-f", &id]));
+}

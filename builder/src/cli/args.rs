@@ -372,8 +372,9 @@ pub struct FollowArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// An environment file (built, and loaded into the engine when it is not there) or an image
-    /// reference REGISTRY/REPOSITORY@sha256:… or :TAG (pulled by digest when not there)
+    /// An environment file (built, and loaded into the engine when it is not there), an image
+    /// `build` wrote (oci:DIR, docker-archive:FILE; loaded when not there), or an image reference
+    /// REGISTRY/REPOSITORY@sha256:… or :TAG (pulled by digest when not there)
     pub source: String,
     /// Run on this machine's Docker engine (DOCKER_HOST or the default socket)
     #[arg(long, conflicts_with = "azure")]

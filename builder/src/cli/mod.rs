@@ -7,6 +7,7 @@ mod azure;
 mod build;
 mod registry;
 mod run;
+mod shell;
 
 use std::process::ExitCode;
 
@@ -14,11 +15,24 @@ use clap::{Parser, Subcommand};
 
 /// Reproducible, daemonless CUDA trainer images for Azure ML: build, push, register, run.
 #[derive(Debug, Parser)]
-#[command(name = "envbuild", version, about, propagate_version = true)]
+#[command(
+    name = "envbuild",
+    version,
+    about,
+    propagate_version = true,
+    after_help = EXIT_STATUS,
+    after_long_help = EXIT_STATUS
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// The exit statuses, as `--help` documents them.
+const EXIT_STATUS: &str =
+    "Exit status: 0 success; 1 failure (one error on stderr, then a hint where one helps); \
+2 usage error (a bad flag or value); 130 interrupted by Ctrl-C, 143 by SIGTERM; `run --local` \
+exits with the trainer's own status (128 + N when a signal N ended it).";
 
 /// What envbuild does.
 #[derive(Debug, Subcommand)]
@@ -45,6 +59,10 @@ pub enum Command {
     /// Register Azure ML models from job outputs
     #[command(subcommand)]
     Model(azure::ModelCommand),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish)
+    Completions(shell::CompletionsArgs),
+    /// Print the man page (or write every command's page with --dir)
+    Man(shell::ManArgs),
 }
 
 /// Build messages, to stderr.
@@ -91,6 +109,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deploy(a) => azure::deploy(a),
         Command::Job(a) => azure::job(a),
         Command::Model(a) => azure::model(a),
+        Command::Completions(a) => shell::completions(a),
+        Command::Man(a) => shell::man(a),
     }
 }
 

@@ -16,17 +16,26 @@ use crate::image::{write_docker_archive, Image, ImageError};
 use crate::registry::{BadReference, Client, Reference, RegistryError};
 use crate::spec::Environment;
 
-/// What to run: an environment file, or an image in a registry.
+/// What to run: an environment file, an image `build` wrote (`oci:DIR`, `docker-archive:FILE`),
+/// or an image in a registry — every source the other commands take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     File(PathBuf),
+    Layout(PathBuf),
+    Archive(PathBuf),
     Reference(Reference),
 }
 
 impl Source {
-    /// An existing file or a name ending in `.toml` is an environment file; anything else must
-    /// be an image reference.
+    /// `oci:DIR` and `docker-archive:FILE` as `build --output` writes them; an existing file or
+    /// a name ending in `.toml` is an environment file; anything else must be an image reference.
     pub fn parse(s: &str) -> Result<Source, EnsureError> {
+        if let Some(dir) = s.strip_prefix("oci:") {
+            return Ok(Source::Layout(dir.into()));
+        }
+        if let Some(file) = s.strip_prefix("docker-archive:") {
+            return Ok(Source::Archive(file.into()));
+        }
         if Path::new(s).is_file() || s.ends_with(".toml") {
             return Ok(Source::File(s.into()));
         }
@@ -101,8 +110,57 @@ pub fn ensure_image(
             }
             Ok(id)
         }
+        Source::Layout(dir) => {
+            let image = crate::image::pushable_from_oci(dir)?;
+            let id = image.blobs[0].0.to_string();
+            if engine.has_image(&id)? {
+                rep.message(&format!("the engine has {id} already"));
+                return Ok(id);
+            }
+            let repo_tag = format!("envbuild/layout:{}", &image.blobs[0].0.hex()[..12]);
+            let tmp = cache.root.join("tmp");
+            let tmp_dir = tempfile::tempdir_in(&tmp).map_err(|source| EnsureError::Temp {
+                path: tmp.clone(),
+                source,
+            })?;
+            let archive = tmp_dir.path().join("image.tar");
+            crate::image::docker_archive_from_pushable(
+                &image,
+                &archive,
+                &repo_tag,
+                settings.source_date_epoch,
+            )?;
+            load_file(engine, &archive, &repo_tag, rep)?;
+            Ok(id)
+        }
+        Source::Archive(file) => {
+            let id = crate::image::inspect::archive_image_id(file)?.to_string();
+            if engine.has_image(&id)? {
+                rep.message(&format!("the engine has {id} already"));
+            } else {
+                load_file(engine, file, &file.display().to_string(), rep)?;
+            }
+            Ok(id)
+        }
         Source::Reference(reference) => pull(engine, reference, &settings.registry, rep),
     }
+}
+
+/// `docker load` of the archive at `file` (called `name` in the messages).
+fn load_file(
+    engine: &Blocking,
+    file: &Path,
+    name: &str,
+    rep: &mut dyn Reporter,
+) -> Result<(), EnsureError> {
+    for l in engine.load_archive(file)? {
+        rep.message(&l);
+    }
+    rep.message(&format!(
+        "loaded {name} into the Docker engine at {}",
+        engine.address()
+    ));
+    Ok(())
 }
 
 /// The image by digest from its registry into the engine, unless the engine has it.
@@ -157,14 +215,7 @@ pub fn load(
     })?;
     let archive = dir.path().join("image.tar");
     write_docker_archive(image, cache, &archive, repo_tag, mtime)?;
-    for l in engine.load_archive(&archive)? {
-        rep.message(&l);
-    }
-    rep.message(&format!(
-        "loaded {repo_tag} into the Docker engine at {}",
-        engine.address()
-    ));
-    Ok(())
+    load_file(engine, &archive, repo_tag, rep)
 }
 
 /// The name a built environment gets in the engine and in docker archives: `envbuild/NAME:TAG`

@@ -17,7 +17,8 @@ use crate::cache::Cache;
 /// One local run, as the flags describe it.
 #[derive(Debug, Clone)]
 pub struct LocalRun {
-    /// An environment file or an image reference (see [`Source::parse`]).
+    /// An environment file, `oci:DIR`, `docker-archive:FILE` or an image reference (see
+    /// [`Source::parse`]).
     pub source: String,
     /// Host folder with the data set, mounted read-only at `/data`.
     pub data: PathBuf,

@@ -325,19 +325,32 @@ impl Engine {
             _ = sigterm.recv() => 15,
         };
         sink.message(&format!(
-            "envbuild: stopping the container (SIGTERM, then SIGKILL after {} s)",
+            "envbuild: stopping the container (SIGTERM, then SIGKILL after {} s; interrupt again to kill it now)",
             spec.stop_timeout
         ));
-        self.docker
-            .stop_container(
-                id,
-                Some(StopContainerOptions {
-                    t: Some(spec.stop_timeout as i32),
-                    signal: None,
-                }),
-            )
-            .await
-            .map_err(|e| self.fail("stopping the container", e))?;
+        let stop = self.docker.stop_container(
+            id,
+            Some(StopContainerOptions {
+                t: Some(spec.stop_timeout as i32),
+                signal: None,
+            }),
+        );
+        tokio::select! {
+            r = stop => r.map_err(|e| self.fail("stopping the container", e))?,
+            // A second Ctrl-C (or SIGTERM) does not wait out the stop timeout.
+            _ = async {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = sigterm.recv() => {},
+                }
+            } => {
+                sink.message("envbuild: interrupted again: killing the container (SIGKILL)");
+                self.docker
+                    .kill_container(id, None::<bollard::query_parameters::KillContainerOptions>)
+                    .await
+                    .map_err(|e| self.fail("killing the container", e))?;
+            }
+        }
         let _ = copier.await;
         Ok(Outcome::Interrupted { signal })
     }

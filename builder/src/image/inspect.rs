@@ -114,10 +114,16 @@ fn with_member<T>(
     name: &str,
     f: impl FnOnce(&mut dyn Read) -> io::Result<T>,
 ) -> Result<Option<T>, ImageError> {
+    let not_tar = |e: io::Error| {
+        bad(
+            file,
+            format!("not a tar archive (a docker archive is a tar with manifest.json): {e}"),
+        )
+    };
     let mut a = tar::Archive::new(fs::File::open(file).map_err(io_at(file))?);
-    for e in a.entries().map_err(io_at(file))? {
-        let mut e = e.map_err(io_at(file))?;
-        if e.path().map_err(io_at(file))?.as_os_str() == name {
+    for e in a.entries().map_err(not_tar)? {
+        let mut e = e.map_err(not_tar)?;
+        if e.path().map_err(not_tar)?.as_os_str() == name {
             return f(&mut e).map(Some).map_err(io_at(file));
         }
     }
@@ -132,6 +138,23 @@ fn member_json<T: serde::de::DeserializeOwned>(file: &Path, name: &str) -> Resul
     })?
     .ok_or_else(|| bad(file, format!("no {name} in the archive")))?;
     super::parse(file, &bytes)
+}
+
+/// The image ID (its config's digest) of a docker archive's first image, as the engine names
+/// it after `docker load`.
+pub fn archive_image_id(file: &Path) -> Result<Digest, ImageError> {
+    let entries: Vec<super::ArchiveEntry> = member_json(file, "manifest.json")?;
+    let img = entries
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad(file, "manifest.json lists no image"))?;
+    let bytes = with_member(file, &img.config, |r| {
+        let mut v = Vec::new();
+        r.read_to_end(&mut v)?;
+        Ok(v)
+    })?
+    .ok_or_else(|| bad(file, format!("no {} in the archive", img.config)))?;
+    Ok(Digest::of(&bytes))
 }
 
 /// Opens a docker archive (manifest.json's single image).

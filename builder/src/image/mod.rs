@@ -22,7 +22,10 @@ use crate::digest::Digest;
 
 pub use assemble::{assemble, Additions};
 pub use base::{base_from_pulled, load_docker_archive, load_oci, BaseImage};
-pub use write::{pushable_from_cache, pushable_from_oci, write_docker_archive, write_oci};
+pub use write::{
+    docker_archive_from_pushable, pushable_from_cache, pushable_from_oci, write_docker_archive,
+    write_oci,
+};
 
 /// What can go wrong reading or writing images.
 #[derive(Debug, Error)]

@@ -13,6 +13,7 @@ use super::{
     ImageError, Pushable,
 };
 use crate::cache::Cache;
+use crate::digest::Digest;
 
 /// The image in an OCI layout, as the registry client pushes it.
 pub fn pushable_from_oci(dir: &Path) -> Result<Pushable, ImageError> {
@@ -157,6 +158,47 @@ pub fn write_docker_archive(
     repo_tag: &str,
     mtime: u64,
 ) -> Result<(), ImageError> {
+    let layers: Vec<(Digest, u64, PathBuf)> = img
+        .layers
+        .iter()
+        .map(|l| (l.digest, l.size, cache.blob_path(&l.digest)))
+        .collect();
+    archive(
+        file,
+        repo_tag,
+        mtime,
+        &img.config_digest,
+        &img.config,
+        &layers,
+    )
+}
+
+/// The image of an OCI layout (as [`pushable_from_oci`] read and verified it) as a `docker
+/// load` archive: the same config and layers, so the engine's image ID is the layout's config
+/// digest.
+pub fn docker_archive_from_pushable(
+    p: &Pushable,
+    file: &Path,
+    repo_tag: &str,
+    mtime: u64,
+) -> Result<(), ImageError> {
+    let Some(((config_digest, _, config_path), layers)) = p.blobs.split_first() else {
+        return Err(invalid(file, "the image has no config"));
+    };
+    let config = fs::read(config_path).map_err(io_at(config_path))?;
+    archive(file, repo_tag, mtime, config_digest, &config, layers)
+}
+
+/// Writes a docker archive of `config` and the layer blobs at their paths, under a temporary
+/// name renamed into place.
+fn archive(
+    file: &Path,
+    repo_tag: &str,
+    mtime: u64,
+    config_digest: &Digest,
+    config: &[u8],
+    layers: &[(Digest, u64, PathBuf)],
+) -> Result<(), ImageError> {
     if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(io_at(parent))?;
     }
@@ -176,11 +218,10 @@ pub fn write_docker_archive(
             h.set_cksum();
             b.append(&h, r)
         };
-        let config_name = format!("blobs/sha256/{}", img.config_digest.hex());
-        let layer_names: Vec<String> = img
-            .layers
+        let config_name = format!("blobs/sha256/{}", config_digest.hex());
+        let layer_names: Vec<String> = layers
             .iter()
-            .map(|l| format!("blobs/sha256/{}", l.digest.hex()))
+            .map(|(d, _, _)| format!("blobs/sha256/{}", d.hex()))
             .collect();
         let manifest = [ArchiveEntry {
             config: config_name.clone(),
@@ -189,13 +230,12 @@ pub fn write_docker_archive(
         }];
         let manifest = canonical_json(&serde_json::to_value(manifest).expect("JSON"));
         add("manifest.json", manifest.len() as u64, &mut &manifest[..]).map_err(io_at(&tmp))?;
-        add(&config_name, img.config.len() as u64, &mut &img.config[..]).map_err(io_at(&tmp))?;
+        add(&config_name, config.len() as u64, &mut &config[..]).map_err(io_at(&tmp))?;
         let mut seen = std::collections::BTreeSet::new();
-        for (l, name) in img.layers.iter().zip(&layer_names) {
-            if seen.insert(l.digest) {
-                let p = cache.blob_path(&l.digest);
-                let mut f = fs::File::open(&p).map_err(io_at(&p))?;
-                add(name, l.size, &mut f).map_err(io_at(&p))?;
+        for ((d, size, p), name) in layers.iter().zip(&layer_names) {
+            if seen.insert(*d) {
+                let mut f = fs::File::open(p).map_err(io_at(p))?;
+                add(name, *size, &mut f).map_err(io_at(p))?;
             }
         }
         let w = b.into_inner().map_err(io_at(&tmp))?;

@@ -38,7 +38,7 @@ impl Client {
                         &what,
                         format!(
                             "the registry answered 200 with Docker-Content-Digest {}",
-                            crate::http::printable(&theirs, 100)
+                            crate::error::printable(&theirs, 100)
                         ),
                     )),
                     (None, Some(len)) if len.trim() == size.to_string() => Ok(true),
@@ -46,7 +46,7 @@ impl Client {
                         &what,
                         format!(
                             "the registry answered 200 without a Docker-Content-Digest header and with Content-Length {} for a blob of {size} bytes: is this a registry API?",
-                            len.as_deref().map_or("(none)".into(), |l| crate::http::printable(l, 40))
+                            len.as_deref().map_or("(none)".into(), |l| crate::error::printable(l, 40))
                         ),
                     )),
                 }
@@ -231,7 +231,7 @@ impl Client {
                 what,
                 format!(
                     "the registry stored {}, not {d}",
-                    crate::http::printable(theirs, 100)
+                    crate::error::printable(theirs, 100)
                 ),
             )),
             _ => Ok(()),

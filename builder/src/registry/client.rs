@@ -438,7 +438,9 @@ impl Client {
                 .headers()
                 .get(CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
-                .map_or_else(String::new, |t| format!(" ({})", http::printable(t, 80)));
+                .map_or_else(String::new, |t| {
+                    format!(" ({})", crate::error::printable(t, 80))
+                });
             let wanted: Vec<String> = ok.iter().map(|s| s.to_string()).collect();
             return Err(self.protocol(
                 what,

@@ -43,7 +43,7 @@ impl Client {
                     &what,
                     format!(
                         "registry stored {}, expected {ours}",
-                        crate::http::printable(theirs, 100)
+                        crate::error::printable(theirs, 100)
                     ),
                 ));
             }

@@ -136,7 +136,7 @@ pub(crate) fn error_message(body: &str) -> String {
             .errors
             .iter()
             .map(|e| {
-                crate::http::printable(
+                crate::error::printable(
                     &format!(
                         "{}: {}",
                         e.code.as_deref().unwrap_or("?"),
@@ -147,6 +147,6 @@ pub(crate) fn error_message(body: &str) -> String {
             })
             .collect::<Vec<_>>()
             .join("; "),
-        Err(_) => crate::http::printable(body, 300),
+        Err(_) => crate::error::printable(body, 300),
     }
 }
