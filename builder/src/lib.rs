@@ -7,6 +7,7 @@ pub mod azureml;
 pub mod build;
 pub mod cache;
 pub mod digest;
+pub mod doctor;
 pub mod engine;
 pub mod error;
 pub mod hosts;

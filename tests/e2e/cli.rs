@@ -93,3 +93,81 @@ fn errors_about_broken_files_print_no_raw_bytes() {
         "raw control bytes on stderr: {text:?}"
     );
 }
+
+#[test]
+fn doctor_reports_this_machine_and_names_the_fix_without_an_engine() {
+    let t = tempfile::tempdir().unwrap();
+    fs::write(
+        t.path().join("config.json"),
+        // "ml-user:s3cret-pa55" in base64; and a helper for another registry.
+        r#"{"auths":{"reg.example.com":{"auth":"bWwtdXNlcjpzM2NyZXQtcGE1NQ=="}},"credHelpers":{"myacr.azurecr.io":"acr-env"}}"#,
+    )
+    .unwrap();
+    let doctor = |docker_host: Option<&str>, json: bool| {
+        let mut c = Command::new(envbuild_debug());
+        c.arg("doctor")
+            .args(["--cache"])
+            .arg(t.path().join("cache"))
+            .args(["--venv"])
+            .arg(envbuild_e2e::root().join(".venv"))
+            .env("DOCKER_CONFIG", t.path())
+            .env(
+                "AZURE_SUBSCRIPTION_ID",
+                "00000000-0000-0000-0000-000000000001",
+            )
+            .env("AZURE_RESOURCE_GROUP", "rg1")
+            .env("AZUREML_WORKSPACE_NAME", "ws1")
+            .env("ENVBUILD_REGISTRY_PASSWORD", "env-s3cret");
+        if json {
+            c.arg("--json");
+        }
+        match docker_host {
+            Some(h) => c.env("DOCKER_HOST", h),
+            None => c.env_remove("DOCKER_HOST"),
+        };
+        run(&mut c)
+    };
+    let o = doctor(None, false);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for want in [
+        "ok    engine                Docker ",
+        "nvidia runtime",
+        "gpus",
+        "ok    libtorch              torch 2.11.0",
+        "reg.example.com (auths: user and password)",
+        "myacr.azurecr.io (credHelpers: docker-credential-acr-env)",
+        "workspace ws1 (resource group rg1",
+        "cache",
+    ] {
+        assert!(out.contains(want), "`{want}` not in:\n{out}");
+    }
+    assert!(!out.contains("s3cret"), "a secret in the report:\n{out}");
+
+    let o = doctor(Some("unix:///nonexistent/docker.sock"), true);
+    assert_eq!(o.status.code(), Some(1), "a failed check fails the command");
+    let checks: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let engine = &checks[0];
+    assert_eq!(engine["name"], "engine");
+    assert_eq!(engine["status"], "fail");
+    assert!(
+        engine["detail"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/docker.sock"),
+        "{engine}"
+    );
+    assert!(
+        engine["fix"].as_str().unwrap().contains("DOCKER_HOST"),
+        "{engine}"
+    );
+    assert!(checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["name"].is_string() && c["detail"].is_string()));
+}

@@ -54,6 +54,50 @@ pub fn config_dir() -> Result<PathBuf, ConfigError> {
         .ok_or(ConfigError::NoHome)
 }
 
+/// Where Docker's config gives credentials, by registry host, never the secrets: `auths` keys
+/// (with what kind of secret each holds), `credHelpers` entries, and the `credsStore` for the
+/// rest. Returns the config file and the sources.
+pub fn sources() -> Result<(PathBuf, Vec<(String, String)>), ConfigError> {
+    let path = config_dir()?.join("config.json");
+    let config = read_config(&path)?;
+    let mut out = Vec::new();
+    if let Some(Value::Object(auths)) = config.get("auths") {
+        for (host, entry) in auths {
+            let kind = if entry
+                .get("identitytoken")
+                .and_then(Value::as_str)
+                .is_some_and(|t| !t.is_empty())
+            {
+                "auths: identity token"
+            } else if entry
+                .get("auth")
+                .and_then(Value::as_str)
+                .is_some_and(|t| !t.is_empty())
+            {
+                "auths: user and password"
+            } else {
+                "auths: empty entry"
+            };
+            out.push((host.clone(), kind.to_owned()));
+        }
+    }
+    if let Some(Value::Object(helpers)) = config.get("credHelpers") {
+        for (host, helper) in helpers {
+            out.push((
+                host.clone(),
+                format!(
+                    "credHelpers: docker-credential-{}",
+                    helper.as_str().unwrap_or("?")
+                ),
+            ));
+        }
+    }
+    if let Some(store) = config.get("credsStore").and_then(Value::as_str) {
+        out.push(("*".into(), format!("credsStore: docker-credential-{store}")));
+    }
+    Ok((path, out))
+}
+
 fn read_config(path: &Path) -> Result<Map<String, Value>, ConfigError> {
     match std::fs::read(path) {
         Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Ok(Map::new()),

@@ -5,6 +5,7 @@
 pub mod args;
 mod azure;
 mod build;
+mod doctor;
 mod registry;
 mod run;
 mod shell;
@@ -59,6 +60,8 @@ pub enum Command {
     /// Register Azure ML models from job outputs
     #[command(subcommand)]
     Model(azure::ModelCommand),
+    /// What this machine can do: engine, GPUs and driver, libtorch, credentials, Azure ML, cache
+    Doctor(doctor::DoctorArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish)
     Completions(shell::CompletionsArgs),
     /// Print the man page (or write every command's page with --dir)
@@ -109,6 +112,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deploy(a) => azure::deploy(a),
         Command::Job(a) => azure::job(a),
         Command::Model(a) => azure::model(a),
+        Command::Doctor(a) => doctor::doctor(a),
         Command::Completions(a) => shell::completions(a),
         Command::Man(a) => shell::man(a),
     }

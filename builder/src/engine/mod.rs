@@ -40,6 +40,14 @@ pub enum EngineError {
     },
 }
 
+/// The engine as `doctor` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    pub version: String,
+    pub storage_driver: String,
+    pub runtimes: Vec<String>,
+}
+
 /// A connected engine and the address it was reached at (for messages).
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -87,6 +95,22 @@ impl Engine {
         Ok(info
             .runtimes
             .is_some_and(|r| r.keys().any(|k| k.contains("nvidia"))))
+    }
+
+    /// What the engine is: version, storage driver, runtimes (for `doctor`).
+    pub async fn summary(&self) -> Result<Summary, EngineError> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| self.fail("reading engine info", e))?;
+        let mut runtimes: Vec<String> = info.runtimes.unwrap_or_default().into_keys().collect();
+        runtimes.sort();
+        Ok(Summary {
+            version: info.server_version.unwrap_or_default(),
+            storage_driver: info.driver.unwrap_or_default(),
+            runtimes,
+        })
     }
 
     /// Whether the engine has an image by this name or ID.
@@ -191,6 +215,10 @@ impl Blocking {
 
     pub fn has_nvidia_runtime(&self) -> Result<bool, EngineError> {
         self.rt.block_on(self.engine.has_nvidia_runtime())
+    }
+
+    pub fn summary(&self) -> Result<Summary, EngineError> {
+        self.rt.block_on(self.engine.summary())
     }
 
     pub fn pull(

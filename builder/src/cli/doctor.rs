@@ -1,0 +1,50 @@
+//! `envbuild doctor`: the library's checks ([`envbuild::doctor`]), one line each, the fix under
+//! each problem; `--json` for the same as one document. Exit 1 when a check failed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use envbuild::doctor::{self, Status};
+
+use super::args::CacheArgs;
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// The project venv whose libtorch to check [default: $VIRTUAL_ENV, else ./.venv]
+    #[arg(long, value_name = "DIR")]
+    pub venv: Option<PathBuf>,
+    /// One JSON document on stdout: [{name, status, detail, fix}]
+    #[arg(long, short = 'o', value_name = "FORMAT", num_args = 0..=1, default_missing_value = "json", value_parser = ["json"])]
+    pub json: Option<String>,
+}
+
+pub fn doctor(a: DoctorArgs) -> anyhow::Result<ExitCode> {
+    let venv = a
+        .venv
+        .or_else(|| std::env::var_os("VIRTUAL_ENV").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(".venv"));
+    let checks = doctor::run(&venv, &a.cache.root());
+    if a.json.is_some() {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        for c in &checks {
+            let status = match c.status {
+                Status::Ok => "ok  ",
+                Status::Note => "note",
+                Status::Fail => "FAIL",
+            };
+            println!("{status}  {:<21} {}", c.name, c.detail);
+            if let Some(f) = &c.fix {
+                println!("      {:<21} fix: {f}", "");
+            }
+        }
+    }
+    Ok(if checks.iter().any(|c| c.status == Status::Fail) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
