@@ -171,3 +171,57 @@ fn doctor_reports_this_machine_and_names_the_fix_without_an_engine() {
         .iter()
         .all(|c| c["name"].is_string() && c["detail"].is_string()));
 }
+
+#[test]
+fn build_inspect_and_diff_give_one_json_document_each() {
+    let t = tempfile::tempdir().unwrap();
+    fs::write(t.path().join("x"), "#!/bin/sh\necho hi\n").unwrap();
+    let env = t.path().join("j.toml");
+    fs::write(
+        &env,
+        "name = \"j\"\n[base]\nscratch = true\n\n[[layer]]\nname = \"app\"\n[[layer.files]]\nsrc = \"x\"\ndest = \"/x\"\nmode = 0o755\n\n[config]\nentrypoint = [\"/x\"]\n",
+    )
+    .unwrap();
+    let layout = t.path().join("out");
+    let build = || {
+        let o = run(Command::new(envbuild_debug())
+            .arg("build")
+            .arg(&env)
+            .arg("--cache")
+            .arg(t.path().join("cache"))
+            .args(["--skip-link-check", "--json", "--output"])
+            .arg(format!("oci:{}", layout.display())));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let doc: serde_json::Value =
+            serde_json::from_slice(&o.stdout).expect("stdout is one JSON document");
+        doc
+    };
+    let first = build();
+    assert!(first["digest"].as_str().unwrap().starts_with("sha256:"));
+    let layers = first["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1);
+    assert_eq!(layers[0]["from"], "app");
+    assert_eq!(layers[0]["cached"], false);
+    assert_eq!(first["outputs"][0], format!("oci:{}", layout.display()));
+    assert_eq!(first["loaded"], false);
+    let second = build();
+    assert_eq!(
+        second["layers"][0]["cached"], true,
+        "the rebuild comes from the cache"
+    );
+    assert_eq!(second["digest"], first["digest"]);
+
+    let spec = format!("oci:{}", layout.display());
+    let o = run(Command::new(envbuild_debug()).args(["inspect", "--json", &spec]));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["digest"], first["digest"]);
+    assert_eq!(doc["platform"]["os"], "linux");
+    assert_eq!(doc["config"]["config"]["Entrypoint"][0], "/x");
+    assert_eq!(doc["layers"][0]["digest"], first["layers"][0]["digest"]);
+
+    let o = run(Command::new(envbuild_debug()).args(["diff", "--json", &spec, &spec]));
+    assert!(o.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["identical"], true);
+    assert_eq!(doc["differences"].as_array().unwrap().len(), 0);
+}

@@ -33,6 +33,10 @@ pub struct BuildArgs {
     /// Do not check that the entrypoint's shared libraries and symbol versions resolve in the image
     #[arg(long)]
     pub skip_link_check: bool,
+    /// One JSON document on stdout: {digest, config, layers: [{digest, size, media_type,
+    /// diff_id, from, cached}], outputs, loaded} (messages stay on stderr)
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -40,6 +44,10 @@ pub struct InspectArgs {
     /// oci:DIR or docker-archive:FILE
     #[arg(value_parser = parse_output)]
     pub image: Output,
+    /// One JSON document: {digest, platform: {os, architecture}, config, layers: [{digest,
+    /// size, media_type, diff_id}]}
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -50,6 +58,9 @@ pub struct DiffArgs {
     /// oci:DIR or docker-archive:FILE
     #[arg(value_parser = parse_output)]
     pub b: Output,
+    /// One JSON document: {identical, a, b, differences: [...]} (the exit status is the same)
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Fails early, before any work, when an output cannot be written: the nearest existing
@@ -96,11 +107,13 @@ pub fn build(a: BuildArgs) -> anyhow::Result<ExitCode> {
     let cache = a.cache.open()?;
     let built = envbuild::build::build(&env, &cache, &settings, &mut Stderr)?;
     let tag = env.publish.tag.clone().unwrap_or_else(|| "latest".into());
+    let mut written = Vec::new();
     for out in &a.output {
         match out {
             Output::Oci(dir) => {
                 envbuild::image::write_oci(&built.image, &cache, dir, &tag)?;
                 eprintln!("wrote oci:{}", dir.display());
+                written.push(format!("oci:{}", dir.display()));
             }
             Output::DockerArchive(file) => {
                 let repo_tag = repo_tag(&env);
@@ -112,6 +125,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<ExitCode> {
                     settings.source_date_epoch,
                 )?;
                 eprintln!("wrote docker-archive:{} ({repo_tag})", file.display());
+                written.push(format!("docker-archive:{}", file.display()));
             }
         }
     }
@@ -125,13 +139,47 @@ pub fn build(a: BuildArgs) -> anyhow::Result<ExitCode> {
             &mut Stderr,
         )?;
     }
-    println!("{}", built.image.digest);
+    if a.json {
+        // The new layers are the last ones; those before them come from the base.
+        let base_count = built.image.layers.len() - built.layers.len();
+        let layers: Vec<serde_json::Value> = built
+            .image
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let new = i.checked_sub(base_count).map(|k| &built.layers[k]);
+                serde_json::json!({
+                    "digest": l.digest.to_string(),
+                    "size": l.size,
+                    "media_type": l.media_type,
+                    "diff_id": l.diff_id.to_string(),
+                    "from": new.map_or("base".to_owned(), |n| n.name.clone()),
+                    "cached": new.is_none_or(|n| n.cached),
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "digest": built.image.digest.to_string(),
+            "config": built.image.config_digest.to_string(),
+            "layers": layers,
+            "outputs": written,
+            "loaded": engine.is_some(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("{}", built.image.digest);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
     let img = inspect::open(&a.image.spec())?;
-    print!("{}", inspect::describe(&img)?);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&inspect::as_json(&img))?);
+    } else {
+        print!("{}", inspect::describe(&img)?);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -139,6 +187,20 @@ pub fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
 pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
     let (x, y) = (inspect::open(&a.a.spec())?, inspect::open(&a.b.spec())?);
     let lines = inspect::diff(&x, &y)?;
+    if a.json {
+        let doc = serde_json::json!({
+            "identical": lines.is_empty(),
+            "a": x.digest.map(|d| d.to_string()),
+            "b": y.digest.map(|d| d.to_string()),
+            "differences": lines,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(if lines.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
     if lines.is_empty() {
         println!(
             "identical: {}",

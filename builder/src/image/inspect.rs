@@ -274,6 +274,30 @@ impl Opened {
     }
 }
 
+/// The image as `inspect --json` prints it: digest, platform, the config as it is, layers.
+pub fn as_json(img: &Opened) -> Value {
+    let layers: Vec<Value> = img
+        .layers
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "digest": l.digest.to_string(),
+                "size": l.size,
+                "media_type": l.media_type,
+                "diff_id": l.diff_id.map(|d| d.to_string()),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "digest": img.digest.map(|d| d.to_string()),
+        "platform": super::typed_config(Path::new("config"), &img.config).ok().map(|c| {
+            serde_json::json!({"os": c.os().to_string(), "architecture": c.architecture().to_string()})
+        }),
+        "config": img.config,
+        "layers": layers,
+    })
+}
+
 /// Opens `oci:DIR` or `docker-archive:FILE`.
 pub fn open(spec: &str) -> Result<Opened, ImageError> {
     match spec.split_once(':') {
