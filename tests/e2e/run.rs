@@ -385,6 +385,24 @@ fn run_local_is_a_library_call_whose_output_goes_to_the_callers_sink() {
     );
 }
 
+/// An environment file in `dir` on the local base: a layer with `dir/note.txt` (written unless
+/// there) at /note.txt plus `more_files` (TOML `[[layer.files]]` entries), and `entrypoint`.
+fn note_env(dir: &Path, name: &str, more_files: &str, entrypoint: &str) -> PathBuf {
+    if !dir.join("note.txt").exists() {
+        fs::write(dir.join("note.txt"), format!("{name}\n")).unwrap();
+    }
+    let env = dir.join(format!("{name}.toml"));
+    fs::write(
+        &env,
+        format!(
+            "name = \"{name}\"\n[base]\noci = \"{}\"\n\n[[layer]]\nname = \"note\"\n[[layer.files]]\nsrc = \"note.txt\"\ndest = \"/note.txt\"\n{more_files}\n[config]\nentrypoint = {entrypoint}\n",
+            base_layout().display()
+        ),
+    )
+    .unwrap();
+    env
+}
+
 /// A container that ignores SIGTERM would hold `run --local` for the whole stop timeout after
 /// Ctrl-C; a second Ctrl-C kills it at once, as docker's second interrupt does.
 #[test]
@@ -392,33 +410,13 @@ fn a_second_interrupt_kills_the_container_at_once() {
     use std::io::BufRead as _;
     let _engine = engine_lock();
     let t = tempfile::tempdir().unwrap();
-    fs::write(t.path().join("note.txt"), "stubborn\n").unwrap();
-    let env = t.path().join("stubborn.toml");
-    fs::write(
-        &env,
-        format!(
-            r#"name = "stubborn"
-[base]
-oci = "{}"
-
-[[layer]]
-name = "note"
-[[layer.files]]
-src = "note.txt"
-dest = "/note.txt"
-# The base has only dash; the host's sleep needs nothing but its libc (Debian 12 as well).
-[[layer.files]]
-src = "/bin/sleep"
-dest = "/bin/sleep"
-mode = 0o755
-
-[config]
-entrypoint = ["/bin/sh", "-c", "trap '' TERM INT; echo stubborn-ready; while :; do sleep 1; done"]
-"#,
-            base_layout().display()
-        ),
-    )
-    .unwrap();
+    // The base has only dash; the host's sleep needs nothing but its libc (Debian 12 as well).
+    let env = note_env(
+        t.path(),
+        "stubborn",
+        "[[layer.files]]\nsrc = \"/bin/sleep\"\ndest = \"/bin/sleep\"\nmode = 0o755\n",
+        r#"["/bin/sh", "-c", "trap '' TERM INT; echo stubborn-ready; while :; do sleep 1; done"]"#,
+    );
     let outputs = t.path().join("outputs");
     let mut c = run_local(
         env.to_str().unwrap(),
@@ -495,27 +493,12 @@ fn run_local_takes_the_layouts_and_archives_build_writes() {
             .as_nanos()
     );
     fs::write(t.path().join("note.txt"), format!("{token}\n")).unwrap();
-    let env = t.path().join("note.toml");
-    fs::write(
-        &env,
-        format!(
-            r#"name = "note"
-[base]
-oci = "{}"
-
-[[layer]]
-name = "note"
-[[layer.files]]
-src = "note.txt"
-dest = "/note.txt"
-
-[config]
-entrypoint = ["/bin/sh", "-c", "read l < /note.txt; echo \"$l\"; exit 3"]
-"#,
-            base_layout().display()
-        ),
-    )
-    .unwrap();
+    let env = note_env(
+        t.path(),
+        "note",
+        "",
+        r#"["/bin/sh", "-c", "read l < /note.txt; echo \"$l\"; exit 3"]"#,
+    );
     let layout = t.path().join("layout");
     let archive = t.path().join("image.tar");
     for out in [

@@ -118,12 +118,7 @@ pub fn ensure_image(
                 return Ok(id);
             }
             let repo_tag = format!("envbuild/layout:{}", &image.blobs[0].0.hex()[..12]);
-            let tmp = cache.root.join("tmp");
-            let tmp_dir = tempfile::tempdir_in(&tmp).map_err(|source| EnsureError::Temp {
-                path: tmp.clone(),
-                source,
-            })?;
-            let archive = tmp_dir.path().join("image.tar");
+            let (_dir, archive) = temp_archive(cache)?;
             crate::image::docker_archive_from_pushable(
                 &image,
                 &archive,
@@ -144,6 +139,18 @@ pub fn ensure_image(
         }
         Source::Reference(reference) => pull(engine, reference, &settings.registry, rep),
     }
+}
+
+/// A path for a docker archive in a temporary directory of the cache (removed with the
+/// returned guard).
+fn temp_archive(cache: &Cache) -> Result<(tempfile::TempDir, PathBuf), EnsureError> {
+    let tmp = cache.root.join("tmp");
+    let dir = tempfile::tempdir_in(&tmp).map_err(|source| EnsureError::Temp {
+        path: tmp.clone(),
+        source,
+    })?;
+    let archive = dir.path().join("image.tar");
+    Ok((dir, archive))
 }
 
 /// `docker load` of the archive at `file` (called `name` in the messages).
@@ -208,12 +215,7 @@ pub fn load(
     rep: &mut dyn Reporter,
 ) -> Result<(), EnsureError> {
     let repo_tag = &repo_tag(env);
-    let tmp = cache.root.join("tmp");
-    let dir = tempfile::tempdir_in(&tmp).map_err(|source| EnsureError::Temp {
-        path: tmp.clone(),
-        source,
-    })?;
-    let archive = dir.path().join("image.tar");
+    let (_dir, archive) = temp_archive(cache)?;
     write_docker_archive(image, cache, &archive, repo_tag, mtime)?;
     load_file(engine, &archive, repo_tag, rep)
 }

@@ -130,40 +130,38 @@ fn with_member<T>(
     Ok(None)
 }
 
-fn member_json<T: serde::de::DeserializeOwned>(file: &Path, name: &str) -> Result<T, ImageError> {
-    let bytes = with_member(file, name, |r| {
+/// The bytes of archive member `name`; its absence is an error naming it.
+fn member_bytes(file: &Path, name: &str) -> Result<Vec<u8>, ImageError> {
+    with_member(file, name, |r| {
         let mut v = Vec::new();
         r.read_to_end(&mut v)?;
         Ok(v)
     })?
-    .ok_or_else(|| bad(file, format!("no {name} in the archive")))?;
-    super::parse(file, &bytes)
+    .ok_or_else(|| bad(file, format!("no {name} in the archive")))
+}
+
+fn member_json<T: serde::de::DeserializeOwned>(file: &Path, name: &str) -> Result<T, ImageError> {
+    super::parse(file, &member_bytes(file, name)?)
+}
+
+/// The first image of a docker archive's manifest.json.
+fn first_image(file: &Path) -> Result<super::ArchiveEntry, ImageError> {
+    let entries: Vec<super::ArchiveEntry> = member_json(file, "manifest.json")?;
+    entries
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad(file, "manifest.json lists no image"))
 }
 
 /// The image ID (its config's digest) of a docker archive's first image, as the engine names
 /// it after `docker load`.
 pub fn archive_image_id(file: &Path) -> Result<Digest, ImageError> {
-    let entries: Vec<super::ArchiveEntry> = member_json(file, "manifest.json")?;
-    let img = entries
-        .into_iter()
-        .next()
-        .ok_or_else(|| bad(file, "manifest.json lists no image"))?;
-    let bytes = with_member(file, &img.config, |r| {
-        let mut v = Vec::new();
-        r.read_to_end(&mut v)?;
-        Ok(v)
-    })?
-    .ok_or_else(|| bad(file, format!("no {} in the archive", img.config)))?;
-    Ok(Digest::of(&bytes))
+    Ok(Digest::of(&member_bytes(file, &first_image(file)?.config)?))
 }
 
 /// Opens a docker archive (manifest.json's single image).
 pub fn open_docker_archive(file: &Path) -> Result<Opened, ImageError> {
-    let entries: Vec<super::ArchiveEntry> = member_json(file, "manifest.json")?;
-    let img = entries
-        .into_iter()
-        .next()
-        .ok_or_else(|| bad(file, "manifest.json lists no image"))?;
+    let img = first_image(file)?;
     let config: Value = member_json(file, &img.config)?;
     let diff_ids = super::diff_ids(file, &config).unwrap_or_default();
     let mut sizes: BTreeMap<String, u64> = BTreeMap::new();
