@@ -159,11 +159,12 @@ pub fn build(
             image::base_from_pulled(reference, d, &manifest, config, cache)?
         }
     };
-    let runs = |v: &serde_json::Value| v.as_array().is_some_and(|a| !a.is_empty());
+    let runs = |v: Option<&Vec<String>>| v.is_some_and(|a| !a.is_empty());
+    // The base's config is read only when the file gives nothing to run.
     if env.config.entrypoint.is_empty()
         && env.config.cmd.is_empty()
-        && !runs(&base.config["config"]["Entrypoint"])
-        && !runs(&base.config["config"]["Cmd"])
+        && !base_run_config(&base)?
+            .is_some_and(|c| runs(c.entrypoint().as_ref()) || runs(c.cmd().as_ref()))
     {
         return Err(BuildError::NothingToRun {
             file: env.file.display().to_string(),
@@ -276,6 +277,19 @@ pub fn build(
     })
 }
 
+/// The base image's run config (entrypoint, cmd, env), typed; none for an empty config
+/// (`scratch`).
+fn base_run_config(base: &BaseImage) -> Result<Option<oci_spec::image::Config>, BuildError> {
+    if base.config.as_object().is_some_and(|o| o.is_empty()) {
+        return Ok(None);
+    }
+    Ok(
+        image::typed_config(std::path::Path::new(&base.name), &base.config)?
+            .config()
+            .clone(),
+    )
+}
+
 /// Runs the link check over the image's merged file system, before anything is compressed.
 fn link_check(
     env: &Environment,
@@ -318,15 +332,9 @@ fn link_check(
         rep.message("link check: no entrypoint or cmd in the environment file; nothing to check");
         return Ok(());
     };
-    let base_env = if base.config.as_object().is_some_and(|o| o.is_empty()) {
-        Vec::new()
-    } else {
-        image::typed_config(std::path::Path::new(&base.name), &base.config)?
-            .config()
-            .as_ref()
-            .and_then(|c| c.env().clone())
-            .unwrap_or_default()
-    };
+    let base_env = base_run_config(base)?
+        .and_then(|c| c.env().clone())
+        .unwrap_or_default();
     let base_ld = base_env
         .iter()
         .filter_map(|e| e.strip_prefix("LD_LIBRARY_PATH="))

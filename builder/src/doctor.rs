@@ -79,7 +79,7 @@ fn engine() -> Vec<Check> {
     };
     match engine.summary() {
         Ok(s) => {
-            let nvidia = s.runtimes.iter().any(|r| r.contains("nvidia"));
+            let nvidia = s.has_nvidia();
             vec![
                 check(
                     "engine",
@@ -231,7 +231,6 @@ fn credentials() -> Vec<Check> {
             Some("fix or remove Docker's config.json"),
         )),
     }
-    let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
     if set("ENVBUILD_REGISTRY_USERNAME") {
         out.push(check(
             "registry credentials",
@@ -250,9 +249,13 @@ fn credentials() -> Vec<Check> {
     out
 }
 
+/// Whether the environment variable `k` is set and not empty (its value is never read out).
+fn set(k: &str) -> bool {
+    std::env::var_os(k).is_some_and(|v| !v.is_empty())
+}
+
 /// Which Microsoft Entra ID credential the chain would try first, from the environment alone.
 fn identity() -> String {
-    let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
     if set("AZURE_CLIENT_ID") && set("AZURE_TENANT_ID") && set("AZURE_CLIENT_SECRET") {
         "identity: a service principal (AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_CLIENT_SECRET set)"
             .into()
@@ -329,28 +332,25 @@ fn cache_size(cache: &Path) -> Check {
         );
     }
     let (bytes, files) = du(cache);
-    check(
-        "cache",
-        Status::Ok,
+    // A fix only for a cache that has grown large.
+    let fix = (bytes > 20_000_000_000).then(|| {
         format!(
-            "{}: {:.1} GB in {files} files",
-            cache.display(),
-            bytes as f64 / 1e9
-        ),
-        Some(&format!(
             "to reclaim it: rm -rf {}  (the next build fills it again)",
             cache.display()
-        )),
-    )
-    .with_fix_only_when(bytes > 20_000_000_000)
-}
-
-impl Check {
-    fn with_fix_only_when(mut self, wanted: bool) -> Check {
-        if !wanted {
-            self.fix = None;
-        }
-        self
+        )
+    });
+    Check {
+        fix,
+        ..check(
+            "cache",
+            Status::Ok,
+            format!(
+                "{}: {:.1} GB in {files} files",
+                cache.display(),
+                bytes as f64 / 1e9
+            ),
+            None,
+        )
     }
 }
 

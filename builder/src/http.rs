@@ -14,8 +14,8 @@ use thiserror::Error;
 pub const USER_AGENT: &str = concat!("envbuild/", env!("CARGO_PKG_VERSION"));
 /// The longest wait a server's `Retry-After` may impose.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-/// The most of a JSON or token answer read into memory; a longer one is an error naming it.
-pub const MAX_ANSWER: u64 = 4 << 20;
+/// The most of an error answer's body read for its message (the rest is not worth showing).
+pub const MAX_ERROR_BODY: u64 = 64 << 10;
 
 /// How long a network step may go without progress. Progress-aware: a transfer that moves bytes
 /// never times out, however long it takes; a server that stops answering does.

@@ -48,6 +48,13 @@ pub struct Summary {
     pub runtimes: Vec<String>,
 }
 
+impl Summary {
+    /// An nvidia runtime is among the engine's runtimes.
+    pub fn has_nvidia(&self) -> bool {
+        self.runtimes.iter().any(|r| r.contains("nvidia"))
+    }
+}
+
 /// A connected engine and the address it was reached at (for messages).
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -87,14 +94,7 @@ impl Engine {
 
     /// Whether the engine reports an nvidia runtime (installed by nvidia-container-toolkit).
     pub async fn has_nvidia_runtime(&self) -> Result<bool, EngineError> {
-        let info = self
-            .docker
-            .info()
-            .await
-            .map_err(|e| self.fail("reading engine info", e))?;
-        Ok(info
-            .runtimes
-            .is_some_and(|r| r.keys().any(|k| k.contains("nvidia"))))
+        Ok(self.summary().await?.has_nvidia())
     }
 
     /// What the engine is: version, storage driver, runtimes (for `doctor`).

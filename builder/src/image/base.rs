@@ -76,17 +76,13 @@ pub(super) fn layout_blob(
     size: Option<u64>,
 ) -> Result<(PathBuf, Vec<u8>), ImageError> {
     let path = dir.join("blobs/sha256").join(d.hex());
+    // The size from the metadata first (a wrong descriptor must not make us read a layer into
+    // memory), then one read and one hash.
     if let Some(size) = size {
-        super::verify_blob(&path, d, size)?;
+        super::check_blob_size(&path, d, size)?;
     }
     let bytes = fs::read(&path).map_err(io_at(&path))?;
-    let found = Digest::of(&bytes);
-    if found != *d {
-        return Err(invalid(
-            &path,
-            format!("blob bytes hash to {found}, not to the descriptor's {d}"),
-        ));
-    }
+    super::check_blob_digest(&path, d, Digest::of(&bytes))?;
     Ok((path, bytes))
 }
 

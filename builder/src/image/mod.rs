@@ -97,6 +97,15 @@ pub const MAX_BLOB: u64 = 1 << 40;
 /// Checks that the blob file at `path` has the descriptor's `size` and `digest` (streamed, not
 /// read whole); the error names the file and both sizes or both digests.
 pub fn verify_blob(path: &Path, digest: &Digest, size: u64) -> Result<(), ImageError> {
+    check_blob_size(path, digest, size)?;
+    let mut h = sha2::Sha256::default();
+    let mut f = std::fs::File::open(path).map_err(io_at(path))?;
+    io::copy(&mut f, &mut h).map_err(io_at(path))?;
+    check_blob_digest(path, digest, Digest::from_sha256(h))
+}
+
+/// The file at `path` is a regular file of the descriptor's `size` (from its metadata).
+pub(crate) fn check_blob_size(path: &Path, digest: &Digest, size: u64) -> Result<(), ImageError> {
     let meta = std::fs::metadata(path).map_err(io_at(path))?;
     if !meta.is_file() || meta.len() != size {
         return Err(invalid(
@@ -107,10 +116,15 @@ pub fn verify_blob(path: &Path, digest: &Digest, size: u64) -> Result<(), ImageE
             ),
         ));
     }
-    let mut h = sha2::Sha256::default();
-    let mut f = std::fs::File::open(path).map_err(io_at(path))?;
-    io::copy(&mut f, &mut h).map_err(io_at(path))?;
-    let found = Digest::from_sha256(h);
+    Ok(())
+}
+
+/// The bytes at `path` hashed to `found`, which must be the descriptor's `digest`.
+pub(crate) fn check_blob_digest(
+    path: &Path,
+    digest: &Digest,
+    found: Digest,
+) -> Result<(), ImageError> {
     if found != *digest {
         return Err(invalid(
             path,

@@ -362,10 +362,7 @@ impl Client {
     /// returns what `docker login` would store: the ACR refresh token for Entra credentials,
     /// else the credentials themselves.
     pub fn login(&self) -> Result<Option<Credentials>, RegistryError> {
-        let what = "login";
-        let url = format!("{}/v2/", self.base);
-        let resp = self.send(what, &|| Ok(self.http.get(&url)))?;
-        self.expect(what, resp, &[StatusCode::OK])?;
+        self.ping("login")?;
         Ok(match &self.credentials {
             Some(Credentials::Entra) => self
                 .tokens

@@ -53,7 +53,7 @@ impl Client {
             }
             StatusCode::NOT_FOUND => Ok(false),
             _ => Err(self
-                .expect(&what, resp, &[])
+                .expect(&what, resp, &[StatusCode::OK, StatusCode::NOT_FOUND])
                 .expect_err("neither 200 nor 404")),
         }
     }
@@ -190,7 +190,9 @@ impl Client {
                     failures += 1;
                     if failures > self.settings.retry.attempts {
                         return match other {
-                            Ok(resp) => Err(self.expect(&what, resp, &[]).expect_err("non-202")),
+                            Ok(resp) => Err(self
+                                .expect(&what, resp, &[StatusCode::ACCEPTED])
+                                .expect_err("non-202")),
                             Err(e) => Err(e),
                         };
                     }

@@ -35,7 +35,7 @@ impl Reply for Response {
         Response::headers(self)
     }
     fn into_text(self) -> String {
-        match http::read_capped(self, 64 << 10) {
+        match http::read_capped(self, http::MAX_ERROR_BODY) {
             Ok(b) => String::from_utf8_lossy(&b).into_owned(),
             Err(_) => String::new(),
         }
@@ -134,7 +134,7 @@ impl Uploader {
             let request = async {
                 let resp = rb.send().await?;
                 let (status, headers) = (resp.status(), resp.headers().clone());
-                let body = http::text_capped(resp, http::MAX_ANSWER).await;
+                let body = http::text_capped(resp, http::MAX_ERROR_BODY).await;
                 Ok(Uploaded {
                     status,
                     headers,
@@ -383,6 +383,17 @@ impl Client {
             what.to_owned(),
         );
         let t = self.settings.timeouts;
+        // A URL's query can be a credential (the SAS signature of a blob URL a registry
+        // redirects to): errors show scheme, host and path only.
+        let f = match f {
+            Failure::Http(mut e) => {
+                if let Some(u) = e.url_mut() {
+                    u.set_query(None);
+                }
+                Failure::Http(e)
+            }
+            stalled => stalled,
+        };
         match f {
             Failure::Stalled => RegistryError::TimedOut {
                 registry,
@@ -476,11 +487,11 @@ impl Client {
 
     /// Checks that the registry speaks the distribution API (`GET /v2/`, answering its
     /// challenge): a redirect loop, a silent server or a wrong answer fails here, before a blob.
-    pub fn ping(&self) -> Result<Response, RegistryError> {
-        let what = "GET /v2/";
+    /// `what` names the step in errors (`GET /v2/` for a push, `login` for a login).
+    pub fn ping(&self, what: &str) -> Result<(), RegistryError> {
         let url = format!("{}/v2/", self.base);
         let resp = self.send(what, &|| Ok(self.http.get(&url)))?;
-        self.expect(what, resp, &[StatusCode::OK])
+        self.expect(what, resp, &[StatusCode::OK]).map(drop)
     }
 
     /// This client's [`Uploader`], made on first use.

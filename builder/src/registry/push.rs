@@ -30,7 +30,7 @@ pub fn push(
     let start = Instant::now();
     let r = &client.reference;
     // The registry must answer as one (and authentication is settled) before any blob moves.
-    client.ping()?;
+    client.ping("GET /v2/")?;
     // Blobs known in other repositories of this registry: mount candidates, whose pull scope
     // the token must include.
     let known = client
