@@ -11,6 +11,7 @@ use crate::digest::Digest;
 use crate::image::linkcheck::{self, ImageFs, LinkError};
 use crate::image::{self, Additions, BaseImage, Image, ImageError, LayerDesc};
 use crate::layer::{self, LayerError, Mapping, TarSettings, Tree};
+use crate::progress::Kind;
 use crate::spec::{Base, Environment};
 
 /// Why a build failed.
@@ -67,9 +68,14 @@ pub struct Settings {
     pub registry: crate::registry::Settings,
 }
 
-/// Progress messages, for a reporter that prints them (the library never prints).
+/// Messages and progress, for a reporter that shows them (the library never prints).
 pub trait Reporter {
     fn message(&mut self, text: &str);
+    /// Where byte progress of long work goes (compression, transfers, waits); nowhere unless
+    /// the reporter shows it.
+    fn progress(&self) -> &dyn crate::progress::Progress {
+        &crate::progress::Hidden
+    }
 }
 
 /// A reporter that drops everything.
@@ -154,8 +160,14 @@ pub fn build(
             let creds = crate::auth::for_pull(&r.registry);
             let client = crate::registry::Client::new(&r, creds, &settings.registry)?;
             rep.message(&format!("base {reference}: pulling into the cache"));
-            let (d, manifest, config) =
-                crate::registry::pull(&client, digest, &env.os, &env.architecture, cache)?;
+            let (d, manifest, config) = crate::registry::pull(
+                &client,
+                digest,
+                &env.os,
+                &env.architecture,
+                cache,
+                rep.progress(),
+            )?;
             image::base_from_pulled(reference, d, &manifest, config, cache)?
         }
     };
@@ -223,13 +235,23 @@ pub fn build(
             1 << 20,
             tmp.as_file().try_clone().map_err(cache_err)?,
         );
-        let (blob, contents) = layer::build(tree, tar_opts, env.compression, settings.threads, out)
-            .map_err(|source| BuildError::Layer {
-                file: env.file.display().to_string(),
-                line: l.line,
-                layer: l.name.clone(),
-                source: Box::new(source),
-            })?;
+        let task = rep
+            .progress()
+            .task(Kind::Compress, &format!("layer {}", l.name), Some(bytes));
+        let (blob, contents) = layer::build(
+            tree,
+            tar_opts,
+            env.compression,
+            settings.threads,
+            out,
+            &task,
+        )
+        .map_err(|source| BuildError::Layer {
+            file: env.file.display().to_string(),
+            line: l.line,
+            layer: l.name.clone(),
+            source: Box::new(source),
+        })?;
         cache.commit_blob(tmp, &blob.digest).map_err(cache_err)?;
         for (p, n) in &tree.nodes {
             if let (layer::Node::File { src, .. }, Some(d)) = (n, contents.get(p)) {
@@ -240,6 +262,7 @@ pub fn build(
             cache.put_layer(&key, &blob).map_err(cache_err)?;
         }
         let secs = start.elapsed().as_secs_f64();
+        task.finish(&format!("built {:.1} MB", blob.size as f64 / 1e6));
         rep.message(&format!(
             "layer {:<12} built   {} ({:.1} MB, {:.1}s, {:.0} MB/s)",
             l.name,

@@ -335,7 +335,7 @@ fn cache_size(cache: &Path) -> Check {
     // A fix only for a cache that has grown large.
     let fix = (bytes > 20_000_000_000).then(|| {
         format!(
-            "to reclaim it: rm -rf {}  (the next build fills it again)",
+            "envbuild cache prune --cache {} --keep-storage 10GB  (least recently used first)",
             cache.display()
         )
     });

@@ -275,3 +275,69 @@ mod tests {
         assert!(matches!(read_capped(&b"123456"[..], 5), Err(None)));
     }
 }
+
+/// `url` as logs and errors may show it: no query (a SAS signature, an upload's state) and no
+/// user info.
+pub fn loggable_url(url: &reqwest::Url) -> String {
+    let mut u = url.clone();
+    u.set_query(None);
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.to_string()
+}
+
+/// One request made, for `-v` (a `tracing` debug event of target `envbuild::http`): method,
+/// URL without secrets, status or failure, time.
+pub fn log_request(
+    method: &reqwest::Method,
+    url: &reqwest::Url,
+    outcome: Result<StatusCode, &reqwest::Error>,
+    took: std::time::Duration,
+) {
+    let url = loggable_url(url);
+    let ms = took.as_millis();
+    match outcome {
+        Ok(s) => {
+            tracing::debug!(target: "envbuild::http", "{method} {url} -> {} ({ms} ms)", s.as_u16())
+        }
+        Err(e) => tracing::debug!(
+            target: "envbuild::http",
+            "{method} {url} -> no answer: {} ({ms} ms)",
+            if e.is_timeout() { "timed out" } else if e.is_connect() { "cannot connect" } else { "failed" }
+        ),
+    }
+}
+
+/// Sends `rb` on the blocking client, logged by [`log_request`].
+pub fn send_logged(
+    rb: reqwest::blocking::RequestBuilder,
+) -> reqwest::Result<reqwest::blocking::Response> {
+    let (client, req) = rb.build_split();
+    execute_logged(&client, req?)
+}
+
+/// Executes `req` on `client`, logged by [`log_request`].
+pub fn execute_logged(
+    client: &reqwest::blocking::Client,
+    req: reqwest::blocking::Request,
+) -> reqwest::Result<reqwest::blocking::Response> {
+    let (method, url) = (req.method().clone(), req.url().clone());
+    let t = std::time::Instant::now();
+    let r = client.execute(req);
+    log_request(&method, &url, r.as_ref().map(|x| x.status()), t.elapsed());
+    r
+}
+
+#[cfg(test)]
+mod log_tests {
+    #[test]
+    fn loggable_urls_lose_query_and_user_info() {
+        let u: reqwest::Url = "https://user:pw@acct.blob.core.windows.net/c/b?sv=2024&sig=SECRET"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            super::loggable_url(&u),
+            "https://acct.blob.core.windows.net/c/b"
+        );
+    }
+}

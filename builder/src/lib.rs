@@ -14,6 +14,7 @@ pub mod hosts;
 pub mod http;
 pub mod image;
 pub mod layer;
+pub mod progress;
 pub mod publish;
 pub mod registry;
 pub mod spec;

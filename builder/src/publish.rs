@@ -10,7 +10,6 @@ use crate::auth::Credentials;
 use crate::build::{self, BuildError, Reporter};
 use crate::cache::ledger::PushLedger;
 use crate::cache::Cache;
-use crate::digest::Digest;
 use crate::image::{self, ImageError};
 use crate::registry::{self, Client, PushReport, Reference, RegistryError};
 
@@ -43,8 +42,8 @@ impl crate::error::Hint for PublishError {
     }
 }
 
-/// Pushes `source` (`oci:DIR` or an environment file) to `dest`. `on_blob` hears of each blob
-/// as it is done: digest, size, whether bytes went up, seconds.
+/// Pushes `source` (`oci:DIR` or an environment file) to `dest`; the build's messages and every
+/// blob's progress go to `rep`.
 pub fn push_source(
     source: &str,
     dest: &Reference,
@@ -52,7 +51,6 @@ pub fn push_source(
     cache_root: &Path,
     settings: &build::Settings,
     rep: &mut dyn Reporter,
-    on_blob: &(dyn Fn(&Digest, u64, bool, f64) + Sync),
 ) -> Result<PushReport, PublishError> {
     if dest.digest.is_some() {
         return Err(PublishError::DigestDestination(dest.to_string()));
@@ -70,7 +68,7 @@ pub fn push_source(
         let (_, built) = build::build_file(Path::new(source), &cache, settings, rep)?;
         image::pushable_from_cache(&built.image, &cache)
     };
-    Ok(registry::push(&client, &image, on_blob)?)
+    Ok(registry::push(&client, &image, rep.progress())?)
 }
 
 #[cfg(test)]

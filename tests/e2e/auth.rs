@@ -731,8 +731,7 @@ fn a_second_repository_mounts_known_blobs_and_a_refused_mount_falls_back_to_uplo
         let o = with_stdin(c, &acr.password);
         let (stdout, stderr) = outputs(&o);
         assert!(o.status.success(), "push to {dest} failed:\n{stderr}");
-        let lines: Vec<&str> = stdout.lines().collect();
-        serde_json::from_str::<Value>(lines[lines.len() - 2]).unwrap()
+        serde_json::from_str::<Value>(&stdout).unwrap()
     };
     let first = push(&format!("{addr}/team/a:v1"));
     assert_eq!(

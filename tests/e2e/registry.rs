@@ -28,9 +28,10 @@ fn push(
         String::from_utf8_lossy(&o.stderr).into_owned(),
     );
     assert!(o.status.success(), "push failed:\n{stderr}");
-    let lines: Vec<&str> = stdout.lines().collect();
-    let summary: Value = serde_json::from_str(lines[lines.len() - 2]).unwrap();
-    (summary, last_line(&stdout), stderr)
+    // One JSON document on stdout, nothing else.
+    let summary: Value = serde_json::from_str(&stdout).unwrap();
+    let reference = summary["reference"].as_str().unwrap().to_owned();
+    (summary, reference, stderr)
 }
 
 #[test]

@@ -186,7 +186,7 @@ impl Client {
             if let Some(b) = body {
                 rb = rb.json(b);
             }
-            let wait = match rb.send() {
+            let wait = match http::send_logged(rb) {
                 Err(source) => {
                     if !self.settings.retry.again(attempt) {
                         return Err(AzureError::Connect {
@@ -275,16 +275,16 @@ impl Client {
     /// GET on a URL outside ARM (a log endpoint), with the same token; the body as text.
     pub fn get_text(&self, url: &str) -> Result<String, AzureError> {
         let token = self.bearer()?;
-        let resp = self
-            .http
-            .get(url)
-            .header(AUTHORIZATION, bearer_header(&token))
-            .send()
-            .map_err(|source| AzureError::Connect {
-                method: "GET".into(),
-                url: url.to_owned(),
-                source,
-            })?;
+        let resp = http::send_logged(
+            self.http
+                .get(url)
+                .header(AUTHORIZATION, bearer_header(&token)),
+        )
+        .map_err(|source| AzureError::Connect {
+            method: "GET".into(),
+            url: url.to_owned(),
+            source,
+        })?;
         let status = resp.status();
         let text = capped_text(resp, "GET", url)?;
         if !status.is_success() {

@@ -2,6 +2,7 @@
 //! file-content digests by file identity (so a warm build re-reads nothing that did not change).
 
 pub mod ledger;
+pub mod prune;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -86,7 +87,9 @@ impl Cache {
     /// Stores bytes under their digest.
     pub fn put_bytes(&self, bytes: &[u8]) -> io::Result<Digest> {
         let d = Digest::of(bytes);
-        if !self.has_blob(&d) {
+        if self.has_blob(&d) {
+            self.touch(&d);
+        } else {
             let mut tmp = self.temp_file()?;
             tmp.write_all(bytes)?;
             self.commit_blob(tmp, &d)?;
@@ -98,6 +101,7 @@ impl Cache {
     /// `false` when its bytes are not `d` and `size`.
     pub fn import_file(&self, src: &Path, d: &Digest, size: u64) -> io::Result<bool> {
         if self.has_blob(d) {
+            self.touch(d);
             return Ok(true);
         }
         let mut tmp = self.temp_file()?;
@@ -129,7 +133,11 @@ impl Cache {
     pub fn layer(&self, key: &Digest) -> Option<LayerBlob> {
         let text = fs::read(self.layer_path(key)).ok()?;
         let blob: LayerBlob = serde_json::from_slice(&text).ok()?;
-        self.has_blob(&blob.digest).then_some(blob)
+        let there = self.has_blob(&blob.digest);
+        if there {
+            self.touch(&blob.digest);
+        }
+        there.then_some(blob)
     }
 
     pub fn put_layer(&self, key: &Digest, blob: &LayerBlob) -> io::Result<()> {

@@ -206,7 +206,7 @@ pub struct PublishArgs {
 
 impl PublishArgs {
     /// Pushes `source` (an environment file, built first, or `oci:DIR`) to `dest`, with per-blob
-    /// progress on a terminal.
+    /// progress on the display.
     pub fn push(&self, source: &str, dest: &str) -> anyhow::Result<registry::PushReport> {
         let dest: registry::Reference = dest.parse()?;
         Ok(envbuild::publish::push_source(
@@ -216,7 +216,6 @@ impl PublishArgs {
             &self.cache.root(),
             &self.registry.build()?,
             &mut super::Stderr,
-            &super::blob_progress(),
         )?)
     }
 }
@@ -230,6 +229,29 @@ pub fn source_date_epoch() -> anyhow::Result<u64> {
             .with_context(|| format!("SOURCE_DATE_EPOCH=`{s}` is not a number of seconds")),
         _ => Ok(0),
     }
+}
+
+/// `--json`, or `-o json` as az users type it: one JSON document on stdout, messages on stderr.
+#[derive(Debug, Clone, Default, Args)]
+pub struct FormatArgs {
+    /// One JSON document on stdout, messages stay on stderr (the shapes are in the README)
+    #[arg(long)]
+    pub json: bool,
+    /// Output format, as the az CLI spells it: `-o json` is --json
+    #[arg(short = 'o', long = "output-format", value_name = "FORMAT", value_parser = ["json", "text"], conflicts_with = "json")]
+    pub format: Option<String>,
+}
+
+impl FormatArgs {
+    pub fn json(&self) -> bool {
+        self.json || self.format.as_deref() == Some("json")
+    }
+}
+
+/// Prints `doc` as the command's one JSON document on stdout.
+pub fn print_json(doc: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(doc)?);
+    Ok(())
 }
 
 /// Where a build goes, or what inspect and diff read.
@@ -429,6 +451,9 @@ pub struct RunArgs {
 /// `envbuild run --azure`: the command job's settings.
 #[derive(Debug, Clone, Args)]
 pub struct AzureRunArgs {
+    /// With --json (run --azure only): {id, status, studio[, detached]}
+    #[command(flatten)]
+    pub format: FormatArgs,
     /// Compute cluster name [default: serverless, with --instance-type]
     #[arg(long, value_name = "NAME")]
     pub compute: Option<String>,

@@ -17,7 +17,11 @@ use envbuild::azureml::{self, environment, job, model, Client, TokenSource};
 use envbuild::error::Hinted;
 use envbuild::registry::Reference;
 
-use super::args::{CacheArgs, FollowArgs, PublishArgs, RunArgs, TransportArgs, WorkspaceArgs};
+use super::args::{
+    print_json, CacheArgs, FollowArgs, FormatArgs, PublishArgs, RunArgs, TransportArgs,
+    WorkspaceArgs,
+};
+use super::ui::ui;
 use super::Stderr;
 
 #[derive(Debug, Args)]
@@ -40,6 +44,9 @@ pub struct RegisterArgs {
     /// REGISTRY/REPOSITORY the environment file's image was pushed to [default: its publish section]
     #[arg(long, value_name = "REF")]
     pub image_repository: Option<String>,
+    /// With --json: {id, name, version, image, registered, yaml}
+    #[command(flatten)]
+    pub format: FormatArgs,
     #[command(flatten)]
     pub publish: PublishArgs,
     #[command(flatten)]
@@ -59,6 +66,9 @@ pub struct DeployArgs {
     /// Also write the Azure ML CLI v2 environment YAML here
     #[arg(long, value_name = "FILE")]
     pub emit_yaml: Option<PathBuf>,
+    /// With --json: register's document and the push's, as `push`
+    #[command(flatten)]
+    pub format: FormatArgs,
     #[command(flatten)]
     pub publish: PublishArgs,
     #[command(flatten)]
@@ -82,6 +92,9 @@ pub struct JobArgs {
     pub follow: bool,
     #[command(flatten)]
     pub pacing: FollowArgs,
+    /// With --json: {id, status, studio}
+    #[command(flatten)]
+    pub format: FormatArgs,
     #[command(flatten)]
     pub ws: WorkspaceArgs,
 }
@@ -109,6 +122,9 @@ pub struct ModelArgs {
     /// Description
     #[arg(long)]
     pub description: Option<String>,
+    /// With --json: {id, name, version, uri}
+    #[command(flatten)]
+    pub format: FormatArgs,
     #[command(flatten)]
     pub ws: WorkspaceArgs,
 }
@@ -211,23 +227,42 @@ fn register_version(
     client: &Client,
     version: &environment::EnvironmentVersion,
     emit_yaml: &Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<serde_json::Value> {
     if let Some(p) = emit_yaml {
         environment::write_yaml(version, p)?;
-        eprintln!("wrote {}", p.display());
+        ui().message(&format!("wrote {}", p.display()));
     }
     let outcome = environment::register(client, version)?;
-    eprintln!(
+    let created = outcome == environment::Outcome::Created;
+    ui().message(&format!(
         "environment {}:{} {} (image {})",
         version.name,
         version.version,
-        match outcome {
-            environment::Outcome::Created => "registered",
-            environment::Outcome::Unchanged => "already registered with this image; nothing to do",
+        if created {
+            "registered"
+        } else {
+            "already registered with this image; nothing to do"
         },
         version.image
-    );
-    println!("{}", version.arm_id(&client.workspace));
+    ));
+    Ok(serde_json::json!({
+        "id": version.arm_id(&client.workspace),
+        "name": version.name,
+        "version": version.version,
+        "image": version.image,
+        "registered": created,
+        "yaml": emit_yaml.as_ref().map(|p| p.display().to_string()),
+    }))
+}
+
+/// The command's result: the document with --json, else its `id` (an ARM id or job name)
+/// alone on stdout.
+fn print_result(format: &FormatArgs, doc: &serde_json::Value) -> anyhow::Result<ExitCode> {
+    if format.json() {
+        print_json(doc)?;
+    } else if let Some(id) = doc["id"].as_str() {
+        println!("{id}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -265,7 +300,8 @@ pub fn register(a: RegisterArgs) -> anyhow::Result<ExitCode> {
     // Name and digest are checked before any request.
     let version = environment::EnvironmentVersion::new(&name, &image, description, revision)?;
     let client = client(&a.ws)?;
-    register_version(&client, &version, &a.emit_yaml)
+    let doc = register_version(&client, &version, &a.emit_yaml)?;
+    print_result(&a.format, &doc)
 }
 
 pub fn deploy(a: DeployArgs) -> anyhow::Result<ExitCode> {
@@ -292,10 +328,10 @@ pub fn deploy(a: DeployArgs) -> anyhow::Result<ExitCode> {
     // The workspace is checked before the push, so a typo does not cost an upload.
     let client = client(&a.ws)?;
     let report = a.publish.push(&a.env.display().to_string(), &dest)?;
-    eprintln!(
+    ui().message(&format!(
         "pushed {} ({} blobs uploaded, {} already there)",
         report.reference, report.uploaded, report.skipped
-    );
+    ));
     let version = environment::EnvironmentVersion::new(
         &name,
         &report.reference,
@@ -305,7 +341,9 @@ pub fn deploy(a: DeployArgs) -> anyhow::Result<ExitCode> {
             .get("org.opencontainers.image.revision")
             .cloned(),
     )?;
-    register_version(&client, &version, &a.emit_yaml)
+    let mut doc = register_version(&client, &version, &a.emit_yaml)?;
+    doc["push"] = serde_json::to_value(&report)?;
+    print_result(&a.format, &doc)
 }
 
 /// The environment version's ARM id and name for a run source.
@@ -380,46 +418,63 @@ fn detach_on_ctrl_c() -> Arc<AtomicBool> {
     flag
 }
 
-/// Follows a job to its end: status changes and the Studio link on stderr; exit 0 only for
-/// Completed; otherwise the status and the log's tail.
+/// A job's document for --json: {id, status, studio}.
+fn job_doc(id: &str, status: &str, studio: Option<&str>) -> serde_json::Value {
+    serde_json::json!({ "id": id, "status": status, "studio": studio })
+}
+
+/// Follows a job to its end: status changes and the Studio link on stderr, a spinner while it
+/// waits; exit 0 only for Completed; otherwise the status and the log's tail. The job's
+/// document (--json) or its name is printed on stdout whatever the end.
 fn follow_job(
     client: &Client,
     id: &str,
     f: &FollowArgs,
     logs: &Option<String>,
+    format: &FormatArgs,
 ) -> anyhow::Result<ExitCode> {
     let stop = detach_on_ctrl_c();
     let poll = job::Poll {
         min: Duration::from_millis(f.poll_min_ms.max(1)),
         max: Duration::from_millis(f.poll_max_ms.max(f.poll_min_ms).max(1)),
     };
-    let mut linked = false;
+    let mut studio: Option<String> = None;
+    let wait = ui().spinner(&format!("job {id}"));
     let end = job::follow(client, id, poll, &stop, &mut |s, j| {
-        if !linked {
+        if studio.is_none() {
             if let Some(link) = job::studio_link(j) {
-                eprintln!("job {id}: {link}");
-                linked = true;
+                ui().message(&format!("job {id}: {link}"));
+                studio = Some(link.to_owned());
             }
         }
-        eprintln!("job {id}: {s}");
-    })?;
+        ui().message(&format!("job {id}: {s}"));
+        wait.note(s);
+    });
+    wait.finish("");
+    let end = end?;
+    let (status, detached) = match &end {
+        job::Followed::Done(s) => (s.as_str(), false),
+        job::Followed::Detached(s) => (s.as_str(), true),
+    };
+    let mut doc = job_doc(id, status, studio.as_deref());
+    if detached {
+        doc["detached"] = true.into();
+    }
+    print_result(format, &doc)?;
     match end {
-        job::Followed::Done(s) if s == "Completed" => {
-            println!("{id}");
-            Ok(ExitCode::SUCCESS)
-        }
+        job::Followed::Done(s) if s == "Completed" => Ok(ExitCode::SUCCESS),
         job::Followed::Done(s) => {
-            eprintln!("job {id} ended {s}");
+            ui().message(&format!("job {id} ended {s}"));
             match logs {
                 Some(endpoint) => match job::log_tail(client, endpoint, id, f.log_lines) {
                     Ok(t) if !t.is_empty() => {
                         eprintln!("--- last lines of user_logs/std_log.txt ---\n{t}\n---")
                     }
-                    Ok(_) => eprintln!("(the job's log is empty)"),
-                    Err(e) => eprintln!("(no log: {e})"),
+                    Ok(_) => ui().message("(the job's log is empty)"),
+                    Err(e) => ui().message(&format!("(no log: {e})")),
                 },
-                None => eprintln!(
-                    "the log is in Azure ML studio: the job's Outputs + logs, user_logs/std_log.txt"
+                None => ui().message(
+                    "the log is in Azure ML studio: the job's Outputs + logs, user_logs/std_log.txt",
                 ),
             }
             let message = format!("Azure ML job {id} ended with status {s}");
@@ -472,16 +527,18 @@ pub fn run(r: RunArgs) -> anyhow::Result<ExitCode> {
         id: id.clone(),
     };
     let submitted = job::submit(&client, &spec)?;
-    eprintln!("submitted job {id} ({})", job::status(&submitted));
+    ui().message(&format!("submitted job {id} ({})", job::status(&submitted)));
     if let Some(link) = job::studio_link(&submitted) {
-        eprintln!("studio: {link}");
+        ui().message(&format!("studio: {link}"));
     }
     if a.detach {
-        eprintln!("follow: envbuild job show {id} --follow\ncancel: envbuild job cancel {id}");
-        println!("{id}");
-        return Ok(ExitCode::SUCCESS);
+        ui().message(&format!(
+            "follow: envbuild job show {id} --follow\ncancel: envbuild job cancel {id}"
+        ));
+        let doc = job_doc(&id, job::status(&submitted), job::studio_link(&submitted));
+        return print_result(&a.format, &doc);
     }
-    follow_job(&client, &id, &a.follow, &ws.logs_endpoint)
+    follow_job(&client, &id, &a.follow, &ws.logs_endpoint, &a.format)
 }
 
 pub fn job(c: JobCommand) -> anyhow::Result<ExitCode> {
@@ -489,19 +546,26 @@ pub fn job(c: JobCommand) -> anyhow::Result<ExitCode> {
         JobCommand::Show(a) => {
             let client = client(&a.ws)?;
             if a.follow {
-                return follow_job(&client, &a.id, &a.pacing, &a.ws.logs_endpoint);
+                return follow_job(&client, &a.id, &a.pacing, &a.ws.logs_endpoint, &a.format);
             }
             let j = job::get(&client, &a.id)?;
+            if a.format.json() {
+                print_json(&job_doc(&a.id, job::status(&j), job::studio_link(&j)))?;
+                return Ok(ExitCode::SUCCESS);
+            }
             println!("{}", job::status(&j));
             if let Some(link) = job::studio_link(&j) {
-                eprintln!("studio: {link}");
+                ui().message(&format!("studio: {link}"));
             }
             Ok(ExitCode::SUCCESS)
         }
         JobCommand::Cancel(a) => {
             let client = client(&a.ws)?;
             job::cancel(&client, &a.id)?;
-            eprintln!("cancel requested for job {}", a.id);
+            ui().message(&format!("cancel requested for job {}", a.id));
+            if a.format.json() {
+                print_json(&serde_json::json!({ "id": a.id, "cancel_requested": true }))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -518,7 +582,13 @@ pub fn model(c: ModelCommand) -> anyhow::Result<ExitCode> {
         description: a.description.clone(),
     };
     let (version, id) = model::register(&client, &m)?;
-    eprintln!("model {}:{version} registered from {}", a.name, m.uri());
-    println!("{id}");
-    Ok(ExitCode::SUCCESS)
+    ui().message(&format!(
+        "model {}:{version} registered from {}",
+        a.name,
+        m.uri()
+    ));
+    print_result(
+        &a.format,
+        &serde_json::json!({ "id": id, "name": a.name, "version": version, "uri": m.uri() }),
+    )
 }

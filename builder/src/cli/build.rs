@@ -10,16 +10,17 @@ use envbuild::engine::image::{load, repo_tag};
 use envbuild::engine::Blocking;
 use envbuild::image::inspect;
 
-use super::args::{parse_output, CacheArgs, Output, TransportArgs};
+use super::args::{parse_output, print_json, CacheArgs, FormatArgs, Output, TransportArgs};
+use super::ui::ui;
 use super::Stderr;
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
     /// Environment file (see environments/README.md)
     pub env: PathBuf,
-    /// Where to write the image: oci:DIR (OCI image layout) or docker-archive:FILE (`docker load`); repeatable
-    #[arg(long, short, value_parser = parse_output)]
-    pub output: Vec<Output>,
+    /// Where to write the image: oci:DIR (OCI image layout) or docker-archive:FILE (`docker load`); repeatable. `-o json` is --json, as az users type it
+    #[arg(long, short, value_parser = parse_build_output)]
+    pub output: Vec<BuildOutput>,
     #[command(flatten)]
     pub cache: CacheArgs,
     /// Compression threads (the output does not depend on it) [default: all cores]
@@ -39,15 +40,44 @@ pub struct BuildArgs {
     pub json: bool,
 }
 
+/// A value of build's `-o`: where the image goes, or (as az users type it) the format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildOutput {
+    Image(Output),
+    Json,
+    Text,
+}
+
+fn parse_build_output(s: &str) -> Result<BuildOutput, String> {
+    match s {
+        "json" => Ok(BuildOutput::Json),
+        "text" => Ok(BuildOutput::Text),
+        _ => parse_output(s).map(BuildOutput::Image),
+    }
+}
+
+impl BuildArgs {
+    fn outputs(&self) -> impl Iterator<Item = &Output> {
+        self.output.iter().filter_map(|o| match o {
+            BuildOutput::Image(i) => Some(i),
+            _ => None,
+        })
+    }
+
+    fn json(&self) -> bool {
+        self.json || self.output.contains(&BuildOutput::Json)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// oci:DIR or docker-archive:FILE
     #[arg(value_parser = parse_output)]
     pub image: Output,
-    /// One JSON document: {digest, platform: {os, architecture}, config, layers: [{digest,
-    /// size, media_type, diff_id}]}
-    #[arg(long)]
-    pub json: bool,
+    /// With --json: {digest, platform: {os, architecture}, config, layers: [{digest, size,
+    /// media_type, diff_id}]}
+    #[command(flatten)]
+    pub format: FormatArgs,
 }
 
 #[derive(Debug, Args)]
@@ -58,9 +88,9 @@ pub struct DiffArgs {
     /// oci:DIR or docker-archive:FILE
     #[arg(value_parser = parse_output)]
     pub b: Output,
-    /// One JSON document: {identical, a, b, differences: [...]} (the exit status is the same)
-    #[arg(long)]
-    pub json: bool,
+    /// With --json: {identical, a, b, differences: [...]} (the exit status is the same)
+    #[command(flatten)]
+    pub format: FormatArgs,
 }
 
 /// Fails early, before any work, when an output cannot be written: the nearest existing
@@ -94,7 +124,7 @@ fn check_writable(out: &Output) -> anyhow::Result<()> {
 
 pub fn build(a: BuildArgs) -> anyhow::Result<ExitCode> {
     let env = envbuild::spec::load_file(&a.env)?;
-    for out in &a.output {
+    for out in a.outputs() {
         check_writable(out)?;
     }
     // With --load, an engine that does not answer fails the build before any work.
@@ -108,11 +138,11 @@ pub fn build(a: BuildArgs) -> anyhow::Result<ExitCode> {
     let built = envbuild::build::build(&env, &cache, &settings, &mut Stderr)?;
     let tag = env.publish.tag.clone().unwrap_or_else(|| "latest".into());
     let mut written = Vec::new();
-    for out in &a.output {
+    for out in a.outputs() {
         match out {
             Output::Oci(dir) => {
                 envbuild::image::write_oci(&built.image, &cache, dir, &tag)?;
-                eprintln!("wrote oci:{}", dir.display());
+                ui().message(&format!("wrote oci:{}", dir.display()));
                 written.push(format!("oci:{}", dir.display()));
             }
             Output::DockerArchive(file) => {
@@ -124,7 +154,10 @@ pub fn build(a: BuildArgs) -> anyhow::Result<ExitCode> {
                     &repo_tag,
                     settings.source_date_epoch,
                 )?;
-                eprintln!("wrote docker-archive:{} ({repo_tag})", file.display());
+                ui().message(&format!(
+                    "wrote docker-archive:{} ({repo_tag})",
+                    file.display()
+                ));
                 written.push(format!("docker-archive:{}", file.display()));
             }
         }
@@ -139,7 +172,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<ExitCode> {
             &mut Stderr,
         )?;
     }
-    if a.json {
+    if a.json() {
         // The new layers are the last ones; those before them come from the base.
         let base_count = built.image.layers.len() - built.layers.len();
         let layers: Vec<serde_json::Value> = built
@@ -166,7 +199,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<ExitCode> {
             "outputs": written,
             "loaded": engine.is_some(),
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        print_json(&doc)?;
     } else {
         println!("{}", built.image.digest);
     }
@@ -175,8 +208,8 @@ pub fn build(a: BuildArgs) -> anyhow::Result<ExitCode> {
 
 pub fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
     let img = inspect::open(&a.image.spec())?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&inspect::as_json(&img))?);
+    if a.format.json() {
+        print_json(&inspect::as_json(&img))?;
     } else {
         print!("{}", inspect::describe(&img)?);
     }
@@ -187,14 +220,13 @@ pub fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
 pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
     let (x, y) = (inspect::open(&a.a.spec())?, inspect::open(&a.b.spec())?);
     let lines = inspect::diff(&x, &y)?;
-    if a.json {
-        let doc = serde_json::json!({
+    if a.format.json() {
+        print_json(&serde_json::json!({
             "identical": lines.is_empty(),
             "a": x.digest.map(|d| d.to_string()),
             "b": y.digest.map(|d| d.to_string()),
             "differences": lines,
-        });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        }))?;
         return Ok(if lines.is_empty() {
             ExitCode::SUCCESS
         } else {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 use envbuild::doctor::{self, Status};
 
-use super::args::CacheArgs;
+use super::args::{print_json, CacheArgs, FormatArgs};
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
@@ -16,9 +16,9 @@ pub struct DoctorArgs {
     /// The project venv whose libtorch to check [default: $VIRTUAL_ENV, else ./.venv]
     #[arg(long, value_name = "DIR")]
     pub venv: Option<PathBuf>,
-    /// One JSON document on stdout: [{name, status, detail, fix}]
-    #[arg(long, short = 'o', value_name = "FORMAT", num_args = 0..=1, default_missing_value = "json", value_parser = ["json"])]
-    pub json: Option<String>,
+    /// With --json: [{name, status, detail, fix}]
+    #[command(flatten)]
+    pub format: FormatArgs,
 }
 
 pub fn doctor(a: DoctorArgs) -> anyhow::Result<ExitCode> {
@@ -27,8 +27,8 @@ pub fn doctor(a: DoctorArgs) -> anyhow::Result<ExitCode> {
         .or_else(|| std::env::var_os("VIRTUAL_ENV").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(".venv"));
     let checks = doctor::run(&venv, &a.cache.root());
-    if a.json.is_some() {
-        println!("{}", serde_json::to_string_pretty(&checks)?);
+    if a.format.json() {
+        print_json(&checks)?;
     } else {
         for c in &checks {
             let status = match c.status {

@@ -5,10 +5,12 @@
 pub mod args;
 mod azure;
 mod build;
+mod cache;
 mod doctor;
 mod registry;
 mod run;
 mod shell;
+pub mod ui;
 
 use std::process::ExitCode;
 
@@ -27,6 +29,8 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    #[command(flatten)]
+    pub global: ui::GlobalArgs,
 }
 
 /// The exit statuses, as `--help` documents them.
@@ -62,44 +66,22 @@ pub enum Command {
     Model(azure::ModelCommand),
     /// What this machine can do: engine, GPUs and driver, libtorch, credentials, Azure ML, cache
     Doctor(doctor::DoctorArgs),
+    /// Manage the build cache (blobs, layers, file digests)
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish)
     Completions(shell::CompletionsArgs),
     /// Print the man page (or write every command's page with --dir)
     Man(shell::ManArgs),
 }
 
-/// Build messages, to stderr.
-pub struct Stderr;
-
-impl envbuild::build::Reporter for Stderr {
-    fn message(&mut self, text: &str) {
-        eprintln!("{text}");
-    }
-}
-
-/// Per-blob push progress on a terminal; quiet in logs and pipes (`--json` gives the summary).
-pub fn blob_progress() -> impl Fn(&envbuild::digest::Digest, u64, bool, f64) + Sync {
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    move |d, size, sent, secs| {
-        if !tty {
-            return;
-        }
-        if sent {
-            eprintln!(
-                "pushed  {d}  {:.1} MB in {secs:.1}s ({:.0} MB/s)",
-                size as f64 / 1e6,
-                size as f64 / 1e6 / secs.max(1e-6)
-            );
-        } else {
-            eprintln!("exists  {d}");
-        }
-    }
-}
+pub use ui::Stderr;
 
 /// Runs one parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Two rustls providers are compiled in (reqwest 0.12's ring, azure_core's aws-lc-rs): name one.
     envbuild::auth::entra::install_crypto_provider();
+    ui::init(&cli.global);
     match cli.command {
         Command::Build(a) => build::build(a),
         Command::Inspect(a) => build::inspect(a),
@@ -113,6 +95,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Job(a) => azure::job(a),
         Command::Model(a) => azure::model(a),
         Command::Doctor(a) => doctor::doctor(a),
+        Command::Cache(c) => cache::cache(c),
         Command::Completions(a) => shell::completions(a),
         Command::Man(a) => shell::man(a),
     }

@@ -8,7 +8,9 @@ use envbuild::auth::docker_config::{self, Stored};
 use envbuild::auth::{self, Credentials};
 use envbuild::registry::{Client, Reference};
 
-use super::args::{CredentialArgs, PublishArgs, TransferArgs, TransportArgs};
+use super::args::{
+    print_json, CredentialArgs, FormatArgs, PublishArgs, TransferArgs, TransportArgs,
+};
 
 #[derive(Debug, Args)]
 pub struct PushArgs {
@@ -18,9 +20,9 @@ pub struct PushArgs {
     pub dest: String,
     #[command(flatten)]
     pub publish: PublishArgs,
-    /// Print a JSON summary (reference, blobs uploaded and skipped, bytes, seconds)
-    #[arg(long)]
-    pub json: bool,
+    /// With --json: {reference, uploaded, skipped, mounted, bytes, seconds}
+    #[command(flatten)]
+    pub format: FormatArgs,
 }
 
 #[derive(Debug, Args)]
@@ -35,10 +37,11 @@ pub struct LoginArgs {
 
 pub fn push(a: PushArgs) -> anyhow::Result<ExitCode> {
     let report = a.publish.push(&a.source, &a.dest)?;
-    if a.json {
-        println!("{}", serde_json::to_string(&report)?);
+    if a.format.json() {
+        print_json(&report)?;
+    } else {
+        println!("{}", report.reference);
     }
-    println!("{}", report.reference);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -69,7 +72,7 @@ pub fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
     };
     let entra = matches!(store, Credentials::IdentityToken(_));
     match docker_config::store(host, &store)? {
-        Stored::File(p) => eprintln!(
+        Stored::File(p) => super::ui::ui().message(&format!(
             "stored {} for {host} in {}",
             if entra {
                 "an identity token"
@@ -77,10 +80,10 @@ pub fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
                 "the password"
             },
             p.display()
-        ),
-        Stored::Helper(h) => {
-            eprintln!("stored the credentials for {host} with docker-credential-{h}")
-        }
+        )),
+        Stored::Helper(h) => super::ui::ui().message(&format!(
+            "stored the credentials for {host} with docker-credential-{h}"
+        )),
     }
     println!("Login Succeeded");
     Ok(ExitCode::SUCCESS)

@@ -28,7 +28,11 @@ impl Sink for Terminal {
     }
 
     fn message(&self, text: &str) {
-        eprintln!("{text}");
+        super::ui::ui().message(text);
+    }
+
+    fn progress(&self) -> &dyn envbuild::progress::Progress {
+        super::ui::ui()
     }
 }
 
@@ -39,6 +43,10 @@ pub fn local(a: RunArgs) -> anyhow::Result<ExitCode> {
         a.local,
         "say where to run: `envbuild run --local …` (this machine's Docker engine) or \
          `envbuild run --azure … --compute NAME` (an Azure ML command job)"
+    );
+    anyhow::ensure!(
+        !a.azure_args.format.json(),
+        "--json is for `run --azure`: the trainer's own output is run --local's stdout"
     );
     let env = a
         .env

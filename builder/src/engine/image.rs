@@ -13,6 +13,7 @@ use crate::auth::{self, Credentials};
 use crate::build::{self, BuildError, Reporter};
 use crate::cache::Cache;
 use crate::image::{write_docker_archive, Image, ImageError};
+use crate::progress::Kind;
 use crate::registry::{BadReference, Client, Reference, RegistryError};
 use crate::spec::Environment;
 
@@ -160,7 +161,12 @@ fn load_file(
     name: &str,
     rep: &mut dyn Reporter,
 ) -> Result<(), EnsureError> {
-    for l in engine.load_archive(file)? {
+    let wait = rep
+        .progress()
+        .task(Kind::Wait, &format!("loading {name} into the engine"), None);
+    let said = engine.load_archive(file)?;
+    wait.finish("loaded");
+    for l in said {
         rep.message(&l);
     }
     rep.message(&format!(
@@ -199,7 +205,11 @@ fn pull(
     if !engine.has_image(&name)? {
         rep.message(&format!("pulling {name} into the Docker engine"));
         let creds = creds.map(|c| engine_credentials(&c, &reference.registry));
+        let wait = rep
+            .progress()
+            .task(Kind::Wait, "the engine pulls the image", None);
         engine.pull(&name, creds)?;
+        wait.finish("pulled");
     }
     Ok(name)
 }

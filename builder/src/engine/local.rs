@@ -104,6 +104,10 @@ impl Reporter for Messages<'_> {
     fn message(&mut self, text: &str) {
         self.0.message(text);
     }
+
+    fn progress(&self) -> &dyn crate::progress::Progress {
+        self.0.progress()
+    }
 }
 
 /// Runs `r` on the local engine to its end (or to Ctrl-C/SIGTERM, which stop the container).

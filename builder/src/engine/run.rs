@@ -214,6 +214,10 @@ pub trait Sink: Send + Sync {
     fn output(&self, stream: Stream, bytes: &[u8]);
     /// A line about the run (container id, stopping, pulling).
     fn message(&self, text: &str);
+    /// Where the build and the image's load show their progress; nowhere by default.
+    fn progress(&self) -> &dyn crate::progress::Progress {
+        &crate::progress::Hidden
+    }
 }
 
 /// How the run ended.

@@ -191,16 +191,18 @@ pub struct LayerBlob {
 }
 
 /// Writes `tree` as a compressed layer blob to `out`; returns its descriptor fields and the
-/// content digests of its files.
+/// content digests of its files. `task` hears how many bytes of tar went into the compressor.
 pub fn build<W: Write>(
     tree: &Tree,
     opts: TarSettings,
     compression: Compression,
     threads: usize,
     out: W,
+    task: &crate::progress::Task,
 ) -> Result<(LayerBlob, ContentDigests), LayerError> {
     let mut sink = compress::Encoder::new(compression, threads, out);
-    let (_, digests) = write_tar(tree, opts, &mut sink)?;
+    let counted = crate::progress::Counting::new(&mut sink, task.clone());
+    let (_, digests) = write_tar(tree, opts, counted)?;
     let done = sink.finish().map_err(|e| LayerError::Io {
         path: PathBuf::from("<layer output>"),
         source: e,

@@ -164,8 +164,7 @@ impl Client {
                             }
                             _ => rb,
                         };
-                        let resp = rb
-                            .send()
+                        let resp = http::send_logged(rb)
                             .map_err(|source| self.connect_err(&realm, source))?;
                         self.token_json(resp, &realm, what, None)?
                     }
@@ -275,10 +274,7 @@ impl Client {
         if !scope.is_empty() {
             form.push(("scope", scope.as_str()));
         }
-        self.http
-            .post(realm)
-            .form(&form)
-            .send()
+        http::send_logged(self.http.post(realm).form(&form))
             .map_err(|source| self.connect_err(realm, source))
     }
 
@@ -343,11 +339,7 @@ impl Client {
         if let Some(t) = &tenant {
             form.push(("tenant", t.as_str()));
         }
-        let resp = self
-            .http
-            .post(&url)
-            .form(&form)
-            .send()
+        let resp = http::send_logged(self.http.post(&url).form(&form))
             .map_err(|source| self.connect_err(&url, source))?;
         let v = self.token_json(resp, &url, what, Some("the registry refused the Microsoft Entra ID token: the identity needs a role on this registry (AcrPush to push, AcrPull to pull)"))?;
         let refresh = v.refresh_token.filter(|t| !t.is_empty()).ok_or_else(|| {

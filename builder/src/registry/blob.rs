@@ -14,6 +14,7 @@ use super::client::Reply;
 use super::{Client, RegistryError};
 use crate::cache::Cache;
 use crate::digest::Digest;
+use crate::progress::Task;
 
 impl Client {
     /// Whether the registry has the blob of `size` bytes. A `200` must be about that blob: its
@@ -62,18 +63,19 @@ impl Client {
     /// An upload session that fails for good (the registry lost it, or a lost answer left it
     /// closed) is followed by a HEAD: the blob may be there after all; else a new session starts.
     pub fn push_blob(&self, d: &Digest, size: u64, path: &Path) -> Result<bool, RegistryError> {
-        Ok(self.push_blob_from(d, size, path, &[])? == Sent::Uploaded)
+        Ok(self.push_blob_from(d, size, path, &[], &Task::hidden())? == Sent::Uploaded)
     }
 
     /// [`Self::push_blob`], first trying a cross-repository mount from each of `sources`
     /// (other repositories of this registry known to hold the blob). A refused mount (202)
-    /// becomes the upload session of the fallback.
+    /// becomes the upload session of the fallback. `task` hears the bytes sent.
     pub fn push_blob_from(
         &self,
         d: &Digest,
         size: u64,
         path: &Path,
         sources: &[String],
+        task: &Task,
     ) -> Result<Sent, RegistryError> {
         if self.has_blob(d, size)? {
             return Ok(Sent::Skipped);
@@ -99,7 +101,7 @@ impl Client {
         let mut session = 0;
         loop {
             session += 1;
-            match self.upload(d, size, path, started.take()) {
+            match self.upload(d, size, path, started.take(), task) {
                 Ok(()) => return Ok(Sent::Uploaded),
                 // A new session is for a session the registry lost or closed (an error
                 // status); a broken file, a registry that breaks the protocol, or one that
@@ -126,6 +128,7 @@ impl Client {
         size: u64,
         path: &Path,
         started: Option<String>,
+        task: &Task,
     ) -> Result<(), RegistryError> {
         let what = format!("upload of {d}");
         let io_err = |source| RegistryError::Io {
@@ -156,7 +159,7 @@ impl Client {
                     .header(CONTENT_TYPE, "application/octet-stream")
                     .header(CONTENT_LENGTH, size);
                 let auth = self.authorization_for(&url, token);
-                up.send(rb, auth, Some((path, 0, size)), idle)
+                up.send(rb, auth, Some((path, 0, size)), idle, task)
                     .map_err(io_err)
             })?;
             let resp = self.expect(&what, resp, &[StatusCode::CREATED])?;
@@ -176,7 +179,7 @@ impl Client {
                     .header(CONTENT_RANGE, format!("{offset}-{end}"))
                     .header(CONTENT_LENGTH, len);
                 let auth = self.authorization_for(&url, token);
-                up.send(rb, auth, Some((path, offset, len)), idle)
+                up.send(rb, auth, Some((path, offset, len)), idle, task)
                     .map_err(io_err)
             });
             match sent {
@@ -240,9 +243,17 @@ impl Client {
         }
     }
 
-    /// Streams a blob into the cache, verifying digest and size; never fetches what the cache has.
-    pub fn pull_blob(&self, d: &Digest, size: u64, cache: &Cache) -> Result<bool, RegistryError> {
+    /// Streams a blob into the cache, verifying digest and size; never fetches what the cache
+    /// has. `task` hears the bytes received.
+    pub fn pull_blob(
+        &self,
+        d: &Digest,
+        size: u64,
+        cache: &Cache,
+        task: &Task,
+    ) -> Result<bool, RegistryError> {
         if cache.has_blob(d) {
+            cache.touch(d);
             return Ok(false);
         }
         let what = format!("GET blob {d}");
@@ -267,6 +278,7 @@ impl Client {
                 h.update(&buf[..k]);
                 tmp.write_all(&buf[..k])?;
                 n += k as u64;
+                task.set(n);
                 if n > size {
                     return Err(io::Error::other("more bytes than the descriptor's size"));
                 }

@@ -17,6 +17,7 @@ use super::auth::TokenCache;
 use super::{error_message, Reference, RegistryError, Settings};
 use crate::auth::{Credentials, Secret};
 use crate::cache::ledger::PushLedger;
+use crate::progress::Task;
 use crate::{hosts, http};
 
 /// What [`Client::send_with`] needs of an answer: its status and headers, and its body as text
@@ -110,13 +111,15 @@ pub(super) struct Uploader {
 impl Uploader {
     /// Sends an upload whose body is `body` (`len` bytes of the file at `path` from `offset`),
     /// watched for progress: when no byte of the body is taken and no answer comes for `idle`,
-    /// the attempt ends as [`Failure::Stalled`].
+    /// the attempt ends as [`Failure::Stalled`]. `task` hears the blob's position as the body
+    /// is taken (`offset` + the bytes so far).
     pub(super) fn send(
         &self,
         rb: reqwest::RequestBuilder,
         authorization: Option<HeaderValue>,
         body: Option<(&Path, u64, u64)>,
         idle: Duration,
+        task: &Task,
     ) -> Result<Result<Uploaded, Failure>, std::io::Error> {
         let rb = match authorization {
             Some(v) => rb.header(AUTHORIZATION, v),
@@ -125,14 +128,24 @@ impl Uploader {
         let (progress, started) = (Arc::new(AtomicU64::new(0)), Instant::now());
         let rb = match body {
             Some((path, offset, len)) => {
-                rb.body(watched_body(path, offset, len, started, &progress)?)
+                rb.body(watched_body(path, offset, len, started, &progress, task)?)
             }
             None => rb,
         };
         let moved = |p: &AtomicU64| started + Duration::from_millis(p.load(Ordering::Relaxed));
+        let (client, req) = rb.build_split();
         Ok(self.rt.block_on(async {
             let request = async {
-                let resp = rb.send().await?;
+                let req = req?;
+                let (method, url, t) = (req.method().clone(), req.url().clone(), Instant::now());
+                let sent = client.execute(req).await;
+                http::log_request(
+                    &method,
+                    &url,
+                    sent.as_ref().map(|r| r.status()),
+                    t.elapsed(),
+                );
+                let resp = sent?;
                 let (status, headers) = (resp.status(), resp.headers().clone());
                 let body = http::text_capped(resp, http::MAX_ERROR_BODY).await;
                 Ok(Uploaded {
@@ -158,13 +171,14 @@ impl Uploader {
 }
 
 /// `len` bytes of the file at `path` from `offset`, as a body read in 1 MiB pieces; each piece
-/// taken records, in `progress`, the milliseconds since the request began.
+/// taken records, in `progress`, the milliseconds since the request began, and moves `task`.
 fn watched_body(
     path: &Path,
     offset: u64,
     len: u64,
     started: Instant,
     progress: &Arc<AtomicU64>,
+    task: &Task,
 ) -> std::io::Result<reqwest::Body> {
     use futures_util::StreamExt as _;
     use std::io::{Seek as _, SeekFrom};
@@ -172,9 +186,14 @@ fn watched_body(
     let mut f = std::fs::File::open(path)?;
     f.seek(SeekFrom::Start(offset))?;
     let f = tokio::fs::File::from_std(f).take(len);
-    let progress = progress.clone();
-    let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20).inspect(move |_| {
+    let (progress, task) = (progress.clone(), task.clone());
+    let mut at = offset;
+    let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20).inspect(move |piece| {
         progress.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if let Ok(b) = piece {
+            at += b.len() as u64;
+            task.set(at);
+        }
     });
     Ok(reqwest::Body::wrap_stream(stream))
 }
@@ -321,7 +340,7 @@ impl Client {
             if let Some(v) = self.authorization_for(req.url().as_str(), token) {
                 req.headers_mut().insert(AUTHORIZATION, v);
             }
-            Ok(self.http.execute(req).map_err(Failure::from))
+            Ok(http::execute_logged(&self.http, req).map_err(Failure::from))
         })
     }
 

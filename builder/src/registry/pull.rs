@@ -11,15 +11,18 @@ use super::{Client, RegistryError};
 use crate::cache::Cache;
 use crate::digest::Digest;
 use crate::image::media;
+use crate::progress::{Kind, Progress, Task};
 
 /// Pulls the image `reference` (pinned by digest) for `os/arch` into the cache; returns the
 /// platform manifest's digest, the manifest and the config (a value: the build keeps its keys).
+/// Each layer the cache lacks is a download task of `progress`.
 pub fn pull(
     client: &Client,
     digest: &Digest,
     os: &str,
     arch: &str,
     cache: &Cache,
+    progress: &dyn Progress,
 ) -> Result<(Digest, ImageManifest, Value), RegistryError> {
     let (bytes, mt, d) = client.get_manifest(&digest.to_string())?;
     let what = format!("pull {digest}");
@@ -57,7 +60,7 @@ pub fn pull(
         .map_err(|e| client.protocol(&what, format!("manifest is not JSON: {e}")))?;
     cache.put_bytes(&manifest_bytes).map_err(io)?;
     let (cd, csize) = desc(manifest.config())?;
-    client.pull_blob(&cd, csize, cache)?;
+    client.pull_blob(&cd, csize, cache, &Task::hidden())?;
     let config: Value =
         serde_json::from_slice(&fs::read(cache.blob_path(&cd)).map_err(|source| {
             RegistryError::Io {
@@ -72,16 +75,35 @@ pub fn pull(
         .map(desc)
         .collect::<Result<_, _>>()?;
     let errors = Mutex::new(Vec::new());
-    let queue = Mutex::new(layers);
+    // Every missing layer's task is made here, in order, so the display lists them as the
+    // manifest does; the threads take them from the end.
+    let queue: Vec<(Digest, u64, Task)> = layers
+        .into_iter()
+        .filter(|(d, _)| {
+            let there = cache.has_blob(d);
+            if there {
+                cache.touch(d);
+            }
+            !there
+        })
+        .map(|(d, size)| {
+            let t = progress.task(Kind::Download, &d.to_string(), Some(size));
+            (d, size, t)
+        })
+        .collect();
+    let queue = Mutex::new(queue);
     std::thread::scope(|s| {
         for _ in 0..client.settings.parallel {
             s.spawn(|| loop {
-                let Some((d, size)) = queue.lock().expect("lock").pop() else {
+                let Some((d, size, task)) = queue.lock().expect("lock").pop() else {
                     return;
                 };
-                if let Err(e) = client.pull_blob(&d, size, cache) {
-                    errors.lock().expect("lock").push(e);
-                    return;
+                match client.pull_blob(&d, size, cache, &task) {
+                    Ok(_) => task.finish("pulled"),
+                    Err(e) => {
+                        errors.lock().expect("lock").push(e);
+                        return;
+                    }
                 }
             });
         }

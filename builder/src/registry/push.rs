@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::{Client, RegistryError, Sent};
 use crate::digest::Digest;
 use crate::image::Pushable;
+use crate::progress::{Kind, Progress};
 
 /// What a push did.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -22,10 +23,11 @@ pub struct PushReport {
 }
 
 /// Pushes every blob (in parallel, bounded), then the manifest under the tag (or its digest).
+/// Each blob is an upload task of `progress`, finished `pushed`, `exists` or `mounted`.
 pub fn push(
     client: &Client,
     image: &Pushable,
-    on_blob: &(dyn Fn(&Digest, u64, bool, f64) + Sync),
+    progress: &dyn Progress,
 ) -> Result<PushReport, RegistryError> {
     let start = Instant::now();
     let r = &client.reference;
@@ -58,6 +60,16 @@ pub fn push(
     // ones fill in beside them, instead of one big layer going up alone at the end.
     let mut queue = image.blobs.clone();
     queue.sort_by_key(|(d, size, _)| (*size, *d));
+    // The tasks are made here, largest first, so the display lists blobs in a stable order.
+    let mut queue: Vec<_> = queue
+        .into_iter()
+        .rev()
+        .map(|(d, size, path)| {
+            let t = progress.task(Kind::Upload, &d.to_string(), Some(size));
+            (d, size, path, t)
+        })
+        .collect();
+    queue.reverse();
     let queue = Mutex::new(queue);
     let results: Mutex<Vec<(u64, Sent)>> = Mutex::new(Vec::new());
     let first_error: Mutex<Option<RegistryError>> = Mutex::new(None);
@@ -67,13 +79,16 @@ pub fn push(
                 if first_error.lock().expect("lock").is_some() {
                     return;
                 }
-                let Some((d, size, path)) = queue.lock().expect("lock").pop() else {
+                let Some((d, size, path, task)) = queue.lock().expect("lock").pop() else {
                     return;
                 };
-                let t = Instant::now();
-                match client.push_blob_from(&d, size, &path, &sources(&d)) {
+                match client.push_blob_from(&d, size, &path, &sources(&d), &task) {
                     Ok(sent) => {
-                        on_blob(&d, size, sent == Sent::Uploaded, t.elapsed().as_secs_f64());
+                        task.finish(match sent {
+                            Sent::Uploaded => "pushed",
+                            Sent::Skipped => "exists",
+                            Sent::Mounted => "mounted",
+                        });
                         results.lock().expect("lock").push((size, sent));
                     }
                     Err(e) => {
