@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use envbuild_e2e::acr::Acr;
 use envbuild_e2e::azure::{AzureStandIn, RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE};
 use envbuild_e2e::entra::Entra;
-use envbuild_e2e::{bins, last_line, run, tls};
+use envbuild_e2e::{bins, json_shape, last_line, run, tls};
 use serde_json::{json, Value};
 
 use super::build::envbuild;
@@ -162,6 +162,17 @@ fn register_is_idempotent_versions_follow_the_digest_and_bad_input_is_refused() 
     assert_eq!(code, 0, "{err}");
     assert_eq!(last_line(&out), id);
     assert!(err.contains("already registered with this image"), "{err}");
+    assert_eq!(puts(&arm, "/environments/"), vec![201]);
+    // --json: one document, the same id, `registered: false` for the no-op.
+    let (code, out, err) = reg(&["register", &image1, "--name", "envbuild-mnist", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: Value = serde_json::from_str(&out).expect("stdout is one JSON document");
+    insta::assert_snapshot!("register_json", json_shape(&doc));
+    assert_eq!(
+        (doc["id"].as_str(), &doc["registered"]),
+        (Some(id.as_str()), &json!(false))
+    );
+    assert_eq!(doc["image"], image1.as_str());
     assert_eq!(puts(&arm, "/environments/"), vec![201]);
 
     // A new image is a new version; the container knows the latest.
@@ -772,6 +783,35 @@ fn deploy_run_and_register_a_model_end_to_end() {
     // The same version with the same content is an update (200), not a new version.
     assert_eq!(code, 0, "{err}");
     assert_eq!(puts(&arm, "/models/"), vec![201, 201, 200]);
+    // -o json, as az users type it: the model's document; and the job's.
+    let (code, out, err) = cmd(&[
+        "model",
+        "register",
+        "fashion-cnn",
+        "--job",
+        "mnist-ok",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    insta::assert_snapshot!("model_register_json", json_shape(&doc));
+    assert_eq!(doc["version"], "3");
+    assert_eq!(doc["uri"], "azureml://jobs/mnist-ok/outputs/model/");
+    assert!(doc["id"]
+        .as_str()
+        .unwrap()
+        .ends_with("/models/fashion-cnn/versions/3"));
+    let (code, out, err) = cmd(&["job", "show", "mnist-ok", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    insta::assert_snapshot!("job_show_json", json_shape(&doc));
+    assert_eq!(doc["status"], "Completed");
+    assert_eq!(doc["id"], "mnist-ok");
+    assert_eq!(
+        doc["studio"],
+        format!("https://ml.azure.com/runs/mnist-ok?wsid={}", ws_id()).as_str()
+    );
 
     // A failing command: Failed, non-zero exit, the log's tail.
     let (code, _, err) = run_job("mnist-bad", &[], &["--epochs", "0"]);

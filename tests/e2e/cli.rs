@@ -4,7 +4,7 @@
 use std::fs;
 use std::process::Command;
 
-use envbuild_e2e::{envbuild_debug, ok, run};
+use envbuild_e2e::{envbuild_debug, json_shape, ok, run, Registry};
 
 #[test]
 fn completions_parse_man_pages_render_and_help_documents_exit_statuses() {
@@ -197,6 +197,7 @@ fn build_inspect_and_diff_give_one_json_document_each() {
         doc
     };
     let first = build();
+    insta::assert_snapshot!("build_json", json_shape(&first));
     assert!(first["digest"].as_str().unwrap().starts_with("sha256:"));
     let layers = first["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 1);
@@ -214,14 +215,195 @@ fn build_inspect_and_diff_give_one_json_document_each() {
     let spec = format!("oci:{}", layout.display());
     let o = run(Command::new(envbuild_debug()).args(["inspect", "--json", &spec]));
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    insta::assert_snapshot!("inspect_json", json_shape(&doc));
     assert_eq!(doc["digest"], first["digest"]);
     assert_eq!(doc["platform"]["os"], "linux");
     assert_eq!(doc["config"]["config"]["Entrypoint"][0], "/x");
     assert_eq!(doc["layers"][0]["digest"], first["layers"][0]["digest"]);
 
-    let o = run(Command::new(envbuild_debug()).args(["diff", "--json", &spec, &spec]));
+    // `-o json`, as az users type it, is --json.
+    let o = run(Command::new(envbuild_debug()).args(["diff", "-o", "json", &spec, &spec]));
     assert!(o.status.success());
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    insta::assert_snapshot!("diff_json", json_shape(&doc));
     assert_eq!(doc["identical"], true);
     assert_eq!(doc["differences"].as_array().unwrap().len(), 0);
+}
+
+/// A scratch environment with one layer of `mb` MB (zeros: compressed fast, but enough bytes
+/// for the bar to move), written to `dir`.
+fn sized_env(dir: &std::path::Path, mb: usize) -> std::path::PathBuf {
+    fs::write(dir.join("x"), "#!/bin/sh\necho hi\n").unwrap();
+    fs::write(dir.join("big"), vec![0u8; mb << 20]).unwrap();
+    let env = dir.join("p.toml");
+    fs::write(
+        &env,
+        "name = \"p\"\n[base]\nscratch = true\n\n[[layer]]\nname = \"app\"\n[[layer.files]]\nsrc = \"x\"\ndest = \"/x\"\nmode = 0o755\n[[layer.files]]\nsrc = \"big\"\ndest = \"/big\"\n\n[config]\nentrypoint = [\"/x\"]\n",
+    )
+    .unwrap();
+    env
+}
+
+/// `cmd` (a shell line) on a pseudo-terminal, through util-linux `script`: what a user at a
+/// terminal sees, stdout and stderr together.
+fn on_a_terminal(cmd: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let mut c = Command::new("script");
+    c.args(["-qec", cmd, "/dev/null"])
+        .env_remove("NO_COLOR")
+        .env("TERM", "xterm-256color");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = run(&mut c);
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+/// Whether `s` holds an SGR sequence (`ESC [ digits;… m`: colour, bold), not counting the
+/// cursor moves (`ESC [ 1 A`, `ESC [ 2 K`) that bars make.
+fn has_colour(s: &str) -> bool {
+    s.split("\x1b[").skip(1).any(|rest| {
+        let params = rest.find(|c: char| !(c.is_ascii_digit() || c == ';'));
+        params.is_some_and(|n| n > 0 && rest[n..].starts_with('m'))
+    })
+}
+
+#[test]
+fn bars_and_colour_on_a_terminal_plain_lines_in_a_pipe_nothing_with_quiet() {
+    let t = tempfile::tempdir().unwrap();
+    let env = sized_env(t.path(), 24);
+    let reg = Registry::start(None);
+    let bin = envbuild_debug().display().to_string();
+    let line = |cache: &str, more: &str| {
+        format!(
+            "{bin} build {} --cache {c} --skip-link-check -o oci:{}/out-{cache} && {bin} push oci:{}/out-{cache} {}/p/{cache}:v1 --cache {c} {more}",
+            env.display(),
+            t.path().display(),
+            t.path().display(),
+            reg.addr,
+            c = t.path().join(cache).display(),
+        )
+    };
+
+    // A terminal: bars for the layer and the upload, coloured; the record lines stay.
+    let (ok_, seen) = on_a_terminal(&line("tty", ""), &[]);
+    assert!(ok_, "{seen}");
+    assert!(
+        seen.contains("layer app") && seen.contains("MiB"),
+        "no bar:\n{seen}"
+    );
+    assert!(seen.contains("\x1b[2K"), "bars redraw their line:\n{seen}");
+    assert!(seen.contains("push sha256:"), "no upload bar:\n{seen}");
+    assert!(
+        seen.contains("pushed  sha256:"),
+        "the record of the push stays:\n{seen}"
+    );
+    assert!(has_colour(&seen), "colour on a terminal:\n{seen}");
+
+    // NO_COLOR: the bars still move, without colour.
+    let (ok_, seen) = on_a_terminal(&line("nocolor", ""), &[("NO_COLOR", "1")]);
+    assert!(ok_, "{seen}");
+    assert!(seen.contains("\x1b[2K"), "bars without colour:\n{seen}");
+    assert!(!has_colour(&seen), "NO_COLOR leaves colour out:\n{seen}");
+    // --color always wins over NO_COLOR, as no-color.org asks of flags.
+    let (_, seen) = on_a_terminal(
+        &format!("{bin} build /nonexistent.toml --color always"),
+        &[("NO_COLOR", "1")],
+    );
+    assert!(
+        seen.contains("\x1b[31m") || seen.contains("\x1b[1m"),
+        "{seen}"
+    );
+
+    // A pipe: no escape at all, one line per finished transfer; -v adds each request without
+    // its query (an upload's `_state`).
+    let o = run(Command::new("sh").args(["-c", &line("pipe", "-v")]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains('\x1b'), "escapes in a pipe:\n{err}");
+    assert!(err.contains("layer app          built"), "{err}");
+    assert!(err.contains("pushed  sha256:"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "POST http://{}/v2/p/pipe/blobs/uploads/ -> 202",
+            reg.addr
+        )),
+        "-v shows the requests:\n{err}"
+    );
+    assert!(
+        err.contains("PUT http://") && err.contains("-> 201"),
+        "{err}"
+    );
+    assert!(!err.contains("_state="), "a query in the log:\n{err}");
+
+    // -q: the result only.
+    let o = run(Command::new("sh").args(["-c", &line("quiet", "-q")]));
+    assert!(o.status.success());
+    let o2 = run(Command::new(&bin)
+        .args(["build", "-q", "--skip-link-check", "--cache"])
+        .arg(t.path().join("quiet2"))
+        .arg(&env));
+    assert!(o2.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&o2.stderr),
+        "",
+        "-q prints nothing on stderr"
+    );
+    assert!(String::from_utf8_lossy(&o2.stdout)
+        .trim()
+        .starts_with("sha256:"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("pushed  sha256:"), "-q on push: {err}");
+}
+
+#[test]
+fn cache_prune_removes_by_age_and_size_and_the_next_build_rebuilds() {
+    let t = tempfile::tempdir().unwrap();
+    let env = sized_env(t.path(), 1);
+    let cache = t.path().join("cache");
+    let build = || {
+        let o = run(Command::new(envbuild_debug())
+            .args(["build", "--json", "--skip-link-check", "--cache"])
+            .arg(&cache)
+            .arg(&env));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let prune = |args: &[&str]| {
+        let o = run(Command::new(envbuild_debug())
+            .args(["cache", "prune", "--json", "--cache"])
+            .arg(&cache)
+            .args(args));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let first = build();
+    // Just used: the default (unused for 14 days) keeps everything.
+    let kept = prune(&[]);
+    insta::assert_snapshot!("cache_prune_json", json_shape(&kept));
+    assert_eq!(kept["removed_blobs"], 0, "{kept}");
+    assert!(kept["kept_blobs"].as_u64().unwrap() >= 3, "{kept}");
+    let dry = prune(&["--keep-storage", "0", "--dry-run"]);
+    assert_eq!(dry["removed_blobs"], kept["kept_blobs"], "{dry}");
+    assert_eq!(
+        build()["layers"][0]["cached"],
+        true,
+        "a dry run removed nothing"
+    );
+    let all = prune(&["--all"]);
+    assert_eq!(all["kept_blobs"], 0, "{all}");
+    assert_eq!(all["removed_layer_entries"], 1, "{all}");
+    let again = build();
+    assert_eq!(
+        again["layers"][0]["cached"], false,
+        "rebuilt after the prune"
+    );
+    assert_eq!(again["digest"], first["digest"], "the same image");
+    let o = run(Command::new(envbuild_debug())
+        .args(["cache", "prune", "--older-than", "3w", "--cache"])
+        .arg(&cache));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("the unit is d, h, m or s"));
 }

@@ -45,6 +45,7 @@ fn push_is_incremental_chunked_and_readable_by_skopeo_and_docker() {
 
     // 1 MiB chunks: the 5.9 MB base layer goes up in PATCHes.
     let (s, reference, _) = push(&env, &dest, &cache, &["--chunk-mib", "1"]);
+    insta::assert_snapshot!("push_json", envbuild_e2e::json_shape(&s));
     assert_eq!(reference, format!("{}/envbuild/repro@{digest}", reg.addr));
     assert_eq!(
         (s["uploaded"].as_u64(), s["skipped"].as_u64()),

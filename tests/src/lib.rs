@@ -166,3 +166,41 @@ pub fn skopeo_inspect(reference: &str, auth: &[&str]) -> serde_json::Value {
 pub fn last_line(s: &str) -> String {
     s.lines().last().unwrap_or_default().trim().to_owned()
 }
+
+/// The shape of a JSON document — every key with its value's type, arrays by their first
+/// element — for snapshot tests of the documented `--json` output (values change run to run,
+/// shapes must not).
+pub fn json_shape(v: &serde_json::Value) -> String {
+    fn walk(v: &serde_json::Value, indent: usize, out: &mut String) {
+        use serde_json::Value::*;
+        match v {
+            Null => out.push_str("null"),
+            Bool(_) => out.push_str("bool"),
+            Number(_) => out.push_str("number"),
+            String(_) => out.push_str("string"),
+            Array(a) => match a.first() {
+                None => out.push_str("[]"),
+                Some(first) => {
+                    out.push('[');
+                    walk(first, indent, out);
+                    out.push(']');
+                }
+            },
+            Object(o) => {
+                out.push_str("{\n");
+                for (k, v) in o {
+                    out.push_str(&"  ".repeat(indent + 1));
+                    out.push_str(k);
+                    out.push_str(": ");
+                    walk(v, indent + 1, out);
+                    out.push('\n');
+                }
+                out.push_str(&"  ".repeat(indent));
+                out.push('}');
+            }
+        }
+    }
+    let mut out = String::new();
+    walk(v, 0, &mut out);
+    out
+}

@@ -451,7 +451,7 @@ pub struct RunArgs {
 /// `envbuild run --azure`: the command job's settings.
 #[derive(Debug, Clone, Args)]
 pub struct AzureRunArgs {
-    /// With --json (run --azure only): {id, status, studio[, detached]}
+    // With --json (run --azure only): {id, status, studio[, detached]}
     #[command(flatten)]
     pub format: FormatArgs,
     /// Compute cluster name [default: serverless, with --instance-type]

@@ -44,7 +44,7 @@ pub struct RegisterArgs {
     /// REGISTRY/REPOSITORY the environment file's image was pushed to [default: its publish section]
     #[arg(long, value_name = "REF")]
     pub image_repository: Option<String>,
-    /// With --json: {id, name, version, image, registered, yaml}
+    // With --json: {id, name, version, image, registered, yaml}
     #[command(flatten)]
     pub format: FormatArgs,
     #[command(flatten)]
@@ -66,7 +66,7 @@ pub struct DeployArgs {
     /// Also write the Azure ML CLI v2 environment YAML here
     #[arg(long, value_name = "FILE")]
     pub emit_yaml: Option<PathBuf>,
-    /// With --json: register's document and the push's, as `push`
+    // With --json: register's document and the push's, as `push`
     #[command(flatten)]
     pub format: FormatArgs,
     #[command(flatten)]
@@ -92,7 +92,7 @@ pub struct JobArgs {
     pub follow: bool,
     #[command(flatten)]
     pub pacing: FollowArgs,
-    /// With --json: {id, status, studio}
+    // With --json: {id, status, studio}
     #[command(flatten)]
     pub format: FormatArgs,
     #[command(flatten)]
@@ -122,7 +122,7 @@ pub struct ModelArgs {
     /// Description
     #[arg(long)]
     pub description: Option<String>,
-    /// With --json: {id, name, version, uri}
+    // With --json: {id, name, version, uri}
     #[command(flatten)]
     pub format: FormatArgs,
     #[command(flatten)]

@@ -74,8 +74,8 @@ pub struct InspectArgs {
     /// oci:DIR or docker-archive:FILE
     #[arg(value_parser = parse_output)]
     pub image: Output,
-    /// With --json: {digest, platform: {os, architecture}, config, layers: [{digest, size,
-    /// media_type, diff_id}]}
+    // With --json: {digest, platform: {os, architecture}, config, layers: [{digest, size,
+    // media_type, diff_id}]}
     #[command(flatten)]
     pub format: FormatArgs,
 }
@@ -88,7 +88,7 @@ pub struct DiffArgs {
     /// oci:DIR or docker-archive:FILE
     #[arg(value_parser = parse_output)]
     pub b: Output,
-    /// With --json: {identical, a, b, differences: [...]} (the exit status is the same)
+    // With --json: {identical, a, b, differences: [...]} (the exit status is the same)
     #[command(flatten)]
     pub format: FormatArgs,
 }

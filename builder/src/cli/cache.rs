@@ -33,8 +33,8 @@ pub struct PruneArgs {
     /// Say what would be removed; remove nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// With --json: {removed_blobs, removed_bytes, kept_blobs, kept_bytes,
-    /// removed_layer_entries, removed_temp_files, dry_run}
+    // With --json: {removed_blobs, removed_bytes, kept_blobs, kept_bytes,
+    // removed_layer_entries, removed_temp_files, dry_run}
     #[command(flatten)]
     pub format: FormatArgs,
 }

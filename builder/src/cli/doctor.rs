@@ -16,7 +16,7 @@ pub struct DoctorArgs {
     /// The project venv whose libtorch to check [default: $VIRTUAL_ENV, else ./.venv]
     #[arg(long, value_name = "DIR")]
     pub venv: Option<PathBuf>,
-    /// With --json: [{name, status, detail, fix}]
+    // With --json: [{name, status, detail, fix}]
     #[command(flatten)]
     pub format: FormatArgs,
 }

@@ -112,6 +112,34 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// Every command's `--help`, as a snapshot (`cargo insta review` after a deliberate
+    /// change): a flag renamed, dropped or reworded shows in review, not in a user's script.
+    #[test]
+    fn help_of_every_command_is_as_recorded() {
+        fn walk(cmd: &clap::Command, path: &str, out: &mut Vec<(String, String)>) {
+            let mut c = cmd
+                .clone()
+                .term_width(100)
+                .max_term_width(100)
+                // The values of environment variables of the machine running the test.
+                .mut_args(|a| a.hide_env_values(true));
+            out.push((path.to_owned(), c.render_long_help().to_string()));
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() != "help" {
+                    walk(sub, &format!("{path}-{}", sub.get_name()), out);
+                }
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut all = Vec::new();
+        walk(&cmd, "envbuild", &mut all);
+        assert!(all.len() > 15, "{}", all.len());
+        for (name, help) in all {
+            insta::assert_snapshot!(name, help);
+        }
+    }
+
     #[test]
     fn run_azure_arguments_parse() {
         let cli = Cli::try_parse_from([

@@ -20,7 +20,7 @@ pub struct PushArgs {
     pub dest: String,
     #[command(flatten)]
     pub publish: PublishArgs,
-    /// With --json: {reference, uploaded, skipped, mounted, bytes, seconds}
+    // With --json: {reference, uploaded, skipped, mounted, bytes, seconds}
     #[command(flatten)]
     pub format: FormatArgs,
 }
