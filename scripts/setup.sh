@@ -33,4 +33,10 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
-say "ready: Debian packages, .venv with torch $TORCH_VERSION, data in /usr/share/datasets/fashion-mnist"
+# The SPDX project's own validator, which the tests run on every SBOM they check.
+SPDX_TOOLS_VERSION=0.8.5
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('spdx-tools') != '$SPDX_TOOLS_VERSION')" 2>/dev/null; then
+  say "installing spdx-tools==$SPDX_TOOLS_VERSION (pyspdxtools) into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check "spdx-tools==$SPDX_TOOLS_VERSION"
+fi
+say "ready: Debian packages, .venv with torch $TORCH_VERSION and spdx-tools, data in /usr/share/datasets/fashion-mnist"

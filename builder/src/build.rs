@@ -43,6 +43,8 @@ pub enum BuildError {
     BadBase(#[from] crate::registry::BadReference),
     #[error("{file}: the image would have nothing to run: neither [config] nor the base image gives an entrypoint or cmd")]
     NothingToRun { file: String },
+    #[error("{file}: the SBOM: {message}")]
+    Sbom { file: String, message: String },
 }
 
 impl crate::error::Hint for BuildError {
@@ -66,6 +68,8 @@ pub struct Settings {
     pub skip_link_check: bool,
     /// How to reach the registry of a base image given by reference.
     pub registry: crate::registry::Settings,
+    /// The SBOM's format (SPDX 2.3 by default, or CycloneDX 1.6).
+    pub sbom_format: crate::sbom::Format,
 }
 
 /// Messages and progress, for a reporter that shows them (the library never prints).
@@ -94,6 +98,10 @@ pub struct BuiltLayer {
     pub cached: bool,
     pub files: usize,
     pub bytes: u64,
+    /// The key over the layer's inputs (paths, modes, content digests), when it has one.
+    pub key: Option<Digest>,
+    /// The content digest of each regular file, by its path in the image.
+    pub contents: layer::ContentDigests,
 }
 
 /// The result of a build.
@@ -102,6 +110,8 @@ pub struct Built {
     pub image: Image,
     pub layers: Vec<BuiltLayer>,
     pub base: BaseImage,
+    /// The SBOM first, then the provenance statement: artifacts whose subject is the image.
+    pub attachments: Vec<image::attach::Attachment>,
 }
 
 /// Gathers one layer's tree.
@@ -208,9 +218,9 @@ pub fn build(
                 _ => None,
             })
             .collect();
-        if let Some(key) = known
+        if let Some((key, known)) = known
             .as_ref()
-            .and_then(|k| layer_key(tree, k, tar_opts, &identity))
+            .and_then(|k| Some((layer_key(tree, k, tar_opts, &identity)?, k)))
         {
             if let Some(blob) = cache.layer(&key) {
                 rep.message(&format!("layer {:<12} cached  {}", l.name, blob.digest));
@@ -220,6 +230,8 @@ pub fn build(
                     cached: true,
                     files,
                     bytes,
+                    key: Some(key),
+                    contents: known.clone(),
                 });
                 continue;
             }
@@ -258,8 +270,9 @@ pub fn build(
                 stamps.remember(src, *d);
             }
         }
-        if let Some(key) = layer_key(tree, &contents, tar_opts, &identity) {
-            cache.put_layer(&key, &blob).map_err(cache_err)?;
+        let key = layer_key(tree, &contents, tar_opts, &identity);
+        if let Some(key) = &key {
+            cache.put_layer(key, &blob).map_err(cache_err)?;
         }
         let secs = start.elapsed().as_secs_f64();
         task.finish(&format!("built {:.1} MB", blob.size as f64 / 1e6));
@@ -277,6 +290,8 @@ pub fn build(
             cached: false,
             files,
             bytes,
+            key,
+            contents,
         });
     }
     cache.save_stamps(&stamps).map_err(cache_err)?;
@@ -293,11 +308,168 @@ pub fn build(
     let image = image::assemble(&base, &add);
     cache.put_bytes(&image.config).map_err(cache_err)?;
     cache.put_bytes(&image.manifest).map_err(cache_err)?;
+    let attachments = documents(env, &base, &trees, &layers, &image, cache, settings, rep)?;
     Ok(Built {
         image,
         layers,
         base,
+        attachments,
     })
+}
+
+/// The SBOM and the provenance statement of the image, attached to it in the cache.
+#[allow(clippy::too_many_arguments)]
+fn documents(
+    env: &Environment,
+    base: &BaseImage,
+    trees: &[Tree],
+    layers: &[BuiltLayer],
+    image: &Image,
+    cache: &Cache,
+    settings: &Settings,
+    rep: &mut dyn Reporter,
+) -> Result<Vec<image::attach::Attachment>, BuildError> {
+    use crate::sbom::{self, Inventory, LayerEntry};
+    let file = env.file.display().to_string();
+    let sbom_err = |message: String| BuildError::Sbom {
+        file: file.clone(),
+        message,
+    };
+    let cache_err = |source| BuildError::Cache {
+        path: cache.root.clone(),
+        source,
+    };
+    // Debian packages: the base's layers, then the new layers' files (a base image built by
+    // envbuild has its dpkg status in a layer of its own). None from scratch without a status;
+    // unknown (said so) when there are files but no status.
+    let mut debs = sbom::dpkg::Collector::default();
+    for p in &base.blobs {
+        let f = std::fs::File::open(p).map_err(|source| ImageError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        debs.add_tar(f)
+            .map_err(|e| sbom_err(format!("reading the base layer {}: {e}", p.display())))?;
+    }
+    for t in trees {
+        for (path, n) in &t.nodes {
+            if let layer::Node::File { src, .. } = n {
+                debs.add_file(path, src)
+                    .map_err(|e| sbom_err(format!("reading {}: {e}", src.display())))?;
+            }
+        }
+    }
+    let scan = debs.finish();
+    let debs = if scan.found_status || base.blobs.is_empty() {
+        Some(scan.packages)
+    } else {
+        rep.message(&format!(
+            "warning: the base {} has no dpkg status (var/lib/dpkg/status): its Debian packages are unknown, and the SBOM says so",
+            base.name
+        ));
+        None
+    };
+    let named: Vec<(&str, &Tree)> = env
+        .layers
+        .iter()
+        .zip(trees)
+        .map(|(l, t)| (l.name.as_str(), t))
+        .collect();
+    let (python, warnings) = sbom::python::scan(&named);
+    for w in warnings {
+        rep.message(&format!("warning: {w}"));
+    }
+    let binary = match &env.sbom.cargo_lock {
+        None => None,
+        Some(lock) => {
+            let path = env
+                .sbom
+                .binary
+                .clone()
+                .or_else(|| env.config.entrypoint.first().cloned())
+                .ok_or_else(|| sbom_err("sbom.cargo-lock is set but neither sbom.binary nor an entrypoint names the binary".into()))?;
+            let rel = path.trim_start_matches('/').to_owned();
+            let (layer, digest) = layers
+                .iter()
+                .rev()
+                .find_map(|l| l.contents.get(&rel).map(|d| (l.name.clone(), *d)))
+                .ok_or_else(|| {
+                    sbom_err(format!("the binary {path} is in none of the file's layers"))
+                })?;
+            let package = env
+                .sbom
+                .cargo_package
+                .clone()
+                .unwrap_or_else(|| rel.rsplit('/').next().unwrap_or(&rel).to_owned());
+            let crates =
+                sbom::cargo::crates_of(lock, &package).map_err(|e| sbom_err(e.to_string()))?;
+            Some(sbom::Binary {
+                path,
+                digest,
+                layer,
+                crates,
+            })
+        }
+    };
+    let base_count = image.layers.len() - layers.len();
+    let entries: Vec<LayerEntry> = image
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, d)| LayerEntry {
+            name: match i.checked_sub(base_count) {
+                Some(k) => layers[k].name.clone(),
+                None => format!("base-{i}"),
+            },
+            digest: d.digest,
+            size: d.size,
+        })
+        .collect();
+    let base_ref =
+        (!base.blobs.is_empty() || base.digest.is_some()).then(|| (base.name.clone(), base.digest));
+    let inv = Inventory {
+        name: env.name.clone(),
+        image: image.digest,
+        created: settings.source_date_epoch,
+        base: base_ref.clone(),
+        layers: entries,
+        debs,
+        python,
+        binary,
+    };
+    let (doc, media_type) = match settings.sbom_format {
+        sbom::Format::Spdx => (sbom::spdx::document(&inv), sbom::SPDX_JSON),
+        sbom::Format::CycloneDx => (sbom::cyclonedx::document(&inv), sbom::CYCLONEDX_JSON),
+    };
+    let env_bytes = std::fs::read(&env.file).map_err(|source| ImageError::Io {
+        path: env.file.clone(),
+        source,
+    })?;
+    // The file's name, not its path: the same file in another checkout is the same input.
+    let env_name = env
+        .file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| file.clone());
+    let statement = sbom::provenance::statement(&sbom::provenance::Provenance {
+        name: &env.name,
+        image: image.digest,
+        env_file: &env_name,
+        env_digest: Digest::of(&env_bytes),
+        base: base_ref,
+        layer_inputs: layers
+            .iter()
+            .filter_map(|l| Some((l.name.clone(), l.key?)))
+            .collect(),
+        source_date_epoch: settings.source_date_epoch,
+        compression: format!("{:?}", env.compression),
+    });
+    let epoch = settings.source_date_epoch;
+    Ok(vec![
+        image::attach::attach(cache, image, media_type, &doc, epoch).map_err(cache_err)?,
+        image::attach::attach(cache, image, sbom::IN_TOTO_JSON, &statement, epoch)
+            .map_err(cache_err)?,
+    ])
 }
 
 /// The base image's run config (entrypoint, cmd, env), typed; none for an empty config

@@ -17,6 +17,7 @@ pub mod layer;
 pub mod progress;
 pub mod publish;
 pub mod registry;
+pub mod sbom;
 pub mod spec;
 
 /// The hint of `e` when its type is one of the library's errors that carry one

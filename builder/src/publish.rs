@@ -66,7 +66,7 @@ pub fn push_source(
             source,
         })?;
         let (_, built) = build::build_file(Path::new(source), &cache, settings, rep)?;
-        image::pushable_from_cache(&built.image, &cache)
+        image::pushable_from_cache(&built.image, &cache, &built.attachments)
     };
     Ok(registry::push(&client, &image, rep.progress())?)
 }

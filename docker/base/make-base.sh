@@ -14,8 +14,16 @@ trap 'rm -rf "$work"' EXIT
   echo "make-base: apt-get download ${packages[*]} failed (is a Debian mirror reachable?)" >&2
   exit 1
 }
-mkdir -p "$work/rootfs"
-for deb in "$work"/*.deb; do dpkg-deb -x "$deb" "$work/rootfs"; done
+mkdir -p "$work/rootfs/var/lib/dpkg"
+# Unpacked as dpkg would, and registered as dpkg would: the status database lists each package
+# (what an SBOM reads), and each package's copyright file stays (its licenses); the rest of
+# /usr/share/doc goes.
+for deb in "$work"/*.deb; do
+  dpkg-deb -x "$deb" "$work/rootfs"
+  { dpkg-deb -f "$deb" | sed '1a Status: install ok installed'; echo; } >> "$work/rootfs/var/lib/dpkg/status"
+done
+find "$work/rootfs/usr/share/doc" -mindepth 1 \( -type f -o -type l \) ! -name copyright -delete 2>/dev/null || true
+find "$work/rootfs/usr/share/doc" -mindepth 1 -type d -empty -delete 2>/dev/null || true
 mkdir -p "$work/rootfs/tmp"
 ls "$work"/*.deb | xargs -n1 basename >&2
 ENVBUILD=${ENVBUILD:-target/release/envbuild}

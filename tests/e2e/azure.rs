@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use envbuild_e2e::acr::Acr;
 use envbuild_e2e::azure::{AzureStandIn, RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE};
 use envbuild_e2e::entra::Entra;
-use envbuild_e2e::{bins, json_shape, last_line, run, tls};
+use envbuild_e2e::{bins, json_shape, last_line, ok, run, tls};
 use serde_json::{json, Value};
 
 use super::build::envbuild;
@@ -578,6 +578,22 @@ fn deploy_run_and_register_a_model_end_to_end() {
     assert!(
         env_id.ends_with(&image[image.len() - 64..image.len() - 52]),
         "version from the digest"
+    );
+    // The version's tags name the SBOM pushed beside the image (through ACR's referrers tag
+    // here: the stand-in registry is distribution 2.8) — the same document `envbuild sbom` reads.
+    let sbom_digest = stored["properties"]["tags"]["envbuild.sbom.digest"]
+        .as_str()
+        .expect("the SBOM digest in the tags")
+        .to_owned();
+    let local_sbom = ok(envbuild().args([
+        "sbom",
+        env_file.to_str().unwrap(),
+        "--cache",
+        cache.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        envbuild::digest::Digest::of(local_sbom.trim_end_matches('\n').as_bytes()).to_string(),
+        sbom_digest
     );
     assert!(
         acr.log().iter().any(|l| l == "exchange"),

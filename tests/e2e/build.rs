@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use envbuild_e2e::{base_layout, bins, last_line, ok, run, site_packages};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// A small environment with the shape of the real one: a library layer (a real libtorch
 /// library, a nested directory, a relative symlink) and the trainer layer. Its entrypoint is the
@@ -29,6 +29,9 @@ name = "trainer"
 src = "bin/trainer"
 dest = "/opt/envbuild/bin/trainer"
 mode = 0o755
+[sbom]
+cargo-lock = "Cargo.lock"
+binary = "/opt/envbuild/bin/trainer"
 [config]
 entrypoint = ["/bin/sh"]
 env = { LD_LIBRARY_PATH = "/opt/envbuild/lib" }
@@ -43,6 +46,21 @@ pub fn checkout(dir: &Path, reverse: bool) -> PathBuf {
         ("lib/libc10.so", fs::read(&libc10).unwrap()),
         ("lib/nested/data.txt", b"some data\n".to_vec()),
         ("lib/nested/more.txt", vec![7u8; 70_000]),
+        // `lib` is a site-packages of one distribution, which owns two of its files.
+        (
+            "lib/fake_dist-1.0.dist-info/METADATA",
+            b"Metadata-Version: 2.4\nName: fake-dist\nVersion: 1.0\nLicense-Expression: MIT\n"
+                .to_vec(),
+        ),
+        (
+            "lib/fake_dist-1.0.dist-info/RECORD",
+            b"libc10.so,sha256=x,1\nnested/data.txt,sha256=y,1\nfake_dist-1.0.dist-info/RECORD,,\n"
+                .to_vec(),
+        ),
+        (
+            "Cargo.lock",
+            fs::read(envbuild_e2e::root().join("Cargo.lock")).unwrap(),
+        ),
     ];
     if reverse {
         files.reverse();
@@ -187,6 +205,72 @@ fn same_inputs_same_digest_whatever_the_machine_state() {
         v
     };
     assert!(list(&t.path().join("out-a")) == list(&t.path().join("out-b")));
+
+    // The SBOM (in both layouts, so byte for byte the same above): valid for the SPDX
+    // project's own validator, and it lists the base's Debian packages, the distribution whose
+    // RECORD owns files of a layer, and the trainer with its crates.
+    let sbom = t.path().join("a.spdx.json");
+    ok(Command::new(&bins().envbuild)
+        .args([
+            "sbom",
+            &format!("oci:{}", t.path().join("out-a").display()),
+            "-o",
+        ])
+        .arg(&sbom));
+    let checked = run(
+        Command::new(envbuild_e2e::root().join(".venv/bin/pyspdxtools"))
+            .arg("-i")
+            .arg(&sbom),
+    );
+    assert!(
+        checked.status.success(),
+        "pyspdxtools: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&fs::read(&sbom).unwrap()).unwrap();
+    let package = |name: &str| -> Value {
+        doc["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no package {name} in the SBOM"))
+            .clone()
+    };
+    assert_eq!(package("libc6")["supplier"], "Organization: Debian");
+    assert!(package("libc6")["versionInfo"]
+        .as_str()
+        .unwrap()
+        .starts_with("2.36-"));
+    let fake = package("fake-dist");
+    assert_eq!(
+        (&fake["versionInfo"], &fake["licenseDeclared"]),
+        (&json!("1.0"), &json!("MIT"))
+    );
+    // Its RECORD lists two files of the layer and itself.
+    assert_eq!(fake["comment"], "3 files in layer libs");
+    assert_eq!(package("tch")["versionInfo"], "0.24.0");
+    assert_eq!(
+        package("trainer")["checksums"][0]["checksumValue"],
+        envbuild::digest::Digest::of(&fs::read(&bins().trainer).unwrap()).hex()
+    );
+    assert_eq!(doc["creationInfo"]["created"], "1970-01-01T00:00:00Z");
+    let prov: Value = serde_json::from_str(&ok(Command::new(&bins().envbuild).args([
+        "sbom",
+        "--provenance",
+        &format!("oci:{}", t.path().join("out-b").display()),
+    ])))
+    .unwrap();
+    assert_eq!(
+        prov["subject"][0]["digest"]["sha256"],
+        first.trim_start_matches("sha256:")
+    );
+    assert_eq!(
+        prov["predicate"]["buildDefinition"]["externalParameters"]["environment"]["digest"]
+            ["sha256"],
+        envbuild::digest::Digest::of(&fs::read(&env_a).unwrap()).hex()
+    );
 
     // SOURCE_DATE_EPOCH is an input: it changes the digest, and nothing else does.
     let mut c = envbuild();
@@ -338,6 +422,56 @@ fn skopeo_umoci_and_docker_accept_the_image() {
     assert!(
         shown.contains("entrypoint   [\"/opt/envbuild/bin/trainer\"]"),
         "{shown}"
+    );
+    // The SBOM of the real image: torch and the CUDA wheels by their versions, the base's
+    // Debian packages, the trainer's crates; inspect counts them.
+    assert!(
+        shown.contains("sbom: ") && shown.contains(" pypi") && shown.contains(" deb"),
+        "{shown}"
+    );
+    let sbom = t.path().join("cpu.spdx.json");
+    ok(Command::new(&bins().envbuild)
+        .args(["sbom", &format!("oci:{}", layout.display()), "--output"])
+        .arg(&sbom));
+    let checked = run(
+        Command::new(envbuild_e2e::root().join(".venv/bin/pyspdxtools"))
+            .arg("-i")
+            .arg(&sbom),
+    );
+    assert!(
+        checked.status.success(),
+        "pyspdxtools: {}",
+        String::from_utf8_lossy(&checked.stdout)
+    );
+    let doc: Value = serde_json::from_slice(&fs::read(&sbom).unwrap()).unwrap();
+    let version_of = |name: &str| {
+        doc["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["versionInfo"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(version_of("torch").as_deref(), Some("2.11.0"));
+    for wheel in ["nvidia-cuda-runtime", "nvidia-cuda-cupti"] {
+        let v = version_of(wheel).unwrap_or_else(|| panic!("{wheel} is not in the SBOM"));
+        assert!(v.starts_with("13."), "{wheel} {v}");
+    }
+    assert!(version_of("libc6").is_some() && version_of("libstdc++6").is_some());
+    assert_eq!(version_of("tch").as_deref(), Some("0.24.0"));
+    let nvidia = doc["hasExtractedLicensingInfos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["licenseId"] == "LicenseRef-NVIDIA-Proprietary")
+        .expect("NVIDIA's license, declared");
+    assert!(
+        nvidia["extractedText"]
+            .as_str()
+            .unwrap()
+            .to_uppercase()
+            .contains("NVIDIA"),
+        "the EULA's text from the wheel"
     );
     let from_archive = ok(Command::new(&bins().envbuild)
         .args(["inspect", &format!("docker-archive:{}", archive.display())]));

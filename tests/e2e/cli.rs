@@ -407,3 +407,81 @@ fn cache_prune_removes_by_age_and_size_and_the_next_build_rebuilds() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("the unit is d, h, m or s"));
 }
+
+#[test]
+fn an_sbom_says_what_it_cannot_know_a_base_without_dpkg_and_a_corrupt_metadata() {
+    let t = tempfile::tempdir().unwrap();
+    let cache = t.path().join("cache");
+    // A base with files but no dpkg status database.
+    let base_env = sized_env(t.path(), 1);
+    let base = t.path().join("base");
+    let o = run(Command::new(envbuild_debug())
+        .args(["build", "--skip-link-check", "--cache"])
+        .arg(&cache)
+        .arg(&base_env)
+        .arg(format!("--output=oci:{}", base.display())));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A layer from a site-packages whose one distribution has a broken METADATA.
+    let site = t.path().join("site");
+    fs::create_dir_all(site.join("odd-2.0.dist-info")).unwrap();
+    fs::create_dir_all(site.join("odd")).unwrap();
+    fs::write(site.join("odd/__init__.py"), "").unwrap();
+    fs::write(
+        site.join("odd-2.0.dist-info/METADATA"),
+        b"\xff\xfe not text",
+    )
+    .unwrap();
+    fs::write(site.join("odd-2.0.dist-info/RECORD"), "odd/__init__.py,,\n").unwrap();
+    let env = t.path().join("on-base.toml");
+    fs::write(
+        &env,
+        format!(
+            "name = \"on-base\"\n[base]\noci = \"{}\"\n\n[[layer]]\nname = \"py\"\n[[layer.files]]\nsrc = \"site/odd\"\ndest = \"/site/odd\"\n",
+            base.display()
+        ),
+    )
+    .unwrap();
+    let out = t.path().join("out");
+    let o = run(Command::new(envbuild_debug())
+        .args(["build", "--skip-link-check", "--cache"])
+        .arg(&cache)
+        .arg(&env)
+        .arg(format!("--output=oci:{}", out.display())));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("warning: the base")
+            && err.contains("has no dpkg status")
+            && err.contains("unknown"),
+        "{err}"
+    );
+    assert!(
+        err.contains("odd-2.0.dist-info/METADATA: is not UTF-8"),
+        "{err}"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&ok(
+        Command::new(envbuild_debug()).args(["sbom", &format!("oci:{}", out.display())])
+    ))
+    .unwrap();
+    assert!(
+        doc["creationInfo"]["comment"]
+            .as_str()
+            .unwrap()
+            .contains("Debian packages are unknown, not absent"),
+        "{doc}"
+    );
+    let odd = doc["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "odd")
+        .expect("the distribution is still listed");
+    assert_eq!(
+        (&odd["versionInfo"], &odd["licenseDeclared"]),
+        (&serde_json::json!("2.0"), &serde_json::json!("NOASSERTION"))
+    );
+    // A layout that is not there: one clear error, exit 1.
+    let o = run(Command::new(envbuild_debug())
+        .args(["sbom", &format!("oci:{}", t.path().join("nope").display())]));
+    assert_eq!(o.status.code(), Some(1));
+}

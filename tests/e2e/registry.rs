@@ -331,3 +331,123 @@ fn a_killed_push_run_again_sends_only_what_is_missing() {
     let inspect: Value = skopeo_inspect(&dest, &[]);
     assert_eq!(inspect["Digest"], digest.as_str());
 }
+
+/// `skopeo inspect --raw` of `reference` in a loopback registry: the manifest as stored.
+fn raw(reference: &str) -> Value {
+    let out = ok(Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}")));
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn push_attaches_sbom_and_provenance_through_the_tag_schema_or_the_referrers_api() {
+    let reg = Registry::start(None);
+    let t = tempfile::tempdir().unwrap();
+    let env = checkout(&t.path().join("c"), false);
+    let cache = t.path().join("cache");
+    let layout = t.path().join("oci");
+    build(
+        &env,
+        &cache,
+        &["--output", &format!("oci:{}", layout.display())],
+    );
+    let source = std::path::PathBuf::from(format!("oci:{}", layout.display()));
+    let local =
+        ok(Command::new(&bins().envbuild).args(["sbom", &format!("oci:{}", layout.display())]));
+
+    // distribution 2.8 has no referrers API: the artifacts go into the index at the
+    // `sha256-<hex>` tag, where skopeo — another client — reads them.
+    let dest = format!("{}/envbuild/sbom:v1", reg.addr);
+    let (s, reference, _) = push(&source, &dest, &cache, &[]);
+    let image = reference.rsplit_once('@').unwrap().1.to_owned();
+    let listed: Vec<(&str, &str)> = s["referrers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["artifact_type"].as_str().unwrap(),
+                r["listed"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("application/spdx+json", "tag_schema"),
+            ("application/vnd.in-toto+json", "tag_schema")
+        ],
+        "{s}"
+    );
+    let index = raw(&format!(
+        "{}/envbuild/sbom:sha256-{}",
+        reg.addr,
+        image.trim_start_matches("sha256:")
+    ));
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{index}");
+    let spdx = entries
+        .iter()
+        .find(|m| m["artifactType"] == "application/spdx+json")
+        .expect("the SBOM in the referrers index");
+    let artifact = raw(&format!(
+        "{}/envbuild/sbom@{}",
+        reg.addr,
+        spdx["digest"].as_str().unwrap()
+    ));
+    assert_eq!(
+        artifact["subject"]["digest"],
+        image.as_str(),
+        "the SBOM's subject is the image"
+    );
+    let o = run(Command::new(&bins().envbuild).args(["sbom", &dest]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        local,
+        "the SBOM read back is the built one"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("referrers tag schema"));
+    // Pushing again changes nothing: the index keeps two entries.
+    push(&source, &dest, &cache, &[]);
+    let again = raw(&format!(
+        "{}/envbuild/sbom:sha256-{}",
+        reg.addr,
+        image.trim_start_matches("sha256:")
+    ));
+    assert_eq!(again["manifests"].as_array().unwrap().len(), 2);
+
+    // A registry with the referrers API (as ACR): it answers OCI-Subject, so no tag is made,
+    // and `envbuild sbom` lists through the API.
+    let api = envbuild_e2e::ReferrersRegistry::start(&reg.addr);
+    let dest = format!("{}/envbuild/api:v1", api.addr);
+    let (s, _, _) = push(&source, &dest, &cache, &[]);
+    assert!(
+        s["referrers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["listed"] == "referrers_api"),
+        "{s}"
+    );
+    assert_eq!(api.subject_puts(), 2);
+    let tags: Value = serde_json::from_str(&ok(Command::new("skopeo")
+        .args(["list-tags", "--tls-verify=false"])
+        .arg(format!("docker://{}/envbuild/api", api.addr))))
+    .unwrap();
+    assert_eq!(tags["Tags"], serde_json::json!(["v1"]), "no referrers tag");
+    let o = run(Command::new(&bins().envbuild)
+        .args(["sbom", &format!("{}/envbuild/api@{image}", api.addr)]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), local);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("referrers API"));
+    assert!(api.referrers_requests() >= 1);
+    let prov: Value = serde_json::from_str(&ok(Command::new(&bins().envbuild).args([
+        "sbom",
+        "--provenance",
+        &dest,
+    ])))
+    .unwrap();
+    assert_eq!(prov["predicateType"], "https://slsa.dev/provenance/v1");
+}

@@ -350,6 +350,7 @@ fn run_local_is_a_library_call_whose_output_goes_to_the_callers_sink() {
         source_date_epoch: 0,
         skip_link_check: false,
         registry: envbuild::registry::Settings::default(),
+        sbom_format: envbuild::sbom::Format::default(),
     };
     let sink = std::sync::Arc::new(Collected::default());
     let finished = run_local(&run, &cache, &settings, sink.clone()).expect("the run starts");

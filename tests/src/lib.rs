@@ -6,10 +6,12 @@ pub mod azure;
 pub mod entra;
 pub mod hostile;
 pub mod proxy;
+pub mod referrers;
 pub mod registry;
 pub mod tls;
 
 pub use proxy::FaultProxy;
+pub use referrers::ReferrersRegistry;
 pub use registry::{Registry, TokenAuth};
 
 use std::path::{Path, PathBuf};

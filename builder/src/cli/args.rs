@@ -109,6 +109,7 @@ impl TransportArgs {
             source_date_epoch: source_date_epoch()?,
             skip_link_check,
             registry: self.registry(&TransferArgs::default()),
+            sbom_format: envbuild::sbom::Format::default(),
         })
     }
 }
@@ -246,6 +247,30 @@ impl FormatArgs {
     pub fn json(&self) -> bool {
         self.json || self.format.as_deref() == Some("json")
     }
+}
+
+/// Writes `bytes` to `path` through a temporary file beside it, renamed into place (nothing
+/// half-written), readable by all as other outputs are; `what` names the flag in errors.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8], what: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| {
+        format!(
+            "{what} {}: cannot write in {}",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("{what} {}", path.display()))?;
+    Ok(())
 }
 
 /// Prints `doc` as the command's one JSON document on stdout.

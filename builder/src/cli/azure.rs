@@ -185,7 +185,7 @@ fn pushed_image_of(
     file: &Path,
     repository: Option<&str>,
     publish: &PublishArgs,
-) -> anyhow::Result<(String, envbuild::spec::Environment)> {
+) -> anyhow::Result<(String, envbuild::spec::Environment, Option<String>)> {
     let registry = &publish.registry;
     let (env, built) = envbuild::build::build_file(
         file,
@@ -220,8 +220,17 @@ fn pushed_image_of(
                 ),
             )
         })?;
-    Ok((reference.to_string(), env))
+    let sbom = built
+        .attachments
+        .iter()
+        .find(|a| a.artifact_type != envbuild::sbom::IN_TOTO_JSON)
+        .map(|a| a.payload.0.to_string());
+    Ok((reference.to_string(), env, sbom))
 }
+
+/// The environment version's tag naming the SBOM document's digest (what `envbuild sbom`
+/// prints for its image).
+const SBOM_TAG: &str = "envbuild.sbom.digest";
 
 fn register_version(
     client: &Client,
@@ -277,11 +286,11 @@ fn env_name(
 }
 
 pub fn register(a: RegisterArgs) -> anyhow::Result<ExitCode> {
-    let (image, env) = match source(&a.source) {
-        Source::Image(i) => (i, None),
+    let (image, env, sbom) = match source(&a.source) {
+        Source::Image(i) => (i, None, None),
         Source::File(f) => {
-            let (i, e) = pushed_image_of(&f, a.image_repository.as_deref(), &a.publish)?;
-            (i, Some(e))
+            let (i, e, s) = pushed_image_of(&f, a.image_repository.as_deref(), &a.publish)?;
+            (i, Some(e), s)
         }
     };
     let name = env_name(&a.name, env.as_ref())?;
@@ -298,7 +307,10 @@ pub fn register(a: RegisterArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| env.as_ref().and_then(|e| e.description.clone()));
     // Name and digest are checked before any request.
-    let version = environment::EnvironmentVersion::new(&name, &image, description, revision)?;
+    let mut version = environment::EnvironmentVersion::new(&name, &image, description, revision)?;
+    if let Some(d) = sbom {
+        version.tags.insert(SBOM_TAG.to_owned(), d);
+    }
     let client = client(&a.ws)?;
     let doc = register_version(&client, &version, &a.emit_yaml)?;
     print_result(&a.format, &doc)
@@ -332,7 +344,7 @@ pub fn deploy(a: DeployArgs) -> anyhow::Result<ExitCode> {
         "pushed {} ({} blobs uploaded, {} already there)",
         report.reference, report.uploaded, report.skipped
     ));
-    let version = environment::EnvironmentVersion::new(
+    let mut version = environment::EnvironmentVersion::new(
         &name,
         &report.reference,
         env.description.clone(),
@@ -341,6 +353,13 @@ pub fn deploy(a: DeployArgs) -> anyhow::Result<ExitCode> {
             .get("org.opencontainers.image.revision")
             .cloned(),
     )?;
+    if let Some(r) = report
+        .referrers
+        .iter()
+        .find(|r| r.artifact_type != envbuild::sbom::IN_TOTO_JSON)
+    {
+        version.tags.insert(SBOM_TAG.to_owned(), r.document.clone());
+    }
     let mut doc = register_version(&client, &version, &a.emit_yaml)?;
     doc["push"] = serde_json::to_value(&report)?;
     print_result(&a.format, &doc)

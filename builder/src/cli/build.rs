@@ -34,6 +34,12 @@ pub struct BuildArgs {
     /// Do not check that the entrypoint's shared libraries and symbol versions resolve in the image
     #[arg(long)]
     pub skip_link_check: bool,
+    /// The SBOM's format: spdx (SPDX 2.3 JSON) or cyclonedx (CycloneDX 1.6 JSON)
+    #[arg(long, value_name = "FORMAT", value_parser = ["spdx", "cyclonedx"], default_value = "spdx")]
+    pub sbom_format: String,
+    /// Also write the SBOM to FILE (it is always attached to oci: outputs and pushes)
+    #[arg(long, value_name = "FILE")]
+    pub sbom: Option<PathBuf>,
     /// One JSON document on stdout: {digest, config, layers: [{digest, size, media_type,
     /// diff_id, from, cached}], outputs, loaded} (messages stay on stderr)
     #[arg(long)]
@@ -133,15 +139,31 @@ pub fn build(a: BuildArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let settings = a.transport.build(a.threads, a.skip_link_check)?;
+    let mut settings = a.transport.build(a.threads, a.skip_link_check)?;
+    if a.sbom_format == "cyclonedx" {
+        settings.sbom_format = envbuild::sbom::Format::CycloneDx;
+    }
     let cache = a.cache.open()?;
     let built = envbuild::build::build(&env, &cache, &settings, &mut Stderr)?;
+    let sbom = &built.attachments[0];
+    let sbom_bytes = std::fs::read(cache.blob_path(&sbom.payload.0))?;
+    let summary = (settings.sbom_format == envbuild::sbom::Format::Spdx)
+        .then(|| serde_json::from_slice(&sbom_bytes).ok())
+        .flatten()
+        .map(|v: serde_json::Value| envbuild::sbom::summarize(&v));
+    if let Some(s) = &summary {
+        ui().message(&format!("sbom {}: {}", sbom.payload.0, summary_line(s)));
+    }
+    if let Some(p) = &a.sbom {
+        super::args::write_atomically(p, &sbom_bytes, "--sbom")?;
+        ui().message(&format!("wrote {}", p.display()));
+    }
     let tag = env.publish.tag.clone().unwrap_or_else(|| "latest".into());
     let mut written = Vec::new();
     for out in a.outputs() {
         match out {
             Output::Oci(dir) => {
-                envbuild::image::write_oci(&built.image, &cache, dir, &tag)?;
+                envbuild::image::write_oci(&built.image, &cache, dir, &tag, &built.attachments)?;
                 ui().message(&format!("wrote oci:{}", dir.display()));
                 written.push(format!("oci:{}", dir.display()));
             }
@@ -198,6 +220,13 @@ pub fn build(a: BuildArgs) -> anyhow::Result<ExitCode> {
             "layers": layers,
             "outputs": written,
             "loaded": engine.is_some(),
+            "sbom": {
+                "digest": sbom.payload.0.to_string(),
+                "artifact": sbom.digest.to_string(),
+                "media_type": sbom.artifact_type,
+                "packages": summary.as_ref().map(|s| s.packages),
+            },
+            "provenance": built.attachments.get(1).map(|p| p.digest.to_string()),
         });
         print_json(&doc)?;
     } else {
@@ -206,12 +235,48 @@ pub fn build(a: BuildArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `12 packages: 5 deb, 3 pypi, …; licenses: MIT 4, …`
+fn summary_line(s: &envbuild::sbom::Summary) -> String {
+    let kinds: Vec<String> = s.kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    let lic: Vec<String> = s
+        .top_licenses
+        .iter()
+        .take(5)
+        .map(|(l, n)| format!("{l} {n}"))
+        .collect();
+    format!(
+        "{} packages ({}); top licenses: {}",
+        s.packages,
+        kinds.join(", "),
+        if lic.is_empty() {
+            "none declared".to_owned()
+        } else {
+            lic.join(", ")
+        }
+    )
+}
+
 pub fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
     let img = inspect::open(&a.image.spec())?;
+    // The SBOM an OCI layout carries (a docker archive has no place for one).
+    let summary = match &a.image {
+        Output::Oci(dir) => envbuild::image::attach::layout_referrers(dir)?
+            .into_iter()
+            .find(|r| r.artifact_type == envbuild::sbom::SPDX_JSON)
+            .and_then(|r| serde_json::from_slice(&r.document).ok())
+            .map(|v: serde_json::Value| envbuild::sbom::summarize(&v)),
+        Output::DockerArchive(_) => None,
+    };
     if a.format.json() {
-        print_json(&inspect::as_json(&img))?;
+        let mut doc = inspect::as_json(&img);
+        doc["sbom"] = serde_json::to_value(&summary)?;
+        print_json(&doc)?;
     } else {
         print!("{}", inspect::describe(&img)?);
+        match &summary {
+            Some(s) => println!("sbom: {}", summary_line(s)),
+            None => println!("sbom: none attached"),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@ mod cache;
 mod doctor;
 mod registry;
 mod run;
+mod sbom;
 mod shell;
 pub mod ui;
 
@@ -54,6 +55,8 @@ pub enum Command {
     Login(registry::LoginArgs),
     /// Run the image on the local Docker engine (--local) or as an Azure ML command job (--azure)
     Run(Box<args::RunArgs>),
+    /// Print (or write) the SBOM or provenance attached to an image: oci:DIR, a registry reference, an environment file
+    Sbom(sbom::SbomArgs),
     /// Register the pushed image as an Azure ML environment version
     Register(azure::RegisterArgs),
     /// Build, push and register in one idempotent step; prints the environment version's ARM id
@@ -90,6 +93,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Login(a) => registry::login(a),
         Command::Run(a) if a.azure => azure::run(*a),
         Command::Run(a) => run::local(*a),
+        Command::Sbom(a) => sbom::sbom(a),
         Command::Register(a) => azure::register(a),
         Command::Deploy(a) => azure::deploy(a),
         Command::Job(a) => azure::job(a),

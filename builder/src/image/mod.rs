@@ -4,6 +4,7 @@
 //! check ([`linkcheck`]) and reading images back ([`inspect`]) have a file each.
 
 pub mod assemble;
+pub mod attach;
 pub mod base;
 pub mod inspect;
 pub mod linkcheck;
@@ -262,6 +263,8 @@ pub struct Pushable {
     pub manifest: Vec<u8>,
     pub media_type: String,
     pub blobs: Vec<(Digest, u64, PathBuf)>,
+    /// Artifacts whose `subject` is this manifest (SBOM, provenance), pushed after it.
+    pub referrers: Vec<Pushable>,
 }
 
 /// A Unix-epoch second count as RFC 3339 UTC.

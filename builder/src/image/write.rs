@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::image::{ImageIndex, ImageIndexBuilder, ImageManifest, MediaType, SCHEMA_VERSION};
 
+use super::attach::Attachment;
 use super::base::{layout_blob, read_doc};
 use super::{
     canonical_json, descriptor, invalid, io_at, media, oci_descriptor, parse, ArchiveEntry, Image,
@@ -43,15 +44,43 @@ pub fn pushable_from_oci(dir: &Path) -> Result<Pushable, ImageError> {
         .media_type()
         .as_ref()
         .map_or_else(|| media::MANIFEST.to_owned(), |m| m.to_string());
+    // The referrers the layout records (SBOM, provenance), each verified as the image is.
+    let mut referrers = Vec::new();
+    for r in super::attach::layout_referrers(dir)? {
+        let (mpath, manifest) = layout_blob(dir, &r.manifest, None)?;
+        let m: serde_json::Value = parse(&mpath, &manifest)?;
+        let mut rblobs = Vec::new();
+        for desc in
+            std::iter::once(&m["config"]).chain(m["layers"].as_array().into_iter().flatten())
+        {
+            let d: Digest = desc["digest"]
+                .as_str()
+                .unwrap_or("")
+                .parse()
+                .map_err(|e| invalid(&mpath, format!("a descriptor's digest: {e}")))?;
+            let size = desc["size"].as_u64().unwrap_or(0);
+            let p = dir.join("blobs/sha256").join(d.hex());
+            super::verify_blob(&p, &d, size)?;
+            rblobs.push((d, size, p));
+        }
+        referrers.push(Pushable {
+            manifest,
+            media_type: media::MANIFEST.into(),
+            blobs: rblobs,
+            referrers: Vec::new(),
+        });
+    }
     Ok(Pushable {
         manifest,
         media_type,
         blobs,
+        referrers,
     })
 }
 
-/// A built image whose blobs are in the cache, as the registry client pushes it.
-pub fn pushable_from_cache(img: &Image, cache: &Cache) -> Pushable {
+/// A built image whose blobs are in the cache, and its attachments, as the registry client
+/// pushes them.
+pub fn pushable_from_cache(img: &Image, cache: &Cache, attachments: &[Attachment]) -> Pushable {
     let mut blobs = vec![(
         img.config_digest,
         img.config.len() as u64,
@@ -66,6 +95,7 @@ pub fn pushable_from_cache(img: &Image, cache: &Cache) -> Pushable {
         manifest: img.manifest.clone(),
         media_type: media::MANIFEST.into(),
         blobs,
+        referrers: attachments.iter().map(|a| a.pushable(cache)).collect(),
     }
 }
 
@@ -83,8 +113,15 @@ fn link_or_copy(src: &Path, dst: &Path) -> io::Result<()> {
 }
 
 /// Writes the image as an OCI image layout at `dir`, replacing an earlier layout atomically.
-/// The index names the image `tag` (`org.opencontainers.image.ref.name`).
-pub fn write_oci(img: &Image, cache: &Cache, dir: &Path, tag: &str) -> Result<(), ImageError> {
+/// The index names the image `tag` (`org.opencontainers.image.ref.name`); its attachments'
+/// blobs go in too, listed by the entry's [`super::attach::REFERRERS`] annotation.
+pub fn write_oci(
+    img: &Image,
+    cache: &Cache,
+    dir: &Path,
+    tag: &str,
+    attachments: &[Attachment],
+) -> Result<(), ImageError> {
     if dir.exists()
         && !dir.join("oci-layout").is_file()
         && fs::read_dir(dir).map_err(io_at(dir))?.next().is_some()
@@ -110,14 +147,25 @@ pub fn write_oci(img: &Image, cache: &Cache, dir: &Path, tag: &str) -> Result<()
         }
         fs::write(blobs.join(img.config_digest.hex()), &img.config).map_err(io_at(&blobs))?;
         fs::write(blobs.join(img.digest.hex()), &img.manifest).map_err(io_at(&blobs))?;
+        for a in attachments {
+            for (d, from) in a.blobs(cache) {
+                let to = blobs.join(d.hex());
+                if !to.exists() {
+                    link_or_copy(&from, &to).map_err(io_at(&blobs))?;
+                }
+            }
+        }
         let mut entry = oci_descriptor(media::MANIFEST, &img.digest, img.manifest.len() as u64);
-        entry.set_annotations(Some(
-            [(
-                "org.opencontainers.image.ref.name".to_owned(),
-                tag.to_owned(),
-            )]
-            .into(),
-        ));
+        let mut annotations: std::collections::HashMap<String, String> = [(
+            "org.opencontainers.image.ref.name".to_owned(),
+            tag.to_owned(),
+        )]
+        .into();
+        if !attachments.is_empty() {
+            let list: Vec<String> = attachments.iter().map(|a| a.digest.to_string()).collect();
+            annotations.insert(super::attach::REFERRERS.to_owned(), list.join(" "));
+        }
+        entry.set_annotations(Some(annotations));
         let index = ImageIndexBuilder::default()
             .schema_version(SCHEMA_VERSION)
             .media_type(MediaType::ImageIndex)

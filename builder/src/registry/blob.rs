@@ -243,6 +243,23 @@ impl Client {
         }
     }
 
+    /// A small blob's bytes (a document, at most 64 MiB), verified by digest and size.
+    pub fn get_blob_bytes(&self, d: &Digest, size: u64) -> Result<Vec<u8>, RegistryError> {
+        let what = format!("GET blob {d}");
+        if size > 64 << 20 {
+            return Err(self.protocol(&what, format!("{size} bytes is too large for a document")));
+        }
+        let url = self.url(&format!("blobs/{d}"));
+        let resp = self.send(&what, &|| Ok(self.http.get(&url)))?;
+        let resp = self.expect(&what, resp, &[StatusCode::OK])?;
+        let bytes = crate::http::read_capped(resp, size)
+            .map_err(|_| self.protocol(&what, "more bytes than the descriptor's size"))?;
+        if bytes.len() as u64 != size || Digest::of(&bytes) != *d {
+            return Err(self.protocol(&what, "the bytes do not match the digest and size"));
+        }
+        Ok(bytes)
+    }
+
     /// Streams a blob into the cache, verifying digest and size; never fetches what the cache
     /// has. `task` hears the bytes received.
     pub fn pull_blob(

@@ -19,6 +19,17 @@ impl Client {
         media_type: &str,
         bytes: &[u8],
     ) -> Result<Digest, RegistryError> {
+        Ok(self.put_manifest(reference, media_type, bytes)?.0)
+    }
+
+    /// [`Self::push_manifest`], also saying whether the registry processed a `subject` (it
+    /// answered with `OCI-Subject`, as registries with the referrers API do).
+    pub fn put_manifest(
+        &self,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<(Digest, bool), RegistryError> {
         let what = format!("PUT manifest {reference}");
         let url = self.url(&format!("manifests/{reference}"));
         let body = bytes.to_vec();
@@ -48,7 +59,8 @@ impl Client {
                 ));
             }
         }
-        Ok(ours)
+        let subject = resp.headers().contains_key("oci-subject");
+        Ok((ours, subject))
     }
 
     /// Fetches a manifest or index by digest (verified) or tag; returns bytes, media type, digest.
@@ -96,5 +108,14 @@ impl Client {
         }
         let mt = media::declared(&bytes).unwrap_or(mt);
         Ok((bytes, mt, d))
+    }
+
+    /// [`Self::get_manifest`] of a tag that may not exist: `None` for 404.
+    pub fn get_manifest_opt(&self, tag: &str) -> Result<Option<Vec<u8>>, RegistryError> {
+        match self.get_manifest(tag) {
+            Ok((bytes, _, _)) => Ok(Some(bytes)),
+            Err(RegistryError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }

@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod pull;
 pub mod push;
 pub mod reference;
+pub mod referrers;
 
 use std::borrow::Cow;
 use std::io;

@@ -20,6 +20,20 @@ pub struct PushReport {
     pub mounted: usize,
     pub bytes: u64,
     pub seconds: f64,
+    /// The artifacts attached to the image (SBOM, provenance).
+    pub referrers: Vec<Referrer>,
+}
+
+/// One artifact attached by a push.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Referrer {
+    /// The artifact manifest's digest.
+    pub digest: String,
+    pub artifact_type: String,
+    /// The document's digest (the SBOM's bytes).
+    pub document: String,
+    /// Through the registry's referrers API, or the tag schema.
+    pub listed: super::referrers::Listed,
 }
 
 /// Pushes every blob (in parallel, bounded), then the manifest under the tag (or its digest).
@@ -111,6 +125,21 @@ pub fn push(
         .clone()
         .unwrap_or_else(|| digest.to_string());
     client.push_manifest(&tag, &image.media_type, &image.manifest)?;
+    // Then what refers to it (SBOM, provenance): only once their subject is there.
+    let mut referrers = Vec::new();
+    for artifact in &image.referrers {
+        let how = super::referrers::push_referrer(client, artifact, &digest)?;
+        let v: serde_json::Value = serde_json::from_slice(&artifact.manifest).unwrap_or_default();
+        referrers.push(Referrer {
+            digest: Digest::of(&artifact.manifest).to_string(),
+            artifact_type: v["artifactType"].as_str().unwrap_or_default().to_owned(),
+            document: v["layers"][0]["digest"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            listed: how,
+        });
+    }
     if let Some(ledger) = &client.ledger {
         let digests: Vec<Digest> = image.blobs.iter().map(|(d, _, _)| *d).collect();
         ledger.record(&r.registry, &r.repository, &digests);
@@ -127,5 +156,6 @@ pub fn push(
             .map(|(n, _)| n)
             .sum(),
         seconds: start.elapsed().as_secs_f64(),
+        referrers,
     })
 }

@@ -55,6 +55,29 @@ struct RawEnv {
     config: RawConfig,
     #[serde(default)]
     publish: Publish,
+    #[serde(default)]
+    sbom: RawSbom,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSbom {
+    #[serde(rename = "cargo-lock")]
+    cargo_lock: Option<Spanned<String>>,
+    #[serde(rename = "cargo-package")]
+    cargo_package: Option<String>,
+    binary: Option<String>,
+}
+
+/// What the SBOM needs beyond the layers: the binary built from a Cargo workspace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sbom {
+    /// The workspace's `Cargo.lock`.
+    pub cargo_lock: Option<PathBuf>,
+    /// The binary's crate [default: the binary's file name].
+    pub cargo_package: Option<String>,
+    /// The binary's path in the image [default: the entrypoint].
+    pub binary: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,6 +207,7 @@ pub struct Environment {
     pub layers: Vec<Layer>,
     pub config: Config,
     pub publish: Publish,
+    pub sbom: Sbom,
 }
 
 /// Loads an environment file with the variables of its own location ([`Vars::for_file`]).
@@ -408,6 +432,14 @@ pub fn parse(path: &Path, text: &str, vars: &Vars) -> Result<Environment, SpecEr
         labels: expand_map(&c.labels, "labels")?,
         annotations: expand_map(&c.annotations, "annotations")?,
     };
+    let sbom = Sbom {
+        cargo_lock: match &raw.sbom.cargo_lock {
+            Some(p) => Some(path_of(p, "sbom.cargo-lock")?),
+            None => None,
+        },
+        cargo_package: raw.sbom.cargo_package.clone(),
+        binary: raw.sbom.binary.clone(),
+    };
     Ok(Environment {
         file: path.to_path_buf(),
         name,
@@ -419,6 +451,7 @@ pub fn parse(path: &Path, text: &str, vars: &Vars) -> Result<Environment, SpecEr
         layers,
         config,
         publish: raw.publish,
+        sbom,
     })
 }
 

@@ -1,0 +1,140 @@
+//! Artifacts that refer to an image (distribution-spec 1.1): pushing one — its blobs, then its
+//! manifest by digest; a registry that processes `subject` answers `OCI-Subject`, and for one
+//! that does not (distribution 2.8) the client keeps the referrers tag schema up to date, an
+//! image index at the tag `sha256-<hex>` — and listing them, through the referrers API where
+//! the registry has it (ACR does), else through that tag.
+
+use reqwest::header::ACCEPT;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use super::{Client, RegistryError};
+use crate::digest::Digest;
+use crate::image::{attach, media, Pushable};
+use crate::progress::Task;
+
+/// The referrers tag of `subject` (the distribution spec's "Referrers Tag Schema").
+pub fn tag_of(subject: &Digest) -> String {
+    format!("sha256-{}", subject.hex())
+}
+
+/// How an artifact reached the registry's referrers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Listed {
+    /// The registry processed `subject` (it answered `OCI-Subject`).
+    ReferrersApi,
+    /// We added it to the index at the referrers tag.
+    TagSchema,
+}
+
+/// The descriptor of an artifact manifest, as a referrers index lists it.
+fn descriptor(artifact: &Pushable) -> Value {
+    let v: Value = serde_json::from_slice(&artifact.manifest).unwrap_or_default();
+    let mut d = json!({
+        "mediaType": artifact.media_type,
+        "digest": Digest::of(&artifact.manifest).to_string(),
+        "size": artifact.manifest.len(),
+    });
+    if let Some(t) = v["artifactType"].as_str() {
+        d["artifactType"] = t.into();
+    }
+    if v["annotations"].is_object() {
+        d["annotations"] = v["annotations"].clone();
+    }
+    d
+}
+
+/// Pushes `artifact`, whose subject is `subject`; returns how it became listed.
+pub fn push_referrer(
+    client: &Client,
+    artifact: &Pushable,
+    subject: &Digest,
+) -> Result<Listed, RegistryError> {
+    for (d, size, path) in &artifact.blobs {
+        client.push_blob_from(d, *size, path, &[], &Task::hidden())?;
+    }
+    let digest = Digest::of(&artifact.manifest);
+    let (_, processed) = client.put_manifest(
+        &digest.to_string(),
+        &artifact.media_type,
+        &artifact.manifest,
+    )?;
+    if processed {
+        return Ok(Listed::ReferrersApi);
+    }
+    let tag = tag_of(subject);
+    let mut index = match client.get_manifest_opt(&tag)? {
+        Some(bytes) => serde_json::from_slice::<Value>(&bytes).map_err(|e| {
+            client.protocol(&format!("GET manifest {tag}"), format!("not an index: {e}"))
+        })?,
+        None => json!({ "schemaVersion": 2, "mediaType": media::INDEX, "manifests": [] }),
+    };
+    let entry = descriptor(artifact);
+    let manifests = index["manifests"].as_array_mut().ok_or_else(|| {
+        client.protocol(&format!("GET manifest {tag}"), "an index without manifests")
+    })?;
+    if !manifests.iter().any(|m| m["digest"] == entry["digest"]) {
+        manifests.push(entry);
+        manifests.sort_by(|a, b| a["digest"].as_str().cmp(&b["digest"].as_str()));
+        client.push_manifest(&tag, media::INDEX, &crate::image::canonical_json(&index))?;
+    }
+    Ok(Listed::TagSchema)
+}
+
+/// The referrers of `subject` (descriptors), of `artifact_type` when given: the referrers API,
+/// else (404) the tag schema; none when neither has any.
+pub fn list(
+    client: &Client,
+    subject: &Digest,
+    artifact_type: Option<&str>,
+) -> Result<(Vec<Value>, Listed), RegistryError> {
+    let what = format!("GET referrers of {subject}");
+    let mut url = client.url(&format!("referrers/{subject}"));
+    if let Some(t) = artifact_type {
+        url.push_str(&format!("?artifactType={}", crate::sbom::purl_escape(t)));
+    }
+    let resp = client.send(&what, &|| {
+        Ok(client.http.get(&url).header(ACCEPT, media::INDEX))
+    })?;
+    let (index, how) = if resp.status() == StatusCode::NOT_FOUND {
+        let tag = tag_of(subject);
+        match client.get_manifest_opt(&tag)? {
+            Some(bytes) => (
+                serde_json::from_slice::<Value>(&bytes)
+                    .map_err(|e| client.protocol(&what, format!("the index at {tag}: {e}")))?,
+                Listed::TagSchema,
+            ),
+            None => return Ok((Vec::new(), Listed::TagSchema)),
+        }
+    } else {
+        let resp = client.expect(&what, resp, &[StatusCode::OK])?;
+        let bytes = crate::http::read_capped(resp, 4 << 20)
+            .map_err(|_| client.protocol(&what, "an answer over 4 MiB"))?;
+        (
+            serde_json::from_slice::<Value>(&bytes)
+                .map_err(|e| client.protocol(&what, format!("not an index: {e}")))?,
+            Listed::ReferrersApi,
+        )
+    };
+    // Filtered here too: a registry may ignore the filter (it says so by not sending
+    // OCI-Filters-Applied), and the tag schema has none.
+    let found = index["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| artifact_type.is_none_or(|t| m["artifactType"] == t))
+        .cloned()
+        .collect();
+    Ok((found, how))
+}
+
+/// The document of the artifact manifest `digest`: its artifact type and bytes, verified.
+pub fn document(client: &Client, digest: &Digest) -> Result<(String, Vec<u8>), RegistryError> {
+    let what = format!("GET artifact {digest}");
+    let (bytes, _, _) = client.get_manifest(&digest.to_string())?;
+    let (t, doc, size) = attach::artifact_parts(std::path::Path::new(&what), &bytes)
+        .map_err(|e| client.protocol(&what, e.to_string()))?;
+    let data = client.get_blob_bytes(&doc, size)?;
+    Ok((t, data))
+}
