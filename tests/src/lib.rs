@@ -206,3 +206,27 @@ pub fn json_shape(v: &serde_json::Value) -> String {
     walk(v, 0, &mut out);
     out
 }
+
+/// The SPDX document at `path`, after the SPDX project's own validator (`pyspdxtools`, in the
+/// project venv) accepted it.
+pub fn valid_spdx(path: &Path) -> serde_json::Value {
+    let o = run(Command::new(root().join(".venv/bin/pyspdxtools"))
+        .arg("-i")
+        .arg(path));
+    assert!(
+        o.status.success(),
+        "pyspdxtools {}: {}{}",
+        path.display(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// The package called `name` in an SPDX document.
+pub fn spdx_package<'a>(doc: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    doc["packages"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == name)
+}

@@ -44,6 +44,11 @@ pub fn sbom(a: SbomArgs) -> anyhow::Result<ExitCode> {
     } else {
         "SBOM"
     };
+    if let Some(file) = a.source.strip_prefix("docker-archive:") {
+        anyhow::bail!(
+            "docker-archive:{file}: a docker archive has no place for an SBOM; use the oci: output of the same build, or the pushed image"
+        );
+    }
     let doc: Vec<u8> = if let Some(dir) = a.source.strip_prefix("oci:") {
         attach::layout_referrers(std::path::Path::new(dir))?
             .into_iter()

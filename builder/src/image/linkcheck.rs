@@ -87,23 +87,10 @@ impl ImageFs {
         for e in a.entries()? {
             let mut e = e?;
             let path = norm(&e.path()?.to_string_lossy());
-            let (dir, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
-            if name == ".wh..wh..opq" {
-                let prefix = format!("{dir}/");
-                self.entries.retain(|k, _| !k.starts_with(&prefix));
+            if crate::layer::apply_whiteout(&mut self.entries, &path) {
                 continue;
             }
-            if let Some(gone) = name.strip_prefix(".wh.") {
-                let gone = if dir.is_empty() {
-                    gone.to_owned()
-                } else {
-                    format!("{dir}/{gone}")
-                };
-                let prefix = format!("{gone}/");
-                self.entries
-                    .retain(|k, _| *k != gone && !k.starts_with(&prefix));
-                continue;
-            }
+            let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
             let ty = e.header().entry_type();
             let link = e
                 .link_name()?

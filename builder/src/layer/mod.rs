@@ -298,6 +298,29 @@ fn check_symlink(root: &Path, link: &Path, target: &str) -> Result<(), LayerErro
 
 pub use archive::{build, write_tar, ContentDigests, LayerBlob, TarSettings};
 
+/// Applies `path` (normalised, relative) to `files` if it is a whiteout, as an engine stacks
+/// layers (image-spec "Whiteouts"): `.wh..wh..opq` empties its directory, `.wh.NAME` removes
+/// NAME and everything under it. Returns whether it was one.
+pub fn apply_whiteout<V>(files: &mut BTreeMap<String, V>, path: &str) -> bool {
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    if name == ".wh..wh..opq" {
+        let prefix = format!("{dir}/");
+        files.retain(|k, _| !k.starts_with(&prefix));
+        return true;
+    }
+    let Some(gone) = name.strip_prefix(".wh.") else {
+        return false;
+    };
+    let gone = if dir.is_empty() {
+        gone.to_owned()
+    } else {
+        format!("{dir}/{gone}")
+    };
+    let prefix = format!("{gone}/");
+    files.retain(|k, _| *k != gone && !k.starts_with(&prefix));
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

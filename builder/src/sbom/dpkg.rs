@@ -67,20 +67,7 @@ impl Collector {
                 .trim_start_matches("./")
                 .trim_start_matches('/')
                 .to_owned();
-            let (dir, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
-            if name == ".wh..wh..opq" {
-                let prefix = format!("{dir}/");
-                files.retain(|k, _| !k.starts_with(&prefix));
-                continue;
-            }
-            if let Some(gone) = name.strip_prefix(".wh.") {
-                let gone = if dir.is_empty() {
-                    gone.to_owned()
-                } else {
-                    format!("{dir}/{gone}")
-                };
-                let prefix = format!("{gone}/");
-                files.retain(|k, _| *k != gone && !k.starts_with(&prefix));
+            if crate::layer::apply_whiteout(files, &path) {
                 continue;
             }
             if !wanted(&path) || !e.header().entry_type().is_file() {
