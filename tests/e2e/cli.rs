@@ -480,6 +480,45 @@ fn an_sbom_says_what_it_cannot_know_a_base_without_dpkg_and_a_corrupt_metadata()
         (&odd["versionInfo"], &odd["licenseDeclared"]),
         (&serde_json::json!("2.0"), &serde_json::json!("NOASSERTION"))
     );
+    // CycloneDX 1.6 on request: the image as the metadata component, the distribution with
+    // its purl and the layer that holds it, the same bytes from a second build.
+    let cdx = |name: &str| {
+        let p = t.path().join(name);
+        let o = run(Command::new(envbuild_debug())
+            .args([
+                "build",
+                "-q",
+                "--skip-link-check",
+                "--sbom-format",
+                "cyclonedx",
+                "--cache",
+            ])
+            .arg(&cache)
+            .arg(&env)
+            .arg("--sbom")
+            .arg(&p));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (
+            String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+            fs::read(&p).unwrap(),
+        )
+    };
+    let (digest, bytes) = cdx("a.cdx.json");
+    assert_eq!(cdx("b.cdx.json").1, bytes, "the same BOM bytes");
+    let bom: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(
+        (&bom["bomFormat"], &bom["specVersion"]),
+        (&serde_json::json!("CycloneDX"), &serde_json::json!("1.6"))
+    );
+    assert_eq!(bom["metadata"]["component"]["version"], digest.as_str());
+    assert_eq!(bom["metadata"]["component"]["type"], "container");
+    let odd = bom["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["purl"] == "pkg:pypi/odd@2.0")
+        .expect("the distribution as a component");
+    assert_eq!(odd["properties"][0]["value"], "py");
     // A layout that is not there: one clear error, exit 1.
     let o = run(Command::new(envbuild_debug())
         .args(["sbom", &format!("oci:{}", t.path().join("nope").display())]));
