@@ -145,14 +145,35 @@ fn expression(expr: &str, text: Option<&str>, who: &str, refs: &mut Refs) -> Str
         .join(" ")
 }
 
-/// A declared license that is free text: an SPDX identifier when it is one, else a
-/// `LicenseRef-` carrying the text.
-fn free_text(t: &str, who: &str, refs: &mut Refs) -> String {
+/// Free-text spellings of SPDX licenses met in wheels' `License:` fields (lower case).
+const ALIASES: &[(&str, &str)] = &[
+    ("apache 2.0", "Apache-2.0"),
+    ("apache license 2.0", "Apache-2.0"),
+    ("apache license, version 2.0", "Apache-2.0"),
+    ("apache software license", "Apache-2.0"),
+    ("mit license", "MIT"),
+    ("the mit license", "MIT"),
+    ("new bsd license", "BSD-3-Clause"),
+    ("3-clause bsd license", "BSD-3-Clause"),
+    ("mozilla public license 2.0 (mpl 2.0)", "MPL-2.0"),
+];
+
+/// A declared license that is free text: an SPDX identifier when it is one (or a common
+/// spelling of one), else a `LicenseRef-` carrying the license file's text (or the words).
+fn free_text(t: &str, file: Option<&str>, who: &str, refs: &mut Refs) -> String {
     let t = t.trim();
     if let Some(k) = KNOWN.iter().find(|k| k.eq_ignore_ascii_case(t)) {
         return (*k).to_owned();
     }
-    refs.add(t, format!("{who} declares its license as: {t}"))
+    let lower = t.to_ascii_lowercase();
+    if let Some((_, id)) = ALIASES.iter().find(|(a, _)| *a == lower) {
+        return (*id).to_owned();
+    }
+    let text = file.map_or_else(
+        || format!("{who} declares its license as: {t}"),
+        str::to_owned,
+    );
+    refs.add(t, text)
 }
 
 /// A Debian package's copyright `License:` names, joined with AND (each file's license holds).
@@ -291,7 +312,9 @@ pub fn document(inv: &Inventory) -> Vec<u8> {
         let who = format!("the Python distribution {} {}", d.name, d.version);
         let license = match (&d.license_expression, &d.license_text) {
             (Some(e), _) => expression(e, d.license_file.as_deref(), &who, &mut refs),
-            (None, Some(t)) if !t.trim().is_empty() => free_text(t, &who, &mut refs),
+            (None, Some(t)) if !t.trim().is_empty() => {
+                free_text(t, d.license_file.as_deref(), &who, &mut refs)
+            }
             _ => "NOASSERTION".into(),
         };
         let held: Vec<String> = d
@@ -413,9 +436,18 @@ mod tests {
     #[test]
     fn licenses_become_spdx_ids_or_declared_license_refs() {
         let mut refs = Refs::default();
-        assert_eq!(free_text("bsd-3-clause", "x", &mut refs), "BSD-3-Clause");
         assert_eq!(
-            free_text("NVIDIA Proprietary Software", "x", &mut refs),
+            free_text("bsd-3-clause", None, "x", &mut refs),
+            "BSD-3-Clause"
+        );
+        assert_eq!(free_text("Apache 2.0", None, "x", &mut refs), "Apache-2.0");
+        assert_eq!(
+            free_text(
+                "NVIDIA Proprietary Software",
+                Some("SLA text"),
+                "x",
+                &mut refs
+            ),
             "LicenseRef-NVIDIA-Proprietary-Software"
         );
         assert_eq!(
@@ -442,6 +474,10 @@ mod tests {
             ]
         );
         assert_eq!(refs.0["LicenseRef-NVIDIA-Proprietary"].1, "EULA");
+        assert_eq!(
+            refs.0["LicenseRef-NVIDIA-Proprietary-Software"].1,
+            "SLA text"
+        );
         assert_eq!(
             idstring("opt/envbuild/bin/trainer"),
             "opt-envbuild-bin-trainer"
