@@ -170,7 +170,7 @@ pub fn build(
             let creds = crate::auth::for_pull(&r.registry);
             let client = crate::registry::Client::new(&r, creds, &settings.registry)?;
             rep.message(&format!("base {reference}: pulling into the cache"));
-            let (d, manifest, config) = crate::registry::pull(
+            let p = crate::registry::pull(
                 &client,
                 digest,
                 &env.os,
@@ -178,7 +178,7 @@ pub fn build(
                 cache,
                 rep.progress(),
             )?;
-            image::base_from_pulled(reference, d, &manifest, config, cache)?
+            image::base_from_pulled(reference, p.digest, &p.manifest, p.config, cache)?
         }
     };
     let runs = |v: Option<&Vec<String>>| v.is_some_and(|a| !a.is_empty());

@@ -1,6 +1,7 @@
 //! Pushing what `envbuild push` and `deploy` are given — an environment file (built first, from
 //! the cache) or an OCI layout (`oci:DIR`) — to a repository, recording the blobs in the
-//! cache's push ledger so that later pushes to other repositories mount them.
+//! cache's push ledger so that later pushes to other repositories mount them; and its reverse,
+//! `envbuild pull`: an image from a registry into the cache and out as an OCI layout.
 
 use std::path::Path;
 
@@ -69,6 +70,113 @@ pub fn push_source(
         image::pushable_from_cache(&built.image, &cache, &built.attachments)
     };
     Ok(registry::push(&client, &image, rep.progress())?)
+}
+
+/// What a pull did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PullReport {
+    /// `REGISTRY/REPOSITORY@sha256:…` of the platform's manifest.
+    pub reference: String,
+    pub platform: String,
+    pub layers: usize,
+    /// Bytes of every layer, and of those that were fetched (the rest were in the cache).
+    pub bytes: u64,
+    pub downloaded: u64,
+    pub seconds: f64,
+    pub output: Option<String>,
+    /// The artifacts that came along (their manifest digests).
+    pub referrers: Vec<String>,
+}
+
+/// Pulls `source` (by tag or digest; an index is resolved to `os/arch`) into the cache, then
+/// writes it as an OCI layout at `output` when given (tagged with the source's tag, else
+/// `latest`). Layers come in parallel, each verified as it streams.
+pub fn pull_source(
+    source: &Reference,
+    credentials: Option<Credentials>,
+    cache: &Cache,
+    settings: &registry::Settings,
+    (os, arch): (&str, &str),
+    output: Option<&Path>,
+    rep: &mut dyn Reporter,
+) -> Result<PullReport, PublishError> {
+    let start = std::time::Instant::now();
+    let client = Client::new(source, credentials, settings)?;
+    let digest = match &source.digest {
+        Some(d) => *d,
+        None => {
+            let tag = source.tag.clone().unwrap_or_else(|| "latest".into());
+            let d = client.get_manifest(&tag)?.2;
+            rep.message(&format!("{source} is {d}"));
+            d
+        }
+    };
+    let pulled = registry::pull(&client, &digest, os, arch, cache, rep.progress())?;
+    let (chosen, manifest, config) = (pulled.digest, pulled.manifest, pulled.config);
+    let name = format!("{}/{}", source.registry, source.repository);
+    let base = image::base_from_pulled(&name, chosen, &manifest, config, cache)?;
+    let read = |d: &crate::digest::Digest| {
+        std::fs::read(cache.blob_path(d)).map_err(|e| PublishError::Cache {
+            path: cache.blob_path(d),
+            source: e,
+        })
+    };
+    let config_digest: crate::digest::Digest = manifest
+        .config()
+        .digest()
+        .to_string()
+        .parse()
+        .map_err(|e: crate::digest::BadDigest| ImageError::Invalid {
+            path: name.clone().into(),
+            message: e.to_string(),
+        })?;
+    let img = image::Image {
+        config: read(&config_digest)?,
+        config_digest,
+        manifest: read(&chosen)?,
+        digest: chosen,
+        layers: base.layers.clone(),
+    };
+    // What refers to the image (its SBOM and provenance) comes along into the layout.
+    let attachments = match registry::referrers::list(&client, &chosen, None) {
+        Ok((found, _)) => {
+            let mut out = Vec::new();
+            for m in found {
+                let Some(d) = m["digest"].as_str().and_then(|d| d.parse().ok()) else {
+                    continue;
+                };
+                out.push(registry::referrers::fetch_attachment(&client, &d, cache)?);
+            }
+            // Documents first, then statements; each kind by digest: a stable layout.
+            out.sort_by(|a, b| {
+                let statement =
+                    |x: &image::attach::Attachment| x.artifact_type == crate::sbom::IN_TOTO_JSON;
+                (statement(a), a.digest).cmp(&(statement(b), b.digest))
+            });
+            out
+        }
+        Err(e) => {
+            rep.message(&format!(
+                "warning: the referrers of {chosen} (SBOM, provenance) could not be listed: {e}"
+            ));
+            Vec::new()
+        }
+    };
+    if let Some(dir) = output {
+        let tag = source.tag.clone().unwrap_or_else(|| "latest".into());
+        image::write_oci(&img, cache, dir, &tag, &attachments)?;
+        rep.message(&format!("wrote oci:{}", dir.display()));
+    }
+    Ok(PullReport {
+        reference: format!("{name}@{chosen}"),
+        platform: format!("{os}/{arch}"),
+        layers: img.layers.len(),
+        bytes: img.layers.iter().map(|l| l.size).sum(),
+        downloaded: pulled.downloaded,
+        seconds: start.elapsed().as_secs_f64(),
+        output: output.map(|d| format!("oci:{}", d.display())),
+        referrers: attachments.iter().map(|a| a.digest.to_string()).collect(),
+    })
 }
 
 #[cfg(test)]

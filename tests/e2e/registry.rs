@@ -451,3 +451,86 @@ fn push_attaches_sbom_and_provenance_through_the_tag_schema_or_the_referrers_api
     .unwrap();
     assert_eq!(prov["predicateType"], "https://slsa.dev/provenance/v1");
 }
+
+#[test]
+fn pull_writes_the_same_layout_the_build_wrote_and_fetches_nothing_twice() {
+    let reg = Registry::start(None);
+    let t = tempfile::tempdir().unwrap();
+    let env = checkout(&t.path().join("c"), false);
+    let built = t.path().join("built");
+    build(
+        &env,
+        &t.path().join("cache"),
+        &["--output", &format!("oci:{}", built.display())],
+    );
+    let dest = format!("{}/envbuild/pull:v1", reg.addr);
+    let (_, reference, _) = push(
+        &std::path::PathBuf::from(format!("oci:{}", built.display())),
+        &dest,
+        &t.path().join("cache"),
+        &[],
+    );
+    let pulled = t.path().join("pulled");
+    let cache = t.path().join("pull-cache");
+    let pull = |extra: &[&str]| -> Value {
+        let o = run(Command::new(&bins().envbuild)
+            .args(["pull", &dest, "--json", "--cache"])
+            .arg(&cache)
+            .args(extra));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).expect("one JSON document")
+    };
+    let first = pull(&["--output", &format!("oci:{}", pulled.display())]);
+    insta::assert_snapshot!("pull_json", envbuild_e2e::json_shape(&first));
+    assert_eq!(first["reference"], reference.as_str());
+    assert_eq!(
+        first["downloaded"], first["bytes"],
+        "a cold cache fetches every layer"
+    );
+    assert_eq!(
+        first["referrers"].as_array().unwrap().len(),
+        2,
+        "SBOM and provenance came along"
+    );
+    // The layout holds the very blobs the build wrote (image, SBOM, provenance), and other
+    // tools read it.
+    let blobs = |d: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(d.join("blobs/sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(blobs(&pulled), blobs(&built));
+    let inspect: Value = serde_json::from_str(&ok(
+        Command::new("skopeo").args(["inspect", &format!("oci:{}", pulled.display())])
+    ))
+    .unwrap();
+    assert_eq!(
+        Some(inspect["Digest"].as_str().unwrap()),
+        reference.rsplit_once('@').map(|x| x.1)
+    );
+    assert_eq!(
+        ok(Command::new(&bins().envbuild).args(["sbom", &format!("oci:{}", pulled.display())])),
+        ok(Command::new(&bins().envbuild).args(["sbom", &format!("oci:{}", built.display())]))
+    );
+    let again = pull(&[]);
+    assert_eq!(
+        again["downloaded"], 0,
+        "everything was in the cache: {again}"
+    );
+    // Bad input: one clear error each.
+    let o = run(Command::new(&bins().envbuild).args(["pull", &dest, "--output", "dir:x"]));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not oci:DIR"));
+    let o = run(Command::new(&bins().envbuild)
+        .args(["pull", &format!("{}/envbuild/none:v1", reg.addr), "--cache"])
+        .arg(&cache));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("envbuild/none"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

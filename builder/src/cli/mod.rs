@@ -51,6 +51,8 @@ pub enum Command {
     Diff(build::DiffArgs),
     /// Push an image (an environment file, built first, or oci:DIR) to a registry
     Push(registry::PushArgs),
+    /// Pull an image from a registry into the cache, and out as an OCI layout with --output oci:DIR
+    Pull(registry::PullArgs),
     /// Check registry credentials and store them the way `docker login` does
     Login(registry::LoginArgs),
     /// Run the image on the local Docker engine (--local) or as an Azure ML command job (--azure)
@@ -90,6 +92,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(a) => build::inspect(a),
         Command::Diff(a) => build::diff(a),
         Command::Push(a) => registry::push(a),
+        Command::Pull(a) => registry::pull(a),
         Command::Login(a) => registry::login(a),
         Command::Run(a) if a.azure => azure::run(*a),
         Command::Run(a) => run::local(*a),

@@ -26,6 +26,30 @@ pub struct PushArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct PullArgs {
+    /// REGISTRY/REPOSITORY[:TAG|@sha256:…]
+    pub source: String,
+    /// Also write the image as an OCI layout: oci:DIR (else it stays in the cache)
+    #[arg(long, value_name = "oci:DIR", value_parser = parse_layout)]
+    pub output: Option<std::path::PathBuf>,
+    /// The platform to take from an index
+    #[arg(long, value_name = "OS/ARCH", default_value = "linux/amd64")]
+    pub platform: String,
+    #[command(flatten)]
+    pub publish: PublishArgs,
+    // With --json: {reference, platform, layers, bytes, downloaded, seconds, output}
+    #[command(flatten)]
+    pub format: FormatArgs,
+}
+
+fn parse_layout(s: &str) -> Result<std::path::PathBuf, String> {
+    match s.strip_prefix("oci:") {
+        Some(d) if !d.is_empty() => Ok(d.into()),
+        _ => Err(format!("`{s}` is not oci:DIR")),
+    }
+}
+
+#[derive(Debug, Args)]
 pub struct LoginArgs {
     /// The registry host, e.g. myacr.azurecr.io
     pub registry: String,
@@ -40,6 +64,39 @@ pub fn push(a: PushArgs) -> anyhow::Result<ExitCode> {
     if a.format.json() {
         print_json(&report)?;
     } else {
+        println!("{}", report.reference);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `envbuild pull`: an image into the cache (layers in parallel, each verified as it streams)
+/// and, with `--output oci:DIR`, out as an OCI layout.
+pub fn pull(a: PullArgs) -> anyhow::Result<ExitCode> {
+    let r: Reference = a.source.parse()?;
+    let (os, arch) = a
+        .platform
+        .split_once('/')
+        .ok_or_else(|| anyhow::anyhow!("--platform `{}` is not OS/ARCH", a.platform))?;
+    let reg = &a.publish.registry;
+    let report = envbuild::publish::pull_source(
+        &r,
+        reg.credentials.resolve(&r.registry)?,
+        &a.publish.cache.open()?,
+        &reg.transport.registry(&reg.transfer),
+        (os, arch),
+        a.output.as_deref(),
+        &mut super::Stderr,
+    )?;
+    if a.format.json() {
+        print_json(&report)?;
+    } else {
+        super::ui::ui().message(&format!(
+            "pulled {} layers, {:.1} MB of {:.1} MB fetched in {:.1}s",
+            report.layers,
+            report.downloaded as f64 / 1e6,
+            report.bytes as f64 / 1e6,
+            report.seconds
+        ));
         println!("{}", report.reference);
     }
     Ok(ExitCode::SUCCESS)

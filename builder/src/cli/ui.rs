@@ -18,13 +18,13 @@ use envbuild::progress::{Kind, Progress, Task, TaskSink};
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// No progress and no status messages (warnings, errors and the result still print)
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, display_order = 1000)]
     pub quiet: bool,
     /// Also log each request (method, URL without its query, status, time); -vv for the libraries' own logs
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, display_order = 1001)]
     pub verbose: u8,
     /// Colour on stderr: auto (a terminal, unless NO_COLOR is set), always, never
-    #[arg(long, global = true, value_enum, value_name = "WHEN", default_value_t = ColorWhen::Auto)]
+    #[arg(long, global = true, value_enum, value_name = "WHEN", default_value_t = ColorWhen::Auto, display_order = 1002)]
     pub color: ColorWhen,
 }
 

@@ -155,7 +155,9 @@ pub fn write_oci(
                 }
             }
         }
-        let mut entry = oci_descriptor(media::MANIFEST, &img.digest, img.manifest.len() as u64);
+        // A pulled Docker v2 manifest keeps its own media type (and so its digest).
+        let media_type = media::declared(&img.manifest).unwrap_or_else(|| media::MANIFEST.into());
+        let mut entry = oci_descriptor(&media_type, &img.digest, img.manifest.len() as u64);
         let mut annotations: std::collections::HashMap<String, String> = [(
             "org.opencontainers.image.ref.name".to_owned(),
             tag.to_owned(),

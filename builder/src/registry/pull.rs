@@ -13,9 +13,18 @@ use crate::digest::Digest;
 use crate::image::media;
 use crate::progress::{Kind, Progress, Task};
 
-/// Pulls the image `reference` (pinned by digest) for `os/arch` into the cache; returns the
-/// platform manifest's digest, the manifest and the config (a value: the build keeps its keys).
-/// Each layer the cache lacks is a download task of `progress`.
+/// A pulled image: the platform manifest's digest, the manifest, the config (a value: the
+/// build keeps its keys), and the layer bytes that were fetched (the rest were cached).
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    pub digest: Digest,
+    pub manifest: ImageManifest,
+    pub config: Value,
+    pub downloaded: u64,
+}
+
+/// Pulls the image `reference` (pinned by digest) for `os/arch` into the cache. Each layer the
+/// cache lacks is a download task of `progress`.
 pub fn pull(
     client: &Client,
     digest: &Digest,
@@ -23,7 +32,7 @@ pub fn pull(
     arch: &str,
     cache: &Cache,
     progress: &dyn Progress,
-) -> Result<(Digest, ImageManifest, Value), RegistryError> {
+) -> Result<Pulled, RegistryError> {
     let (bytes, mt, d) = client.get_manifest(&digest.to_string())?;
     let what = format!("pull {digest}");
     let io = |source| RegistryError::Io {
@@ -91,6 +100,7 @@ pub fn pull(
             (d, size, t)
         })
         .collect();
+    let downloaded: u64 = queue.iter().map(|(_, size, _)| size).sum();
     let queue = Mutex::new(queue);
     std::thread::scope(|s| {
         for _ in 0..client.settings.parallel {
@@ -111,5 +121,10 @@ pub fn pull(
     if let Some(e) = errors.into_inner().expect("lock").into_iter().next() {
         return Err(e);
     }
-    Ok((chosen, manifest, config))
+    Ok(Pulled {
+        digest: chosen,
+        manifest,
+        config,
+        downloaded,
+    })
 }

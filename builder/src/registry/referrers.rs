@@ -138,3 +138,43 @@ pub fn document(client: &Client, digest: &Digest) -> Result<(String, Vec<u8>), R
     let data = client.get_blob_bytes(&doc, size)?;
     Ok((t, data))
 }
+
+/// The artifact manifest `digest` and its blobs, fetched into the cache (verified), as an
+/// attachment of the image it refers to.
+pub fn fetch_attachment(
+    client: &Client,
+    digest: &Digest,
+    cache: &crate::cache::Cache,
+) -> Result<attach::Attachment, RegistryError> {
+    let what = format!("GET artifact {digest}");
+    let (manifest, _, _) = client.get_manifest(&digest.to_string())?;
+    let v: Value = serde_json::from_slice(&manifest)
+        .map_err(|e| client.protocol(&what, format!("not JSON: {e}")))?;
+    for desc in std::iter::once(&v["config"]).chain(v["layers"].as_array().into_iter().flatten()) {
+        let d: Digest = desc["digest"]
+            .as_str()
+            .unwrap_or("")
+            .parse()
+            .map_err(|e| client.protocol(&what, format!("a descriptor's digest: {e}")))?;
+        client.pull_blob(
+            &d,
+            desc["size"].as_u64().unwrap_or(0),
+            cache,
+            &Task::hidden(),
+        )?;
+    }
+    let (artifact_type, doc, size) = attach::artifact_parts(std::path::Path::new(&what), &manifest)
+        .map_err(|e| client.protocol(&what, e.to_string()))?;
+    cache
+        .put_bytes(&manifest)
+        .map_err(|source| RegistryError::Io {
+            path: cache.root.clone(),
+            source,
+        })?;
+    Ok(attach::Attachment {
+        artifact_type,
+        manifest,
+        digest: *digest,
+        payload: (doc, size),
+    })
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Pull benchmark, side by side in one run (not part of the tests): an image pushed to Debian's
+# docker-registry on loopback, then pulled into an OCI layout by `envbuild pull` (cold cache)
+# and by `skopeo copy docker://… oci:…`, ROUNDS rounds (default 3) taken in turn, each after a
+# `sync` and with fresh destinations. Prints each time, the medians and their ratio.
+# Usage: scripts/bench-pull.sh [ROUNDS] [ENV_FILE]   (default: 3, environments/mnist-cuda.toml)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/env.sh
+rounds=${1:-3}
+envfile=${2:-environments/mnist-cuda.toml}
+scripts/build-release.sh >&2
+work=$(mktemp -d)
+pid=""
+trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$work/reg"
+printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$work/reg" "$port" > "$work/config.yml"
+docker-registry serve "$work/config.yml" >"$work/registry.log" 2>&1 &
+pid=$!
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+ref="127.0.0.1:$port/bench/pull:v1"
+target/release/envbuild push "$envfile" "$ref" -q >/dev/null
+t() { # name, command... → prints "name seconds"
+  local name=$1; shift
+  sync
+  local s e
+  s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N)
+  echo "$name $(python3 -c "print(f'{$e - $s:.2f}')")"
+}
+for r in $(seq "$rounds"); do
+  t envbuild-pull target/release/envbuild pull "$ref" --output "oci:$work/e$r" --cache "$work/cache$r" -q
+  t skopeo-copy skopeo copy --quiet --src-tls-verify=false "docker://$ref" "oci:$work/s$r:v1"
+  rm -rf "$work/e$r" "$work/s$r" "$work/cache$r"
+done | tee "$work/times"
+python3 - "$work/times" <<'PY'
+import statistics, sys
+t = {}
+for line in open(sys.argv[1]):
+    name, secs = line.split()
+    t.setdefault(name, []).append(float(secs))
+e, s = statistics.median(t["envbuild-pull"]), statistics.median(t["skopeo-copy"])
+print(f"median: envbuild pull {e:.2f} s, skopeo copy {s:.2f} s; envbuild/skopeo = {e / s:.2f}x")
+PY
