@@ -13,13 +13,9 @@ scripts/build-release.sh >&2
 work=$(mktemp -d)
 pid=""
 trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mkdir -p "$work/reg"
-printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$work/reg" "$port" > "$work/config.yml"
-docker-registry serve "$work/config.yml" >"$work/registry.log" 2>&1 &
-pid=$!
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-ref="127.0.0.1:$port/bench/pull:v1"
+. scripts/registry.sh
+start_registry "$work/reg"
+ref="$reg/bench/pull:v1"
 target/release/envbuild push "$envfile" "$ref" -q >/dev/null
 t() { # name, command... → prints "name seconds"
   local name=$1; shift
