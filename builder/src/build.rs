@@ -342,15 +342,38 @@ fn documents(
     // Debian packages: the base's layers, then the new layers' files (a base image built by
     // envbuild has its dpkg status in a layer of its own). None from scratch without a status;
     // unknown (said so) when there are files but no status.
-    let mut debs = sbom::dpkg::Collector::default();
-    for p in &base.blobs {
-        let f = std::fs::File::open(p).map_err(|source| ImageError::Io {
-            path: p.clone(),
-            source,
-        })?;
-        debs.add_tar(f)
-            .map_err(|e| sbom_err(format!("reading the base layer {}: {e}", p.display())))?;
-    }
+    // The base's part is kept in the cache by its layers' digests: a warm build does not
+    // decompress the base again (the link check already did, once).
+    let memo_key = Digest::of(
+        base.layers
+            .iter()
+            .map(|l| l.digest.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+            .as_bytes(),
+    );
+    let mut debs = match cache
+        .memo("dpkg", &memo_key)
+        .and_then(|b| sbom::dpkg::Collector::from_memo(&b))
+    {
+        Some(c) => c,
+        None => {
+            let mut c = sbom::dpkg::Collector::default();
+            for p in &base.blobs {
+                let f = std::fs::File::open(p).map_err(|source| ImageError::Io {
+                    path: p.clone(),
+                    source,
+                })?;
+                c.add_tar(f).map_err(|e| {
+                    sbom_err(format!("reading the base layer {}: {e}", p.display()))
+                })?;
+            }
+            cache
+                .put_memo("dpkg", &memo_key, &c.to_memo())
+                .map_err(cache_err)?;
+            c
+        }
+    };
     for t in trees {
         for (path, n) in &t.nodes {
             if let layer::Node::File { src, .. } = n {
@@ -441,10 +464,6 @@ fn documents(
         sbom::Format::Spdx => (sbom::spdx::document(&inv), sbom::SPDX_JSON),
         sbom::Format::CycloneDx => (sbom::cyclonedx::document(&inv), sbom::CYCLONEDX_JSON),
     };
-    let env_bytes = std::fs::read(&env.file).map_err(|source| ImageError::Io {
-        path: env.file.clone(),
-        source,
-    })?;
     // The file's name, not its path: the same file in another checkout is the same input.
     let env_name = env
         .file
@@ -455,7 +474,7 @@ fn documents(
         name: &env.name,
         image: image.digest,
         env_file: &env_name,
-        env_digest: Digest::of(&env_bytes),
+        env_digest: env.digest,
         base: base_ref,
         layer_inputs: layers
             .iter()

@@ -276,6 +276,21 @@ mod tests {
     }
 }
 
+/// `s` percent-encoded: every byte but the unreserved `A-Z a-z 0-9 . - _ ~` (RFC 3986),
+/// for a URL query value or a package URL component.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 /// `url` as logs and errors may show it: no query (a SAS signature, an upload's state) and no
 /// user info.
 pub fn loggable_url(url: &reqwest::Url) -> String {

@@ -112,30 +112,15 @@ pub fn pull_source(
         }
     };
     let pulled = registry::pull(&client, &digest, os, arch, cache, rep.progress())?;
-    let (chosen, manifest, config) = (pulled.digest, pulled.manifest, pulled.config);
+    let chosen = pulled.digest;
     let name = format!("{}/{}", source.registry, source.repository);
-    let base = image::base_from_pulled(&name, chosen, &manifest, config, cache)?;
-    let read = |d: &crate::digest::Digest| {
-        std::fs::read(cache.blob_path(d)).map_err(|e| PublishError::Cache {
-            path: cache.blob_path(d),
-            source: e,
-        })
-    };
-    let config_digest: crate::digest::Digest = manifest
-        .config()
-        .digest()
-        .to_string()
-        .parse()
-        .map_err(|e: crate::digest::BadDigest| ImageError::Invalid {
-            path: name.clone().into(),
-            message: e.to_string(),
-        })?;
+    let base = image::base_from_pulled(&name, chosen, &pulled.manifest, pulled.config, cache)?;
     let img = image::Image {
-        config: read(&config_digest)?,
-        config_digest,
-        manifest: read(&chosen)?,
+        config: pulled.config_bytes,
+        config_digest: pulled.config_digest,
+        manifest: pulled.manifest_bytes,
         digest: chosen,
-        layers: base.layers.clone(),
+        layers: base.layers,
     };
     // What refers to the image (its SBOM and provenance) comes along into the layout.
     let attachments = match registry::referrers::list(&client, &chosen, None) {

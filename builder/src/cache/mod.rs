@@ -140,6 +140,21 @@ impl Cache {
         there.then_some(blob)
     }
 
+    /// What was worked out before from the inputs `key` (of `kind`), if it was kept.
+    pub fn memo(&self, kind: &str, key: &Digest) -> Option<Vec<u8>> {
+        fs::read(self.root.join("memo").join(kind).join(key.hex())).ok()
+    }
+
+    /// Keeps `bytes` as what inputs `key` (of `kind`) give, replacing atomically.
+    pub fn put_memo(&self, kind: &str, key: &Digest, bytes: &[u8]) -> io::Result<()> {
+        let dir = self.root.join("memo").join(kind);
+        fs::create_dir_all(&dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))?;
+        tmp.write_all(bytes)?;
+        tmp.persist(dir.join(key.hex())).map_err(|e| e.error)?;
+        Ok(())
+    }
+
     pub fn put_layer(&self, key: &Digest, blob: &LayerBlob) -> io::Result<()> {
         let mut tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))?;
         tmp.write_all(&serde_json::to_vec(blob).expect("serialises"))?;

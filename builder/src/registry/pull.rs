@@ -19,7 +19,11 @@ use crate::progress::{Kind, Progress, Task};
 pub struct Pulled {
     pub digest: Digest,
     pub manifest: ImageManifest,
+    /// The manifest's bytes as stored (its digest is `digest`).
+    pub manifest_bytes: Vec<u8>,
     pub config: Value,
+    pub config_digest: Digest,
+    pub config_bytes: Vec<u8>,
     pub downloaded: u64,
 }
 
@@ -70,13 +74,11 @@ pub fn pull(
     cache.put_bytes(&manifest_bytes).map_err(io)?;
     let (cd, csize) = desc(manifest.config())?;
     client.pull_blob(&cd, csize, cache, &Task::hidden())?;
-    let config: Value =
-        serde_json::from_slice(&fs::read(cache.blob_path(&cd)).map_err(|source| {
-            RegistryError::Io {
-                path: cache.blob_path(&cd),
-                source,
-            }
-        })?)
+    let config_bytes = fs::read(cache.blob_path(&cd)).map_err(|source| RegistryError::Io {
+        path: cache.blob_path(&cd),
+        source,
+    })?;
+    let config: Value = serde_json::from_slice(&config_bytes)
         .map_err(|e| client.protocol(&what, format!("config is not JSON: {e}")))?;
     let layers: Vec<(Digest, u64)> = manifest
         .layers()
@@ -124,7 +126,10 @@ pub fn pull(
     Ok(Pulled {
         digest: chosen,
         manifest,
+        manifest_bytes,
         config,
+        config_digest: cd,
+        config_bytes,
         downloaded,
     })
 }

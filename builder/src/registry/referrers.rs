@@ -92,7 +92,7 @@ pub fn list(
     let what = format!("GET referrers of {subject}");
     let mut url = client.url(&format!("referrers/{subject}"));
     if let Some(t) = artifact_type {
-        url.push_str(&format!("?artifactType={}", crate::sbom::purl_escape(t)));
+        url.push_str(&format!("?artifactType={}", crate::http::percent_encode(t)));
     }
     let resp = client.send(&what, &|| {
         Ok(client.http.get(&url).header(ACCEPT, media::INDEX))

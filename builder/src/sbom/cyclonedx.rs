@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use super::{purl_escape, pypi_name, Inventory};
+use super::{cargo_purl, deb_purl, pypi_purl, Inventory};
 
 fn licenses(expr: Option<String>) -> Value {
     match expr {
@@ -30,11 +30,7 @@ fn serial(d: &crate::digest::Digest) -> String {
 /// The CycloneDX 1.6 JSON document of `inv`, canonical bytes.
 pub fn document(inv: &Inventory) -> Vec<u8> {
     let mut components: Vec<Value> = Vec::new();
-    let image_ref = format!(
-        "pkg:oci/{}@{}",
-        purl_escape(&inv.name.to_lowercase()),
-        purl_escape(&inv.image.to_string())
-    );
+    let image_ref = inv.image_purl();
     let layer = |name: &str| json!([{ "name": "envbuild:layer", "value": name }]);
     for l in &inv.layers {
         components.push(json!({
@@ -46,12 +42,7 @@ pub fn document(inv: &Inventory) -> Vec<u8> {
         }));
     }
     for p in inv.debs.iter().flatten() {
-        let purl = format!(
-            "pkg:deb/debian/{}@{}?arch={}",
-            purl_escape(&p.name),
-            purl_escape(&p.version),
-            purl_escape(&p.architecture)
-        );
+        let purl = deb_purl(p);
         components.push(json!({
             "type": "library",
             "bom-ref": purl,
@@ -63,11 +54,7 @@ pub fn document(inv: &Inventory) -> Vec<u8> {
         }));
     }
     for d in &inv.python {
-        let purl = format!(
-            "pkg:pypi/{}@{}",
-            purl_escape(&pypi_name(&d.name)),
-            purl_escape(&d.version)
-        );
+        let purl = pypi_purl(d);
         let lic = match (&d.license_expression, &d.license_text) {
             (Some(e), _) => licenses(Some(e.clone())),
             (None, Some(t)) if !t.trim().is_empty() => json!([{ "license": { "name": t } }]),
@@ -97,11 +84,7 @@ pub fn document(inv: &Inventory) -> Vec<u8> {
         }));
         let mut crates = Vec::new();
         for c in b.crates.iter().skip(1) {
-            let purl = format!(
-                "pkg:cargo/{}@{}",
-                purl_escape(&c.name),
-                purl_escape(&c.version)
-            );
+            let purl = cargo_purl(c);
             let mut v = json!({ "type": "library", "bom-ref": purl, "name": c.name, "version": c.version, "purl": purl });
             if let Some(sum) = c.checksum.as_ref().filter(|s| s.len() == 64) {
                 v["hashes"] = json!([{ "alg": "SHA-256", "content": sum }]);

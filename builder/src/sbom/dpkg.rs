@@ -91,6 +91,25 @@ impl Collector {
         Ok(())
     }
 
+    /// What was collected, as bytes to keep (text: status and copyright files are text, and
+    /// [`Self::finish`] reads them as such).
+    pub fn to_memo(&self) -> Vec<u8> {
+        let text: BTreeMap<&str, std::borrow::Cow<'_, str>> = self
+            .files
+            .iter()
+            .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v)))
+            .collect();
+        serde_json::to_vec(&text).expect("a map of strings serialises")
+    }
+
+    /// A collector holding what [`Self::to_memo`] kept; `None` for bytes that are not one.
+    pub fn from_memo(bytes: &[u8]) -> Option<Collector> {
+        let text: BTreeMap<String, String> = serde_json::from_slice(bytes).ok()?;
+        Some(Collector {
+            files: text.into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
+        })
+    }
+
     pub fn finish(self) -> DebScan {
         let files = self.files;
         let mut text = String::new();
@@ -241,6 +260,12 @@ mod tests {
         let two = layer(&[("var/lib/dpkg/.wh.status", b"")]);
         let scan = scan_layers([&one[..], &two[..]]).unwrap();
         assert_eq!(scan, DebScan::default(), "whited out: unknown, not empty");
+        // A kept collection reads back as the same scan.
+        let mut c = Collector::default();
+        c.add_tar(&one[..]).unwrap();
+        let kept = Collector::from_memo(&c.to_memo()).unwrap();
+        assert_eq!(kept.finish(), scan_layers([&one[..]]).unwrap());
+        assert!(Collector::from_memo(b"not json").is_none());
         let distroless = layer(&[(
             "var/lib/dpkg/status.d/base",
             b"Package: base-files\nVersion: 12.4\nArchitecture: amd64\n",

@@ -118,18 +118,52 @@ pub fn summarize(doc: &serde_json::Value) -> Summary {
     s
 }
 
-/// A package URL component: percent-encoded as the purl spec asks (`+` and `:` included).
+/// A package URL component, percent-encoded as the purl spec asks (`+` and `:` included).
 pub(crate) fn purl_escape(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
+    crate::http::percent_encode(s)
+}
+
+impl Inventory {
+    /// `pkg:oci/NAME@sha256%3A…`: the image's package URL.
+    pub(crate) fn image_purl(&self) -> String {
+        format!(
+            "pkg:oci/{}@{}",
+            purl_escape(&self.name.to_lowercase()),
+            purl_escape(&self.image.to_string())
+        )
     }
-    out
+}
+
+/// `pkg:deb/debian/NAME@VERSION?arch=ARCH[&upstream=SOURCE]`.
+pub(crate) fn deb_purl(p: &dpkg::DebPackage) -> String {
+    let mut locator = format!(
+        "pkg:deb/debian/{}@{}?arch={}",
+        purl_escape(&p.name),
+        purl_escape(&p.version),
+        purl_escape(&p.architecture)
+    );
+    if let Some(s) = &p.source {
+        locator.push_str(&format!("&upstream={}", purl_escape(s)));
+    }
+    locator
+}
+
+/// `pkg:pypi/NAME@VERSION`, the name normalised.
+pub(crate) fn pypi_purl(d: &python::Distribution) -> String {
+    format!(
+        "pkg:pypi/{}@{}",
+        purl_escape(&pypi_name(&d.name)),
+        purl_escape(&d.version)
+    )
+}
+
+/// `pkg:cargo/NAME@VERSION`.
+pub(crate) fn cargo_purl(c: &cargo::Crate) -> String {
+    format!(
+        "pkg:cargo/{}@{}",
+        purl_escape(&c.name),
+        purl_escape(&c.version)
+    )
 }
 
 /// A Python distribution's name as PyPI normalises it (PEP 503).

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::{purl_escape, pypi_name, Inventory};
+use super::{cargo_purl, deb_purl, pypi_name, pypi_purl, Inventory};
 
 /// SPDX identifiers of licenses this module writes as they are (the SPDX License List).
 const KNOWN: &[&str] = &[
@@ -241,7 +241,7 @@ pub fn document(inv: &Inventory) -> Vec<u8> {
         "filesAnalyzed": false,
         "primaryPackagePurpose": "CONTAINER",
         "checksums": sha256(&inv.image),
-        "externalRefs": purl(format!("pkg:oci/{}@{}", purl_escape(&inv.name.to_lowercase()), purl_escape(&inv.image.to_string()))),
+        "externalRefs": purl(inv.image_purl()),
         "licenseConcluded": "NOASSERTION",
         "licenseDeclared": "NOASSERTION",
         "copyrightText": "NOASSERTION",
@@ -278,15 +278,6 @@ pub fn document(inv: &Inventory) -> Vec<u8> {
             idstring(&p.name),
             idstring(&p.architecture)
         );
-        let mut locator = format!(
-            "pkg:deb/debian/{}@{}?arch={}",
-            purl_escape(&p.name),
-            purl_escape(&p.version),
-            purl_escape(&p.architecture)
-        );
-        if let Some(s) = &p.source {
-            locator.push_str(&format!("&upstream={}", purl_escape(s)));
-        }
         packages.push(json!({
             "SPDXID": id,
             "name": p.name,
@@ -294,7 +285,7 @@ pub fn document(inv: &Inventory) -> Vec<u8> {
             "downloadLocation": "NOASSERTION",
             "filesAnalyzed": false,
             "primaryPackagePurpose": "LIBRARY",
-            "externalRefs": purl(locator),
+            "externalRefs": purl(deb_purl(p)),
             "licenseConcluded": "NOASSERTION",
             "licenseDeclared": debian(&p.licenses, &p.name, &mut refs),
             "copyrightText": "NOASSERTION",
@@ -329,7 +320,7 @@ pub fn document(inv: &Inventory) -> Vec<u8> {
             "downloadLocation": format!("https://pypi.org/project/{}/{}/", pypi_name(&d.name), d.version),
             "filesAnalyzed": false,
             "primaryPackagePurpose": "LIBRARY",
-            "externalRefs": purl(format!("pkg:pypi/{}@{}", purl_escape(&pypi_name(&d.name)), purl_escape(&d.version))),
+            "externalRefs": purl(pypi_purl(d)),
             "licenseConcluded": "NOASSERTION",
             "licenseDeclared": license,
             "copyrightText": "NOASSERTION",
@@ -377,7 +368,7 @@ pub fn document(inv: &Inventory) -> Vec<u8> {
                 },
                 "filesAnalyzed": false,
                 "primaryPackagePurpose": "LIBRARY",
-                "externalRefs": purl(format!("pkg:cargo/{}@{}", purl_escape(&c.name), purl_escape(&c.version))),
+                "externalRefs": purl(cargo_purl(c)),
                 "licenseConcluded": "NOASSERTION",
                 "licenseDeclared": "NOASSERTION",
                 "copyrightText": "NOASSERTION",

@@ -198,6 +198,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Environment {
     pub file: PathBuf,
+    /// The digest of the file's bytes (what the provenance statement names).
+    pub digest: Digest,
     pub name: String,
     pub description: Option<String>,
     pub os: String,
@@ -442,6 +444,8 @@ pub fn parse(path: &Path, text: &str, vars: &Vars) -> Result<Environment, SpecEr
     };
     Ok(Environment {
         file: path.to_path_buf(),
+        // The text is the file's bytes (checked to be UTF-8, not changed).
+        digest: Digest::of(text.as_bytes()),
         name,
         description: raw.description,
         os: os.into(),
