@@ -230,3 +230,41 @@ pub fn spdx_package<'a>(doc: &'a serde_json::Value, name: &str) -> Option<&'a se
         .iter()
         .find(|p| p["name"] == name)
 }
+
+/// Asserts that two trainer output directories hold the same training: model.safetensors
+/// bit for bit, and each epoch's metrics alike but for the timings. train_loss (an f32 sum of the
+/// batches' mean losses) gets a relative tolerance of 1e-5: it was seen one ulp apart between two
+/// processes with bit-identical weights — the rounding of a parallel reduction that the gradients
+/// do not depend on.
+pub fn assert_same_training(a: &Path, b: &Path) {
+    let epochs = |d: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(d.join("metrics.jsonl"))
+            .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (ea, eb) = (epochs(a), epochs(b));
+    assert_eq!(ea.len(), eb.len(), "{ea:?}\n{eb:?}");
+    for (x, y) in ea.iter().zip(&eb) {
+        let (lx, ly) = (
+            x["train_loss"].as_f64().unwrap(),
+            y["train_loss"].as_f64().unwrap(),
+        );
+        assert!(
+            (lx - ly).abs() <= 1e-5 * lx.abs().max(ly.abs()),
+            "epoch {}: train_loss {lx} vs {ly}",
+            x["epoch"]
+        );
+        for k in ["epoch", "test_loss", "test_accuracy", "device"] {
+            assert_eq!(x[k], y[k], "epoch {}: {k}", x["epoch"]);
+        }
+    }
+    assert!(
+        std::fs::read(a.join("model.safetensors")).unwrap()
+            == std::fs::read(b.join("model.safetensors")).unwrap(),
+        "{} and {} trained different weights",
+        a.display(),
+        b.display()
+    );
+}

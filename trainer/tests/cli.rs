@@ -79,6 +79,32 @@ fn metrics(out: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// Asserts that two runs are the same computation: the same weights, bit for bit, and the same
+/// metrics. The one exception is train_loss, the f32 sum of each batch's mean loss: CI saw it one
+/// ulp apart between two processes whose weights, test loss and accuracy were identical (the
+/// rounding of a parallel reduction; the gradients do not depend on it), so it gets a relative
+/// tolerance of 1e-5 — far below any change in what was trained.
+fn assert_same_run(a: &Path, b: &Path) {
+    let (ma, mb) = (metrics(a), metrics(b));
+    assert_eq!(ma.len(), mb.len(), "{ma:?}\n{mb:?}");
+    for (x, y) in ma.iter().zip(&mb) {
+        let (mut x, mut y) = (x.clone(), y.clone());
+        let lx = x.as_object_mut().unwrap().remove("train_loss").unwrap();
+        let ly = y.as_object_mut().unwrap().remove("train_loss").unwrap();
+        let (lx, ly) = (lx.as_f64().unwrap(), ly.as_f64().unwrap());
+        assert!(
+            (lx - ly).abs() <= 1e-5 * lx.abs().max(ly.abs()),
+            "train_loss {lx} vs {ly}"
+        );
+        assert_eq!(x, y);
+    }
+    assert!(
+        fs::read(a.join("model.safetensors")).unwrap()
+            == fs::read(b.join("model.safetensors")).unwrap(),
+        "the two runs trained different weights"
+    );
+}
+
 fn summary(out: &Path) -> Value {
     serde_json::from_str(&fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
 }
@@ -165,11 +191,7 @@ fn same_seed_same_metrics_on_cpu() {
     for out in [&a, &b] {
         assert!(run(&common(&data, out, "2")).status.success());
     }
-    assert_eq!(metrics(&a), metrics(&b));
-    assert_eq!(
-        fs::read(a.join("model.safetensors")).unwrap(),
-        fs::read(b.join("model.safetensors")).unwrap()
-    );
+    assert_same_run(&a, &b);
     let mut args = common(&data, &c, "2");
     args.extend(["--seed", "7"]);
     assert!(run(&args).status.success());
@@ -225,7 +247,7 @@ fn sigkill_mid_epoch_then_resume_matches_uninterrupted() {
         "resumed run ends {diff} away from the uninterrupted one"
     );
     // On the CPU the resumed run is in fact the same computation.
-    assert_eq!(metrics(&full), metrics(&killed));
+    assert_same_run(&full, &killed);
     assert!(
         listing(&killed).iter().all(|n| !n.contains(".tmp-")),
         "{:?}",
