@@ -181,7 +181,7 @@ fn read(path: &Path) -> Result<Vec<u8>, IdxError> {
     let bytes = fs::read(path).map_err(io)?;
     if path.extension().is_some_and(|e| e == "gz") {
         let mut out = Vec::with_capacity(bytes.len() * 4);
-        flate2::read::GzDecoder::new(&bytes[..])
+        flate2::read::MultiGzDecoder::new(&bytes[..])
             .read_to_end(&mut out)
             .map_err(io)?;
         Ok(out)

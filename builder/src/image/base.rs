@@ -315,7 +315,7 @@ pub fn load_docker_archive(
         let mut magic = [0u8; 2];
         let _ = fs::File::open(cache.blob_path(&d)).and_then(|mut f| f.read_exact(&mut magic));
         let (media_type, diff_id) = if magic == [0x1f, 0x8b] {
-            let mut gz = flate2::read::GzDecoder::new(
+            let mut gz = flate2::read::MultiGzDecoder::new(
                 fs::File::open(cache.blob_path(&d)).map_err(io_at(file))?,
             );
             let mut h = <sha2::Sha256 as sha2::Digest>::new();
