@@ -3,13 +3,15 @@
 # runs the trainer binary and the same PyTorch eager model on the GPU, side by side, and prints a
 # table (device, per-epoch seconds, images/s, accuracy, ratio).
 #   scripts/bench-gpu.sh [TRAINER_BINARY] [DATA_DIR]
-# Defaults: target/release/trainer, /usr/share/datasets/fashion-mnist. EPOCHS and BATCH override.
+# Defaults: target/release/trainer, /usr/share/datasets/fashion-mnist. EPOCHS, BATCH and
+# PRECISION (the trainer's --precision: bf16 by default here, fp32 for the eager model's own) override.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release/trainer}
 data=${2:-/usr/share/datasets/fashion-mnist}
 epochs=${EPOCHS:-3}
 batch=${BATCH:-256}
+precision=${PRECISION:-bf16}
 py=${PYTHON:-python3}
 [ -x .venv/bin/python ] && py=.venv/bin/python
 torch_lib=$("$py" -c 'import torch,os;print(os.path.join(os.path.dirname(torch.__file__),"lib"))')
@@ -17,7 +19,8 @@ export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
-"$bin" --data "$data" --epochs "$epochs" --batch-size "$batch" --device cuda --output "$out/tch" >&2
+"$bin" --data "$data" --epochs "$epochs" --batch-size "$batch" --device cuda \
+  --precision "$precision" --output "$out/tch" >&2
 "$py" -W ignore scripts/torch_baseline.py --data "$data" --epochs "$epochs" --batch-size "$batch" \
   --device cuda > "$out/torch.jsonl"
 "$py" - "$out/tch/metrics.jsonl" "$out/torch.jsonl" <<'PY'

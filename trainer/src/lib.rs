@@ -76,15 +76,22 @@ pub fn run(args: &cli::Args, mut log: impl FnMut(&str)) -> Result<output::Summar
         None => std::thread::available_parallelism().map_or(1, |n| n.get() as i32),
     };
     tch::set_num_threads(threads);
+    let conv_kind = match (args.precision, device) {
+        (cli::PrecisionArg::Fp32, _) => tch::Kind::Float,
+        (cli::PrecisionArg::Bf16, _) => tch::Kind::BFloat16,
+        (cli::PrecisionArg::Auto, tch::Device::Cpu) if native_bf16() => tch::Kind::BFloat16,
+        (cli::PrecisionArg::Auto, _) => tch::Kind::Float,
+    };
     let out = output::OutputDir::prepare(&args.output, args.resume)?;
     log(&format!(
-        "trainer: {} training / {} test images of {}x{} from {}; device {}, {} threads; output {}",
+        "trainer: {} training / {} test images of {}x{} from {}; device {}, {} convolutions, {} threads; output {}",
         data.train.len(),
         data.test.len(),
         data.train.rows,
         data.train.cols,
         args.data.display(),
         device::name(device),
+        train::precision_name(conv_kind),
         threads,
         args.output.display()
     ));
@@ -96,6 +103,21 @@ pub fn run(args: &cli::Args, mut log: impl FnMut(&str)) -> Result<output::Summar
         device,
         threads,
         resume: args.resume,
+        conv_kind,
     };
     train::train(&data, &cfg, &out, |m| log(&m.line(args.epochs)))
+}
+
+/// Whether this CPU computes bfloat16 natively (AVX512-BF16: Zen 4 and later, Cooper Lake,
+/// Sapphire Rapids and later, whose AMX oneDNN uses too), so that oneDNN's bf16 convolutions
+/// are faster than fp32 rather than emulated.
+fn native_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }

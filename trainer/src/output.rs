@@ -62,10 +62,17 @@ pub struct Summary {
     pub lr: f64,
     pub seed: u64,
     pub device: String,
+    /// The convolutions' precision: "fp32" or "bf16".
+    #[serde(default = "fp32")]
+    pub precision: String,
     pub threads: i32,
     /// Training seconds summed over the epochs this summary covers.
     pub train_seconds: f64,
     pub model: String,
+}
+
+fn fp32() -> String {
+    "fp32".into()
 }
 
 /// The output directory of one run.

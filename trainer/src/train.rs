@@ -20,6 +20,17 @@ pub struct Config {
     pub device: Device,
     pub threads: i32,
     pub resume: bool,
+    /// The convolutions' kind: `Float` or `BFloat16`.
+    pub conv_kind: Kind,
+}
+
+/// "bf16" or "fp32", as `--precision` spells it.
+pub fn precision_name(conv_kind: Kind) -> &'static str {
+    if conv_kind == Kind::BFloat16 {
+        "bf16"
+    } else {
+        "fp32"
+    }
 }
 
 /// A split as device tensors: normalised images `[n,1,rows,cols]` and int64 labels.
@@ -85,7 +96,7 @@ pub fn train(
     let test = DeviceSplit::new(&data.test, mean, std, cfg.device);
 
     tch::manual_seed(epoch_seed(cfg.seed, 0));
-    let net = Net::new(rows, cols, cfg.device);
+    let net = Net::new(rows, cols, cfg.device).conv_kind(cfg.conv_kind);
     let mut opt = Adam::new(&net, cfg.lr);
 
     let mut first_epoch = 1;
@@ -146,6 +157,7 @@ pub fn train(
         lr: cfg.lr,
         seed: cfg.seed,
         device: device_name,
+        precision: precision_name(cfg.conv_kind).into(),
         threads: cfg.threads,
         train_seconds: history.iter().map(|m| m.train_seconds).sum(),
         model: out.path(MODEL).display().to_string(),
