@@ -3,7 +3,9 @@
 # docker-registry on loopback, then pulled into an OCI layout by `envbuild pull` (cold cache)
 # and by `skopeo copy docker://… oci:…`, ROUNDS rounds (default 3) taken in turn, each after a
 # `sync` and with fresh destinations. Prints each time, the medians and their ratio.
-# Usage: scripts/bench-pull.sh [ROUNDS] [ENV_FILE]   (default: 3, environments/mnist-cuda.toml)
+# With WAN=RTT_MS[:MB_PER_S] (e.g. WAN=40:50), the pulls go through a shaping proxy (see
+# scripts/registry.sh).
+# Usage: [WAN=40:50] scripts/bench-pull.sh [ROUNDS] [ENV_FILE]   (default: 3, environments/mnist-cuda.toml)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -11,12 +13,12 @@ rounds=${1:-3}
 envfile=${2:-environments/mnist-cuda.toml}
 scripts/build-release.sh >&2
 work=$(mktemp -d)
-pid=""
-trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 . scripts/registry.sh
+trap 'stop_registry; rm -rf "$work"' EXIT
 start_registry "$work/reg"
 ref="$reg/bench/pull:v1"
-target/release/envbuild push "$envfile" "$ref" -q >/dev/null
+# The image goes in directly; only the pulls pay the WAN.
+target/release/envbuild push "$envfile" "$reg_direct/bench/pull:v1" -q >/dev/null
 t() { # name, command... → prints "name seconds"
   local name=$1; shift
   sync

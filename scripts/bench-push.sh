@@ -6,7 +6,9 @@
 # trainer change, with the requests it made, counted from the registry's access log. Last, one
 # 4 GiB layer (random bytes) pushed by each tool once, for peak RSS with a layer larger than any
 # chunk. Prints each time, the medians, their ratio, and peak RSS.
-# Usage: scripts/bench-push.sh [ROUNDS]
+# With WAN=RTT_MS[:MB_PER_S] (e.g. WAN=40:50), every push goes through a shaping proxy (see
+# scripts/registry.sh): the figures an ACR user over the internet would see.
+# Usage: [WAN=40:50] scripts/bench-push.sh [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -14,9 +16,8 @@ rounds=${1:-3}
 scripts/build-release.sh >&2
 work=$(mktemp -d)
 export WORK=$work
-pid=""
-trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 . scripts/registry.sh
+trap 'stop_registry; rm -rf "$work"' EXIT
 measure() { # name, command... → appends "name seconds peak_rss_kb" to $work/times
   local name=$1; shift
   sync
@@ -93,7 +94,7 @@ measure envbuild-push-4GiB-layer target/release/envbuild push "oci:$work/big" "$
 start_registry "$work/r"
 measure skopeo-copy-4GiB-layer skopeo copy --quiet --dest-tls-verify=false "oci:$work/big:latest" "docker://$reg/skopeo/big:1"
 python3 - "$work/times" "$summary" "$requests" <<'PY'
-import json, statistics, sys
+import json, os, statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 by = {}
 for name, secs, rss in rows:
@@ -103,6 +104,15 @@ for name, runs in by.items():
     print(f"{name:<22} median {statistics.median(s for s, _ in runs):6.2f} s   runs: {times}   peak RSS {max(r for _, r in runs) / 1024:5.0f} MiB")
 e, s = (statistics.median(t for t, _ in by[n]) for n in ("envbuild-push", "skopeo-copy"))
 print(f"envbuild / skopeo cold push time (medians): {e / s:.2f}x")
-print(f"incremental push after a one-byte trainer change: {json.loads(sys.argv[2])}")
+inc = json.loads(sys.argv[2])
+print(f"incremental push after a one-byte trainer change: {inc}")
+wan = os.environ.get("WAN", "")
+if wan:
+    rtt, _, rate = wan.partition(":")
+    print(f"  through WAN={wan} (round trip {rtt} ms, {rate or 'no'} MB/s cap per connection)")
+    if rate:
+        transfer = inc["uploaded"] / (float(rate) * 1e6)
+        took = statistics.median(t for t, _ in by["envbuild-incremental"])
+        print(f"  {took:.2f} s = {transfer:.2f} s for its {inc['uploaded']} new bytes at the cap + {took - transfer:.2f} s")
 print(f"  requests the registry logged for it: {sys.argv[3]}")
 PY

@@ -1,8 +1,23 @@
 # Sourced by the benchmarks: a throwaway Debian docker-registry on a free loopback port.
-# The caller keeps `pid` (empty at first) and kills it on exit.
+# The caller calls `stop_registry` on exit.
+# With WAN=RTT_MS[:MB_PER_S] in the environment (e.g. WAN=40:50), $reg is a shaping proxy in front
+# of the registry (tests/src/bin/wan-proxy.rs): every round trip pays RTT_MS, every connection
+# is capped at MB_PER_S each way. The registry's own address stays in $reg_direct.
+pid="" wan_pid="" wan_proxy="${CARGO_TARGET_DIR:-$PWD/target}/debug/wan-proxy"
+stop_registry() {
+  local p
+  for p in $wan_pid $pid; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  pid="" wan_pid=""
+}
+if [ -n "${WAN:-}" ]; then
+  case $WAN in
+    *[!0-9:.]* | "" | :* ) echo "WAN=$WAN: want RTT_MS[:MB_PER_S], e.g. 40:50" >&2; exit 2 ;;
+  esac
+  cargo build --locked -q -p envbuild-e2e --bin wan-proxy >&2
+fi
 start_registry() { # dir → starts it (access log in dir/access.log), sets $reg to host:port
   local dir=$1 port
-  [ -z "$pid" ] || { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
+  stop_registry
   rm -rf "$dir"
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   mkdir -p "$dir/data"
@@ -10,5 +25,15 @@ start_registry() { # dir → starts it (access log in dir/access.log), sets $reg
   docker-registry serve "$dir/config.yml" >"$dir/access.log" 2>&1 &
   pid=$!
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-  reg="127.0.0.1:$port"
+  reg_direct="127.0.0.1:$port"
+  reg=$reg_direct
+  if [ -n "${WAN:-}" ]; then
+    local rtt=${WAN%%:*} rate=""
+    [ "$rtt" = "$WAN" ] || rate=${WAN#*:}
+    # shellcheck disable=SC2086 # rate is one word or none
+    "$wan_proxy" "$reg_direct" "$rtt" $rate >"$dir/wan.addr" &
+    wan_pid=$!
+    for _ in $(seq 100); do [ -s "$dir/wan.addr" ] && break; sleep 0.05; done
+    reg=$(head -1 "$dir/wan.addr")
+  fi
 }

@@ -534,3 +534,65 @@ fn pull_writes_the_same_layout_the_build_wrote_and_fetches_nothing_twice() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn push_and_pull_through_a_wan_shaped_link_move_the_same_bytes() {
+    // 100 ms round trips and 20 MB/s per connection: every request pays the delay, every
+    // connection the cap, and push and pull still carry exactly the image the build wrote.
+    let reg = Registry::start(None);
+    let rtt = std::time::Duration::from_millis(100);
+    let wan = envbuild_e2e::ShapingProxy::start(
+        &reg.addr,
+        envbuild_e2e::Shaping {
+            rtt,
+            rate: Some(20_000_000),
+        },
+    );
+    let t = tempfile::tempdir().unwrap();
+    let env = checkout(&t.path().join("c"), false);
+    let built = t.path().join("built");
+    let cache = t.path().join("cache");
+    let digest = build(
+        &env,
+        &cache,
+        &["--output", &format!("oci:{}", built.display())],
+    );
+    let dest = format!("{}/wan/repro:v1", wan.addr);
+    let started = std::time::Instant::now();
+    let (_, reference, stderr) = push(&env, &dest, &cache, &[]);
+    let pushed = started.elapsed();
+    assert_eq!(
+        reference,
+        format!("{}/wan/repro@{digest}", wan.addr),
+        "{stderr}"
+    );
+    // A push is at least: the check for the manifest, an upload's POST and PUT, the manifest's
+    // PUT, each a round trip (plus the connection's own).
+    assert!(pushed >= 4 * rtt, "{pushed:?}");
+    let pulled = t.path().join("pulled");
+    let started = std::time::Instant::now();
+    let o = run(Command::new(&bins().envbuild)
+        .args(["pull", &dest, "--json", "--cache"])
+        .arg(t.path().join("pull-cache"))
+        .arg("--output")
+        .arg(format!("oci:{}", pulled.display())));
+    let took = started.elapsed();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(took >= 3 * rtt, "{took:?}");
+    assert_eq!(manifest(&pulled), manifest(&built));
+    let files = |d: &std::path::Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = fs::read_dir(d.join("blobs/sha256"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(files(&pulled) == files(&built), "the pulled blobs differ");
+}

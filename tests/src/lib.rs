@@ -8,11 +8,13 @@ pub mod hostile;
 pub mod proxy;
 pub mod referrers;
 pub mod registry;
+pub mod shaping;
 pub mod tls;
 
 pub use proxy::FaultProxy;
 pub use referrers::ReferrersRegistry;
 pub use registry::{Registry, TokenAuth};
+pub use shaping::{Shaping, ShapingProxy};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
