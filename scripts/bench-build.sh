@@ -4,12 +4,15 @@
 #   2. the compression floor: pigz -6 -p CORES over the same bytes
 #   3. `docker build` of docker/Dockerfile (same base loaded into the engine, same files)
 #   4. warm rebuild after a one-byte trainer change: envbuild and docker build
-# Prints seconds, ratios and envbuild's peak RSS.
+#   5. the compressor alone, one core each, on the same 512 MiB of those inputs: envbuild's
+#      gzip -6 (builder/examples/compress.rs, both SHA-256s included), pigz -6 -p 1, zstd -3 -T1
+# Prints seconds, ratios, MB/s per core, compressed sizes against pigz -6, envbuild's peak RSS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 cores=$(nproc)
 scripts/build-release.sh >&2
+cargo build --release --locked -q -p envbuild --example compress >&2
 work=$(mktemp -d)
 trap 'rm -rf "$work"; docker rmi -f envbuild/bench:cold envbuild/bench:warm >/dev/null 2>&1 || true' EXIT
 base="$work/base"
@@ -58,8 +61,33 @@ size() { du -sb "$1/blobs" | cut -f1; }
 echo "# compressed blob bytes: gzip-6 $(size "$work/cache") gzip-1 $(size "$work/cache-g1") zstd-3 $(size "$work/cache-z3")" >&2
 r4=$(measure envbuild-warm target/release/envbuild build environments/mnist-cuda.toml --cache "$work/cache" --output "oci:$work/oci")
 r5=$(measure docker-build-warm docker build -q -t envbuild/bench:warm "$ctx")
-python3 - "$r1" "$r2" "$r3" "$rv1" "$rv2" "$r4" "$r5" <<'PY'
+# The compressor alone, one core each, on the same bytes.
+tar -C "$ENVBUILD_SITE" --exclude=include --exclude='*.a' --exclude=__pycache__ -cf - nvidia torch/lib 2>/dev/null | head -c 512M > "$work/sample" || true
+sync
+rc1=$(measure core-envbuild-gzip6 sh -c "target/release/examples/compress gzip:6 1 < '$work/sample' > '$work/c.gz'")
+rc2=$(measure core-pigz6 sh -c "pigz -6 -p 1 < '$work/sample' > '$work/p.gz'")
+rc3=$(measure core-zstd3 sh -c "zstd -3 -T1 -q -c < '$work/sample' > '$work/z.zst'")
+gunzip -c "$work/c.gz" | cmp - "$work/sample"
+sizes="$(stat -c %s "$work/sample") $(stat -c %s "$work/c.gz") $(stat -c %s "$work/p.gz") $(stat -c %s "$work/z.zst")"
+# Size against pigz -6 on exactly the same bytes: each of the image's own layers (not the
+# base's), decompressed and compressed again by pigz.
+layers=0 pigz_layers=0
+for l in $(python3 -c '
+import json, os, sys
+d, base = sys.argv[1:]
+m = json.load(open(d + "/index.json"))["manifests"][0]["digest"].split(":")[1]
+m = json.load(open(f"{d}/blobs/sha256/{m}"))
+for l in m["layers"]:
+    h = l["digest"].split(":")[1]
+    if not os.path.exists(f"{base}/blobs/sha256/{h}"):
+        print(h)' "$work/oci" "$base"); do
+  layers=$((layers + $(stat -c %s "$work/oci/blobs/sha256/$l")))
+  pigz_layers=$((pigz_layers + $(gzip -dc "$work/oci/blobs/sha256/$l" | pigz -6 -p "$cores" | wc -c)))
+done
+python3 - "$r1" "$r2" "$r3" "$rv1" "$rv2" "$r4" "$r5" "$rc1" "$rc2" "$rc3" <<PY
 import sys
+sample, cgz, pgz, zst = map(int, "$sizes".split())
+layers, pigz_layers = $layers, $pigz_layers
 rows = [a.split() for a in sys.argv[1:]]
 t = {r[0]: float(r[1]) for r in rows}
 print(f"{'step':<18} {'seconds':>8}")
@@ -70,4 +98,9 @@ print(f"  with gzip:1: {t['docker-build-cold'] / t['envbuild-cold-gzip1']:.2f}x,
 print(f"envbuild cold vs pigz floor:   {t['envbuild-cold'] / t['pigz-floor']:.2f}x the floor")
 print(f"warm rebuild: envbuild {t['envbuild-warm']:.2f}s, docker build {t['docker-build-warm']:.2f}s")
 print(f"envbuild peak RSS (cold build): {int(rows[0][2]) / 1024:.0f} MiB")
+print(f"compressed size of the image's own layers: envbuild gzip-6 {layers} B, pigz -6 of the same tars {pigz_layers} B: {layers / pigz_layers:.4f}x")
+mb = sample / 1e6
+print(f"one core, {mb:.0f} MB sample: envbuild gzip-6 {mb / t['core-envbuild-gzip6']:.1f} MB/s ({cgz / pgz:.4f}x pigz's size), "
+      f"pigz -6 {mb / t['core-pigz6']:.1f} MB/s, zstd -3 {mb / t['core-zstd3']:.1f} MB/s ({zst / pgz:.4f}x pigz's size); "
+      f"envbuild/pigz speed {t['core-pigz6'] / t['core-envbuild-gzip6']:.2f}x")
 PY
