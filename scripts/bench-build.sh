@@ -5,7 +5,8 @@
 #   3. `docker build` of docker/Dockerfile (same base loaded into the engine, same files)
 #   4. warm rebuild after a one-byte trainer change: envbuild and docker build
 #   5. the compressor alone, one core each, on the same 512 MiB of those inputs: envbuild's
-#      gzip -6 (builder/examples/compress.rs, both SHA-256s included), pigz -6 -p 1, zstd -3 -T1
+#      gzip at its default level 4 and at 6 (builder/examples/compress.rs, both SHA-256s
+#      included), pigz -6 -p 1, zstd -3 -T1
 # Prints seconds, ratios, MB/s per core, compressed sizes against pigz -6, envbuild's peak RSS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +43,7 @@ printf '%s\n' 'site-packages/nvidia/*/include' '**/*.a' '**/__pycache__' '**/__i
 cp docker/Dockerfile "$ctx/Dockerfile"
 cp "$CARGO_TARGET_DIR/release/trainer" "$ctx/trainer"
 skopeo copy --quiet "oci:$base:latest" docker-daemon:envbuild/debian-runtime:base
-bytes=$(du -sb --exclude=include --exclude='*.a' "$ENVBUILD_SITE/nvidia" "$ENVBUILD_SITE/torch/lib" | awk '{s+=$1} END {printf "%d", s}')
+bytes=$(du -sb --exclude=include --exclude='*.a' "$ENVBUILD_SITE/nvidia" "$ENVBUILD_SITE/torch/lib" | awk '{s+=$1} END {printf "%.0f", s}')
 echo "# inputs: $((bytes / 1000000)) MB, $cores cores" >&2
 
 r1=$(measure envbuild-cold target/release/envbuild build environments/mnist-cuda.toml --cache "$work/cache" --output "oci:$work/oci")
@@ -51,24 +52,29 @@ r3=$(measure docker-build-cold docker build --no-cache -q -t envbuild/bench:cold
 printf '\x01' >> "$CARGO_TARGET_DIR/release/trainer"
 printf '\x01' >> "$ctx/trainer"
 # The same build with other pinned compressors (ko and crane use gzip level 1).
+# Their files sit in $work/environments, so that PROJECT_ROOT ($work) has the Cargo.lock the SBOM reads.
+mkdir -p "$work/environments"
+cp Cargo.lock "$work/Cargo.lock"
 for c in gzip:1 zstd:3; do
-  sed "s/^platform = .*/&\ncompression = \"$c\"/" environments/mnist-cuda.toml > "$work/cuda-$c.toml"
-  sed -i "s|^oci = .*|oci = \"$base\"|" "$work/cuda-$c.toml"
+  sed "s/^platform = .*/&\ncompression = \"$c\"/" environments/mnist-cuda.toml > "$work/environments/cuda-$c.toml"
+  sed -i "s|^oci = .*|oci = \"$base\"|" "$work/environments/cuda-$c.toml"
 done
-rv1=$(measure envbuild-cold-gzip1 target/release/envbuild build "$work/cuda-gzip:1.toml" --cache "$work/cache-g1")
-rv2=$(measure envbuild-cold-zstd3 target/release/envbuild build "$work/cuda-zstd:3.toml" --cache "$work/cache-z3")
+rv1=$(measure envbuild-cold-gzip1 target/release/envbuild build "$work/environments/cuda-gzip:1.toml" --cache "$work/cache-g1")
+rv2=$(measure envbuild-cold-zstd3 target/release/envbuild build "$work/environments/cuda-zstd:3.toml" --cache "$work/cache-z3")
 size() { du -sb "$1/blobs" | cut -f1; }
-echo "# compressed blob bytes: gzip-6 $(size "$work/cache") gzip-1 $(size "$work/cache-g1") zstd-3 $(size "$work/cache-z3")" >&2
+echo "# compressed blob bytes: gzip (level 4) $(size "$work/cache") gzip-1 $(size "$work/cache-g1") zstd-3 $(size "$work/cache-z3")" >&2
 r4=$(measure envbuild-warm target/release/envbuild build environments/mnist-cuda.toml --cache "$work/cache" --output "oci:$work/oci")
 r5=$(measure docker-build-warm docker build -q -t envbuild/bench:warm "$ctx")
 # The compressor alone, one core each, on the same bytes.
 tar -C "$ENVBUILD_SITE" --exclude=include --exclude='*.a' --exclude=__pycache__ -cf - nvidia torch/lib 2>/dev/null | head -c 512M > "$work/sample" || true
 sync
+rc0=$(measure core-envbuild-gzip4 sh -c "target/release/examples/compress gzip:4 1 < '$work/sample' > '$work/c4.gz'")
 rc1=$(measure core-envbuild-gzip6 sh -c "target/release/examples/compress gzip:6 1 < '$work/sample' > '$work/c.gz'")
 rc2=$(measure core-pigz6 sh -c "pigz -6 -p 1 < '$work/sample' > '$work/p.gz'")
 rc3=$(measure core-zstd3 sh -c "zstd -3 -T1 -q -c < '$work/sample' > '$work/z.zst'")
 gunzip -c "$work/c.gz" | cmp - "$work/sample"
-sizes="$(stat -c %s "$work/sample") $(stat -c %s "$work/c.gz") $(stat -c %s "$work/p.gz") $(stat -c %s "$work/z.zst")"
+gunzip -c "$work/c4.gz" | cmp - "$work/sample"
+sizes="$(stat -c %s "$work/sample") $(stat -c %s "$work/c4.gz") $(stat -c %s "$work/c.gz") $(stat -c %s "$work/p.gz") $(stat -c %s "$work/z.zst")"
 # Size against pigz -6 on exactly the same bytes: each of the image's own layers (not the
 # base's), decompressed and compressed again by pigz.
 layers=0 pigz_layers=0
@@ -84,9 +90,9 @@ for l in m["layers"]:
   layers=$((layers + $(stat -c %s "$work/oci/blobs/sha256/$l")))
   pigz_layers=$((pigz_layers + $(gzip -dc "$work/oci/blobs/sha256/$l" | pigz -6 -p "$cores" | wc -c)))
 done
-python3 - "$r1" "$r2" "$r3" "$rv1" "$rv2" "$r4" "$r5" "$rc1" "$rc2" "$rc3" <<PY
+python3 - "$r1" "$r2" "$r3" "$rv1" "$rv2" "$r4" "$r5" "$rc0" "$rc1" "$rc2" "$rc3" <<PY
 import sys
-sample, cgz, pgz, zst = map(int, "$sizes".split())
+sample, c4gz, cgz, pgz, zst = map(int, "$sizes".split())
 layers, pigz_layers = $layers, $pigz_layers
 rows = [a.split() for a in sys.argv[1:]]
 t = {r[0]: float(r[1]) for r in rows}
@@ -98,9 +104,10 @@ print(f"  with gzip:1: {t['docker-build-cold'] / t['envbuild-cold-gzip1']:.2f}x,
 print(f"envbuild cold vs pigz floor:   {t['envbuild-cold'] / t['pigz-floor']:.2f}x the floor")
 print(f"warm rebuild: envbuild {t['envbuild-warm']:.2f}s, docker build {t['docker-build-warm']:.2f}s")
 print(f"envbuild peak RSS (cold build): {int(rows[0][2]) / 1024:.0f} MiB")
-print(f"compressed size of the image's own layers: envbuild gzip-6 {layers} B, pigz -6 of the same tars {pigz_layers} B: {layers / pigz_layers:.4f}x")
+print(f"compressed size of the image's own layers: envbuild gzip (level 4) {layers} B, pigz -6 of the same tars {pigz_layers} B: {layers / pigz_layers:.4f}x")
 mb = sample / 1e6
-print(f"one core, {mb:.0f} MB sample: envbuild gzip-6 {mb / t['core-envbuild-gzip6']:.1f} MB/s ({cgz / pgz:.4f}x pigz's size), "
+print(f"one core, {mb:.0f} MB sample: envbuild gzip level 4 {mb / t['core-envbuild-gzip4']:.1f} MB/s ({c4gz / pgz:.4f}x pigz's size), "
+      f"level 6 {mb / t['core-envbuild-gzip6']:.1f} MB/s ({cgz / pgz:.4f}x), "
       f"pigz -6 {mb / t['core-pigz6']:.1f} MB/s, zstd -3 {mb / t['core-zstd3']:.1f} MB/s ({zst / pgz:.4f}x pigz's size); "
-      f"envbuild/pigz speed {t['core-pigz6'] / t['core-envbuild-gzip6']:.2f}x")
+      f"envbuild/pigz speed: level 4 {t['core-pigz6'] / t['core-envbuild-gzip4']:.2f}x, level 6 {t['core-pigz6'] / t['core-envbuild-gzip6']:.2f}x")
 PY

@@ -383,7 +383,7 @@ pub fn parse(path: &Path, text: &str, vars: &Vars) -> Result<Environment, SpecEr
     };
 
     let compression = match &raw.compression {
-        None => Compression::Gzip(6),
+        None => Compression::Gzip(crate::layer::compress::GZIP_DEFAULT_LEVEL),
         Some(c) => c.get_ref().parse().map_err(|m: crate::error::BadValue| {
             err(Some(c.span()), "compression", m.to_string())
         })?,
@@ -511,7 +511,7 @@ env = { LD_LIBRARY_PATH = "/opt/torch/lib", HOME = "${NOPE:-/root}" }
         );
         assert_eq!(e.layers[1].files[0].mode, Some(0o755));
         assert_eq!(e.config.env["HOME"], "/root");
-        assert_eq!(e.compression, Compression::Gzip(6));
+        assert_eq!(e.compression, "gzip".parse().unwrap());
         assert_eq!(e.layers[1].line, 14);
     }
 
