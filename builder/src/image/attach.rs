@@ -73,6 +73,7 @@ impl Attachment {
                 ),
             ],
             referrers: Vec::new(),
+            verify: false,
         }
     }
 

@@ -265,6 +265,10 @@ pub struct Pushable {
     pub blobs: Vec<(Digest, u64, PathBuf)>,
     /// Artifacts whose `subject` is this manifest (SBOM, provenance), pushed after it.
     pub referrers: Vec<Pushable>,
+    /// Whether each blob's digest is still to be checked, just before its bytes go out (an
+    /// OCI layout's: their sizes were checked when it was read, their contents are hashed only
+    /// when the registry lacks them). Blobs from the cache were hashed as they were written.
+    pub verify: bool,
 }
 
 /// A Unix-epoch second count as RFC 3339 UTC.

@@ -32,13 +32,12 @@ pub fn pushable_from_oci(dir: &Path) -> Result<Pushable, ImageError> {
         let (d, size) = descriptor(&path, desc)?;
         blobs.push((d, size, dir.join("blobs/sha256").join(d.hex())));
     }
-    // Every blob is what its descriptor says before a byte goes out: a short blob would stream
-    // less than its Content-Length, a corrupt one would be refused only after its upload.
-    {
-        use rayon::prelude::*;
-        blobs
-            .par_iter()
-            .try_for_each(|(d, size, p)| super::verify_blob(p, d, *size))?;
+    // Every blob is the size its descriptor says before any request: a short blob would stream
+    // less than its Content-Length. Their contents are hashed by the push, just before a blob's
+    // upload, and only for blobs the registry lacks: an incremental push of a large image
+    // re-reads only what changed.
+    for (d, size, p) in &blobs {
+        super::check_blob_size(p, d, *size)?;
     }
     let media_type = v
         .media_type()
@@ -60,7 +59,7 @@ pub fn pushable_from_oci(dir: &Path) -> Result<Pushable, ImageError> {
                 .map_err(|e| invalid(&mpath, format!("a descriptor's digest: {e}")))?;
             let size = desc["size"].as_u64().unwrap_or(0);
             let p = dir.join("blobs/sha256").join(d.hex());
-            super::verify_blob(&p, &d, size)?;
+            super::check_blob_size(&p, &d, size)?;
             rblobs.push((d, size, p));
         }
         referrers.push(Pushable {
@@ -68,6 +67,7 @@ pub fn pushable_from_oci(dir: &Path) -> Result<Pushable, ImageError> {
             media_type: media::MANIFEST.into(),
             blobs: rblobs,
             referrers: Vec::new(),
+            verify: true,
         });
     }
     Ok(Pushable {
@@ -75,6 +75,7 @@ pub fn pushable_from_oci(dir: &Path) -> Result<Pushable, ImageError> {
         media_type,
         blobs,
         referrers,
+        verify: true,
     })
 }
 
@@ -96,6 +97,7 @@ pub fn pushable_from_cache(img: &Image, cache: &Cache, attachments: &[Attachment
         media_type: media::MANIFEST.into(),
         blobs,
         referrers: attachments.iter().map(|a| a.pushable(cache)).collect(),
+        verify: false,
     }
 }
 

@@ -63,22 +63,30 @@ impl Client {
     /// An upload session that fails for good (the registry lost it, or a lost answer left it
     /// closed) is followed by a HEAD: the blob may be there after all; else a new session starts.
     pub fn push_blob(&self, d: &Digest, size: u64, path: &Path) -> Result<bool, RegistryError> {
-        Ok(self.push_blob_from(d, size, path, &[], &Task::hidden())? == Sent::Uploaded)
+        Ok(self.push_blob_from(d, size, path, &[], false, &Task::hidden())? == Sent::Uploaded)
     }
 
     /// [`Self::push_blob`], first trying a cross-repository mount from each of `sources`
     /// (other repositories of this registry known to hold the blob). A refused mount (202)
-    /// becomes the upload session of the fallback. `task` hears the bytes sent.
+    /// becomes the upload session of the fallback. With `verify`, the file is hashed against `d`
+    /// before its upload (never when the registry has the blob). `task` hears the bytes sent.
     pub fn push_blob_from(
         &self,
         d: &Digest,
         size: u64,
         path: &Path,
         sources: &[String],
+        verify: bool,
         task: &Task,
     ) -> Result<Sent, RegistryError> {
         if self.has_blob(d, size)? {
             return Ok(Sent::Skipped);
+        }
+        // Hashed only now that its bytes must go: a corrupt file is refused before its upload
+        // (and so before any manifest), and a blob the registry has is never read.
+        if verify {
+            crate::image::verify_blob(path, d, size)
+                .map_err(|e| RegistryError::Blob(Box::new(e)))?;
         }
         let mut started = None;
         for from in sources.iter().filter(|s| **s != self.reference.repository) {

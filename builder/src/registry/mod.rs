@@ -88,6 +88,9 @@ pub enum RegistryError {
         #[source]
         source: io::Error,
     },
+    /// A local blob that is not what its descriptor says, found just before its upload.
+    #[error(transparent)]
+    Blob(Box<crate::image::ImageError>),
 }
 
 impl Hint for RegistryError {

@@ -96,7 +96,7 @@ pub fn push(
                 let Some((d, size, path, task)) = queue.lock().expect("lock").pop() else {
                     return;
                 };
-                match client.push_blob_from(&d, size, &path, &sources(&d), &task) {
+                match client.push_blob_from(&d, size, &path, &sources(&d), image.verify, &task) {
                     Ok(sent) => {
                         task.finish(match sent {
                             Sent::Uploaded => "pushed",

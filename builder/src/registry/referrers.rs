@@ -52,7 +52,7 @@ pub fn push_referrer(
     subject: &Digest,
 ) -> Result<Listed, RegistryError> {
     for (d, size, path) in &artifact.blobs {
-        client.push_blob_from(d, *size, path, &[], &Task::hidden())?;
+        client.push_blob_from(d, *size, path, &[], artifact.verify, &Task::hidden())?;
     }
     let digest = Digest::of(&artifact.manifest);
     let (_, processed) = client.put_manifest(
