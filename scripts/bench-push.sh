@@ -113,8 +113,8 @@ if wan:
     rtt, _, rate = wan.partition(":")
     print(f"  through WAN={wan} (round trip {rtt} ms, {rate or 'no'} MB/s cap per connection)")
     if rate:
-        transfer = inc["uploaded"] / (float(rate) * 1e6)
+        transfer = inc["bytes"] / (float(rate) * 1e6)
         took = statistics.median(t for t, _ in by["envbuild-incremental"])
-        print(f"  {took:.2f} s = {transfer:.2f} s for its {inc['uploaded']} new bytes at the cap + {took - transfer:.2f} s")
+        print(f"  {took:.2f} s = {transfer:.2f} s for its {inc['bytes']} new bytes at the cap + {took - transfer:.2f} s")
 print(f"  requests the registry logged for it: {sys.argv[3]}")
 PY

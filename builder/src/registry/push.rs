@@ -1,6 +1,7 @@
-//! Pushing a whole image: every blob (in parallel, largest first, mounted where the push ledger
-//! knows another repository of the registry holds it), then — only after every blob is
-//! confirmed — the manifest under the tag (or its digest).
+//! Pushing a whole image: every blob, the referrers' with them (in parallel, largest first,
+//! mounted where the push ledger knows another repository of the registry holds it), then —
+//! only after every blob is confirmed — the manifest under the tag (or its digest), then the
+//! referrers' manifests side by side and one update of the referrers tag where it is needed.
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -80,30 +81,47 @@ pub fn push(
         .rev()
         .map(|(d, size, path)| {
             let t = progress.task(Kind::Upload, &d.to_string(), Some(size));
-            (d, size, path, t)
+            (d, size, path, image.verify, Some(t))
         })
         .collect();
+    // The referrers' blobs (small, and one empty config they share) go in the same waves, not
+    // in round trips of their own after the manifest; they are not the image's, so no task.
+    let mut extra: Vec<Digest> = Vec::new();
+    for a in &image.referrers {
+        for (d, size, path) in &a.blobs {
+            if !image.blobs.iter().any(|(b, _, _)| b == d) && !extra.contains(d) {
+                extra.push(*d);
+                queue.push((*d, *size, path.clone(), a.verify, None));
+            }
+        }
+    }
     queue.reverse();
     let queue = Mutex::new(queue);
     let results: Mutex<Vec<(u64, Sent)>> = Mutex::new(Vec::new());
     let first_error: Mutex<Option<RegistryError>> = Mutex::new(None);
     std::thread::scope(|s| {
-        for _ in 0..client.settings.parallel.min(image.blobs.len().max(1)) {
+        let n = queue.lock().expect("lock").len();
+        for _ in 0..client.settings.parallel.min(n.max(1)) {
             s.spawn(|| loop {
                 if first_error.lock().expect("lock").is_some() {
                     return;
                 }
-                let Some((d, size, path, task)) = queue.lock().expect("lock").pop() else {
+                let Some((d, size, path, verify, task)) = queue.lock().expect("lock").pop() else {
                     return;
                 };
-                match client.push_blob_from(&d, size, &path, &sources(&d), image.verify, &task) {
+                let hidden = crate::progress::Task::hidden();
+                let t = task.as_ref().unwrap_or(&hidden);
+                match client.push_blob_from(&d, size, &path, &sources(&d), verify, t) {
                     Ok(sent) => {
-                        task.finish(match sent {
-                            Sent::Uploaded => "pushed",
-                            Sent::Skipped => "exists",
-                            Sent::Mounted => "mounted",
-                        });
-                        results.lock().expect("lock").push((size, sent));
+                        // Counted for the image's blobs only, as the report describes them.
+                        if task.is_some() {
+                            t.finish(match sent {
+                                Sent::Uploaded => "pushed",
+                                Sent::Skipped => "exists",
+                                Sent::Mounted => "mounted",
+                            });
+                            results.lock().expect("lock").push((size, sent));
+                        }
                     }
                     Err(e) => {
                         first_error.lock().expect("lock").get_or_insert(e);
@@ -125,10 +143,35 @@ pub fn push(
         .clone()
         .unwrap_or_else(|| digest.to_string());
     client.push_manifest(&tag, &image.media_type, &image.manifest)?;
-    // Then what refers to it (SBOM, provenance): only once their subject is there.
+    // Then what refers to it (SBOM, provenance), once their subject is there: their manifests
+    // side by side, then one update of the referrers tag for those the registry did not list.
+    let processed: Vec<Result<bool, RegistryError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = image
+            .referrers
+            .iter()
+            .map(|a| s.spawn(|| super::referrers::put_referrer(client, a)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("referrer thread"))
+            .collect()
+    });
+    let processed: Vec<bool> = processed.into_iter().collect::<Result<_, _>>()?;
+    let unlisted: Vec<&Pushable> = image
+        .referrers
+        .iter()
+        .zip(&processed)
+        .filter(|(_, p)| !**p)
+        .map(|(a, _)| a)
+        .collect();
+    super::referrers::list_in_tag_schema(client, &digest, &unlisted)?;
     let mut referrers = Vec::new();
-    for artifact in &image.referrers {
-        let how = super::referrers::push_referrer(client, artifact, &digest)?;
+    for (artifact, processed) in image.referrers.iter().zip(&processed) {
+        let how = if *processed {
+            super::referrers::Listed::ReferrersApi
+        } else {
+            super::referrers::Listed::TagSchema
+        };
         let v: serde_json::Value = serde_json::from_slice(&artifact.manifest).unwrap_or_default();
         referrers.push(Referrer {
             digest: Digest::of(&artifact.manifest).to_string(),

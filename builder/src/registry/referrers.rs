@@ -45,23 +45,27 @@ fn descriptor(artifact: &Pushable) -> Value {
     d
 }
 
-/// Pushes `artifact`, whose subject is `subject`; returns how it became listed.
-pub fn push_referrer(
-    client: &Client,
-    artifact: &Pushable,
-    subject: &Digest,
-) -> Result<Listed, RegistryError> {
-    for (d, size, path) in &artifact.blobs {
-        client.push_blob_from(d, *size, path, &[], artifact.verify, &Task::hidden())?;
-    }
+/// Puts `artifact`'s manifest by digest (its blobs must be there already, and its subject);
+/// returns whether the registry processed the subject (`OCI-Subject`), i.e. lists it itself.
+pub fn put_referrer(client: &Client, artifact: &Pushable) -> Result<bool, RegistryError> {
     let digest = Digest::of(&artifact.manifest);
     let (_, processed) = client.put_manifest(
         &digest.to_string(),
         &artifact.media_type,
         &artifact.manifest,
     )?;
-    if processed {
-        return Ok(Listed::ReferrersApi);
+    Ok(processed)
+}
+
+/// Adds `artifacts` to the index at `subject`'s referrers tag, for a registry that did not
+/// process their subject: one GET and at most one PUT, however many there are.
+pub fn list_in_tag_schema(
+    client: &Client,
+    subject: &Digest,
+    artifacts: &[&Pushable],
+) -> Result<(), RegistryError> {
+    if artifacts.is_empty() {
+        return Ok(());
     }
     let tag = tag_of(subject);
     let mut index = match client.get_manifest_opt(&tag)? {
@@ -70,16 +74,22 @@ pub fn push_referrer(
         })?,
         None => json!({ "schemaVersion": 2, "mediaType": media::INDEX, "manifests": [] }),
     };
-    let entry = descriptor(artifact);
     let manifests = index["manifests"].as_array_mut().ok_or_else(|| {
         client.protocol(&format!("GET manifest {tag}"), "an index without manifests")
     })?;
-    if !manifests.iter().any(|m| m["digest"] == entry["digest"]) {
-        manifests.push(entry);
+    let mut changed = false;
+    for artifact in artifacts {
+        let entry = descriptor(artifact);
+        if !manifests.iter().any(|m| m["digest"] == entry["digest"]) {
+            manifests.push(entry);
+            changed = true;
+        }
+    }
+    if changed {
         manifests.sort_by(|a, b| a["digest"].as_str().cmp(&b["digest"].as_str()));
         client.push_manifest(&tag, media::INDEX, &crate::image::canonical_json(&index))?;
     }
-    Ok(Listed::TagSchema)
+    Ok(())
 }
 
 /// The referrers of `subject` (descriptors), of `artifact_type` when given: the referrers API,
