@@ -91,6 +91,22 @@ pub fn checkout(dir: &Path, reverse: bool) -> PathBuf {
     dir.join("env.toml")
 }
 
+/// Every blob of the OCI layout at `dir`: (file name, bytes), sorted.
+pub fn layout_blobs(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = fs::read_dir(dir.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 pub fn envbuild() -> Command {
     let mut c = Command::new(&bins().envbuild);
     c.env("ENVBUILD_BASE", base_layout())
@@ -190,20 +206,7 @@ fn same_inputs_same_digest_whatever_the_machine_state() {
     assert_eq!(last_line(&String::from_utf8_lossy(&o.stdout)), first);
 
     // The layouts are byte-identical, file for file.
-    let list = |d: &Path| {
-        let mut v: Vec<(String, Vec<u8>)> = fs::read_dir(d.join("blobs/sha256"))
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    fs::read(e.path()).unwrap(),
-                )
-            })
-            .collect();
-        v.sort();
-        v
-    };
+    let list = layout_blobs;
     assert!(list(&t.path().join("out-a")) == list(&t.path().join("out-b")));
 
     // The SBOM (in both layouts, so byte for byte the same above): valid for the SPDX

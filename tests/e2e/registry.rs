@@ -6,7 +6,7 @@ use std::process::Command;
 use envbuild_e2e::{bins, last_line, ok, run, skopeo_inspect, Registry};
 use serde_json::Value;
 
-use super::build::{build, cached_manifest, checkout, envbuild, manifest, REPRO_ENV};
+use super::build::{build, cached_manifest, checkout, envbuild, layout_blobs, manifest, REPRO_ENV};
 
 fn push(
     env: &std::path::Path,
@@ -580,19 +580,8 @@ fn push_and_pull_through_a_wan_shaped_link_move_the_same_bytes() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(took >= 3 * rtt, "{took:?}");
     assert_eq!(manifest(&pulled), manifest(&built));
-    let files = |d: &std::path::Path| -> Vec<(String, Vec<u8>)> {
-        let mut v: Vec<_> = fs::read_dir(d.join("blobs/sha256"))
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    fs::read(e.path()).unwrap(),
-                )
-            })
-            .collect();
-        v.sort();
-        v
-    };
-    assert!(files(&pulled) == files(&built), "the pulled blobs differ");
+    assert!(
+        layout_blobs(&pulled) == layout_blobs(&built),
+        "the pulled blobs differ"
+    );
 }

@@ -132,6 +132,22 @@ mod tests {
         addr
     }
 
+    /// Sends `data` through `c` and closes its sending side, reading the echo meanwhile: what
+    /// came back, and how long until the last byte did.
+    fn echo_all(mut c: TcpStream, data: &[u8]) -> (Vec<u8>, Duration) {
+        let mut r = c.try_clone().unwrap();
+        let t = Instant::now();
+        let reader = std::thread::spawn(move || {
+            let mut back = Vec::new();
+            r.read_to_end(&mut back).unwrap();
+            back
+        });
+        c.write_all(data).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let back = reader.join().unwrap();
+        (back, t.elapsed())
+    }
+
     #[test]
     fn round_trips_pay_the_delay_and_a_stream_the_rate() {
         let rtt = Duration::from_millis(60);
@@ -162,17 +178,7 @@ mod tests {
         // 4 MiB there and back at 8 MiB/s each way, pipelined: at least half a second, and
         // every byte comes back in order.
         let data: Vec<u8> = (0..4u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
-        let mut r = c.try_clone().unwrap();
-        let t = Instant::now();
-        let reader = std::thread::spawn(move || {
-            let mut back = Vec::new();
-            r.read_to_end(&mut back).unwrap();
-            back
-        });
-        c.write_all(&data).unwrap();
-        c.shutdown(Shutdown::Write).unwrap();
-        let back = reader.join().unwrap();
-        let bulk = t.elapsed();
+        let (back, bulk) = echo_all(c, &data);
         assert!(back == data, "{} bytes back of {}", back.len(), data.len());
         assert!(bulk >= Duration::from_millis(500), "{bulk:?}");
     }
@@ -181,19 +187,10 @@ mod tests {
     fn without_a_rate_cap_only_the_delay_is_added() {
         let rtt = Duration::from_millis(40);
         let p = ShapingProxy::start(&echo(), Shaping { rtt, rate: None });
-        let mut c = TcpStream::connect(&p.addr).unwrap();
+        let c = TcpStream::connect(&p.addr).unwrap();
         let data = vec![7u8; 16 << 20];
-        let mut r = c.try_clone().unwrap();
-        let t = Instant::now();
-        let reader = std::thread::spawn(move || {
-            let mut back = Vec::new();
-            r.read_to_end(&mut back).unwrap();
-            back
-        });
-        c.write_all(&data).unwrap();
-        c.shutdown(Shutdown::Write).unwrap();
-        assert_eq!(reader.join().unwrap().len(), data.len());
-        let took = t.elapsed();
+        let (back, took) = echo_all(c, &data);
+        assert_eq!(back.len(), data.len());
         assert!(took >= 2 * rtt && took < Duration::from_secs(5), "{took:?}");
     }
 }

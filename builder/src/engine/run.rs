@@ -302,8 +302,13 @@ impl Engine {
             .await
             .map_err(|e| self.fail("starting the container", e))?;
 
+        // Both listeners live from here to the end: a second interrupt that arrives before the
+        // second `select!` below is polled is still seen (a fresh `ctrl_c()` future would only
+        // see signals sent after it was polled, and a quick second Ctrl-C would be lost).
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| self.fail("installing a SIGTERM handler", e))?;
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(|e| self.fail("installing a SIGINT handler", e))?;
         let mut wait = self.docker.wait_container(id, None::<WaitContainerOptions>);
         let signal = tokio::select! {
             w = wait.next() => {
@@ -325,7 +330,7 @@ impl Engine {
                     .unwrap_or(false);
                 return Ok(Outcome::Exited { code, oom_killed });
             }
-            _ = tokio::signal::ctrl_c() => 2,
+            _ = sigint.recv() => 2,
             _ = sigterm.recv() => 15,
         };
         sink.message(&format!(
@@ -344,7 +349,7 @@ impl Engine {
             // A second Ctrl-C (or SIGTERM) does not wait out the stop timeout.
             _ = async {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
+                    _ = sigint.recv() => {},
                     _ = sigterm.recv() => {},
                 }
             } => {
