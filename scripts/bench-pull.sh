@@ -15,6 +15,9 @@ scripts/build-release.sh >&2
 work=$(mktemp -d)
 . scripts/registry.sh
 trap 'stop_registry; rm -rf "$work"' EXIT
+# The local Debian base, as the other benchmarks make it (a fresh checkout has none yet).
+ENVBUILD=target/release/envbuild docker/base/make-base.sh "$work/base" >/dev/null 2>&1
+export ENVBUILD_BASE="$work/base" ENVBUILD_CACHE="$work/build-cache"
 start_registry "$work/reg"
 ref="$reg/bench/pull:v1"
 # The image goes in directly; only the pulls pay the WAN.
