@@ -110,26 +110,20 @@ impl Net {
                 .contiguous()
                 .permute([0, 3, 1, 2])
         };
+        // Convolution `i`: weight p[i], bias p[i + 1], stride 1, no padding.
+        let conv = |x: Tensor, i: usize| {
+            x.conv2d(
+                &cl(&p[i]),
+                Some(&p[i + 1].to_kind(k)),
+                [1, 1],
+                [0, 0],
+                [1, 1],
+                1,
+            )
+        };
         // relu(max_pool(x)) is max_pool(relu(x)) (relu is monotonic), on a quarter of the
         // elements; the first relu works in place on the convolution's fresh output.
-        xs.to_kind(k)
-            .conv2d(
-                &cl(&p[0]),
-                Some(&p[1].to_kind(k)),
-                [1, 1],
-                [0, 0],
-                [1, 1],
-                1,
-            )
-            .relu_()
-            .conv2d(
-                &cl(&p[2]),
-                Some(&p[3].to_kind(k)),
-                [1, 1],
-                [0, 0],
-                [1, 1],
-                1,
-            )
+        conv(conv(xs.to_kind(k), 0).relu_(), 2)
             .max_pool2d_default(2)
             .relu_()
             .to_kind(Kind::Float)

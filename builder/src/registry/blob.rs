@@ -82,12 +82,6 @@ impl Client {
         if self.has_blob(d, size)? {
             return Ok(Sent::Skipped);
         }
-        // Hashed only now that its bytes must go: a corrupt file is refused before its upload
-        // (and so before any manifest), and a blob the registry has is never read.
-        if verify {
-            crate::image::verify_blob(path, d, size)
-                .map_err(|e| RegistryError::Blob(Box::new(e)))?;
-        }
         let mut started = None;
         for from in sources.iter().filter(|s| **s != self.reference.repository) {
             let what = format!("mount of {d} from {from}");
@@ -105,6 +99,12 @@ impl Client {
                 // Some registries fail on mount outright: upload as usual.
                 _ => {}
             }
+        }
+        // Hashed only now that its bytes must go: a corrupt file is refused before its upload
+        // (and so before any manifest), and a blob the registry has or mounts is never read.
+        if verify {
+            crate::image::verify_blob(path, d, size)
+                .map_err(|e| RegistryError::Blob(Box::new(e)))?;
         }
         let mut session = 0;
         loop {

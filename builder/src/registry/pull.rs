@@ -88,7 +88,7 @@ pub fn pull(
     let errors = Mutex::new(Vec::new());
     // Every missing layer's task is made here, in order, so the display lists them as the
     // manifest does.
-    let queue: Vec<(Digest, u64, Task)> = layers
+    let mut queue: Vec<(Digest, u64, Task)> = layers
         .into_iter()
         .filter(|(d, _)| {
             let there = cache.has_blob(d);
@@ -105,7 +105,6 @@ pub fn pull(
     let downloaded: u64 = queue.iter().map(|(_, size, _)| size).sum();
     // The threads pop the largest first: over capped connections the largest layer is the
     // longest stream, and starting it last would leave the others idle while it finishes.
-    let mut queue = queue;
     queue.sort_by_key(|(_, size, _)| *size);
     let queue = Mutex::new(queue);
     std::thread::scope(|s| {

@@ -86,11 +86,9 @@ pub fn push(
         .collect();
     // The referrers' blobs (small, and one empty config they share) go in the same waves, not
     // in round trips of their own after the manifest; they are not the image's, so no task.
-    let mut extra: Vec<Digest> = Vec::new();
     for a in &image.referrers {
         for (d, size, path) in &a.blobs {
-            if !image.blobs.iter().any(|(b, _, _)| b == d) && !extra.contains(d) {
-                extra.push(*d);
+            if !queue.iter().any(|q| q.0 == *d) {
                 queue.push((*d, *size, path.clone(), a.verify, None));
             }
         }
