@@ -229,6 +229,12 @@ pub enum Outcome {
     Interrupted { signal: i32 },
 }
 
+/// The process's SIGTERM and SIGINT listeners while a container runs.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
 impl Engine {
     /// Runs the container to its end, streaming its output to ours; on Ctrl-C or SIGTERM, stops
     /// it (SIGTERM, SIGKILL after `spec.stop_timeout` s). Removes it unless `spec.keep`.
@@ -237,6 +243,16 @@ impl Engine {
         spec: &RunSpec,
         sink: Arc<dyn Sink>,
     ) -> Result<(Outcome, String), EngineError> {
+        // Both listeners live from before the container exists to the end: a Ctrl-C sent as soon
+        // as the container prints is never met by the default disposition (which would kill us
+        // and leave the container running), and a second one sent before the second `select!`
+        // in `drive` is polled is still seen (a fresh `ctrl_c()` future sees only later signals).
+        let signals = Signals {
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(|e| self.fail("installing a SIGTERM handler", e))?,
+            int: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .map_err(|e| self.fail("installing a SIGINT handler", e))?,
+        };
         let created = self
             .docker
             .create_container(None::<CreateContainerOptions>, container_body(spec))
@@ -244,7 +260,7 @@ impl Engine {
             .map_err(|e| self.fail(format!("creating a container from {}", spec.image), e))?;
         let id = created.id;
         sink.message(&format!("container {}", &id[..id.len().min(12)]));
-        let result = self.drive(&id, spec, &sink).await;
+        let result = self.drive(&id, spec, &sink, signals).await;
         if !spec.keep {
             let removed = self
                 .docker
@@ -268,6 +284,10 @@ impl Engine {
         id: &str,
         spec: &RunSpec,
         sink: &Arc<dyn Sink>,
+        Signals {
+            term: mut sigterm,
+            int: mut sigint,
+        }: Signals,
     ) -> Result<Outcome, EngineError> {
         let attached = self
             .docker
@@ -302,13 +322,6 @@ impl Engine {
             .await
             .map_err(|e| self.fail("starting the container", e))?;
 
-        // Both listeners live from here to the end: a second interrupt that arrives before the
-        // second `select!` below is polled is still seen (a fresh `ctrl_c()` future would only
-        // see signals sent after it was polled, and a quick second Ctrl-C would be lost).
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| self.fail("installing a SIGTERM handler", e))?;
-        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-            .map_err(|e| self.fail("installing a SIGINT handler", e))?;
         let mut wait = self.docker.wait_container(id, None::<WaitContainerOptions>);
         let signal = tokio::select! {
             w = wait.next() => {
