@@ -69,6 +69,16 @@ pub struct Args {
     #[arg(long)]
     pub resume: bool,
 
+    /// Data-parallel backend when WORLD_SIZE > 1 (c10d): auto and gloo use libtorch's Gloo
+    /// process group (CUDA gradients staged through host memory); nccl is refused with the reason
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+
+    /// Seconds a rank waits for the others: to reach MASTER_ADDR:MASTER_PORT, and in any
+    /// collective (a rank that dies is seen at once; one that hangs, after this)
+    #[arg(long, value_name = "SECS", default_value_t = 300, env = "TRAINER_DIST_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub dist_timeout: u64,
+
     /// Use only the first N training images (quick runs)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub limit_train: Option<u64>,
@@ -84,6 +94,14 @@ pub enum DeviceArg {
     Auto,
     Cpu,
     Cuda,
+}
+
+/// The data-parallel backend (see `--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    Auto,
+    Gloo,
+    Nccl,
 }
 
 /// The convolutions' precision.

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod device;
+pub mod dist;
 pub mod idx;
 pub mod model;
 pub mod output;
@@ -29,6 +30,12 @@ pub enum Error {
     Output { path: PathBuf, problem: String },
     #[error("--resume: checkpoint {}: {problem}", path.display())]
     Checkpoint { path: PathBuf, problem: String },
+    /// The launch variables (WORLD_SIZE, RANK, MASTER_ADDR, …) or `--backend` are unusable.
+    #[error("{0}")]
+    Launch(String),
+    /// The process group failed: this rank could not join, or a collective broke.
+    #[error("rank {rank}: {problem}")]
+    Group { rank: usize, problem: String },
     #[error("libtorch failed while {what}: {source}")]
     Torch {
         what: &'static str,
@@ -70,10 +77,24 @@ pub fn run(args: &cli::Args, mut log: impl FnMut(&str)) -> Result<output::Summar
     if let Some(n) = args.limit_test {
         data.test.truncate(n as usize);
     }
-    let device = device::resolve(args.device)?;
+    let launch = dist::Launch::from_vars(|k| std::env::var(k).ok())?;
+    let device = match device::resolve(args.device)? {
+        // One GPU per process of a node, as torch.distributed's LOCAL_RANK means.
+        tch::Device::Cuda(_) if launch.is_distributed() => tch::Device::Cuda(launch.local_rank),
+        d => d,
+    };
+    if launch.is_distributed() {
+        dist::check_backend(args.backend, device)?;
+    }
+    // --threads, else OMP_NUM_THREADS (as PyTorch reads it: the launcher's share of the cores
+    // for each process of a node), else every core this process may use.
     let threads = match args.threads {
         Some(t) => t as i32,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get() as i32),
+        None => std::env::var("OMP_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<i32>().ok())
+            .filter(|t| *t > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32)),
     };
     tch::set_num_threads(threads);
     let conv_kind = match (args.precision, device) {
@@ -82,7 +103,23 @@ pub fn run(args: &cli::Args, mut log: impl FnMut(&str)) -> Result<output::Summar
         (cli::PrecisionArg::Auto, tch::Device::Cpu) if native_bf16() => tch::Kind::BFloat16,
         (cli::PrecisionArg::Auto, _) => tch::Kind::Float,
     };
-    let out = output::OutputDir::prepare(&args.output, args.resume)?;
+    // Only rank 0 writes (and, resuming, reads) the output; the others get its state by
+    // broadcast.
+    let out = if launch.rank == 0 {
+        Some(output::OutputDir::prepare(&args.output, args.resume)?)
+    } else {
+        None
+    };
+    let group = dist::Group::join(
+        launch.clone(),
+        std::time::Duration::from_secs(args.dist_timeout),
+    )?;
+    if launch.is_distributed() {
+        log(&format!(
+            "trainer: rank {} of {} (local rank {}), c10d Gloo group at {}:{}",
+            launch.rank, launch.world, launch.local_rank, launch.master_addr, launch.master_port
+        ));
+    }
     log(&format!(
         "trainer: {} training / {} test images of {}x{} from {}; device {}, {} convolutions, {} threads; output {}",
         data.train.len(),
@@ -105,7 +142,9 @@ pub fn run(args: &cli::Args, mut log: impl FnMut(&str)) -> Result<output::Summar
         resume: args.resume,
         conv_kind,
     };
-    train::train(&data, &cfg, &out, |m| log(&m.line(args.epochs)))
+    train::train(&data, &cfg, out.as_ref(), &group, |m| {
+        log(&m.line(args.epochs))
+    })
 }
 
 /// Whether this CPU computes bfloat16 natively (AVX512-BF16: Zen 4 and later, Cooper Lake,

@@ -98,8 +98,9 @@ impl Net {
         &self.params[i]
     }
 
-    /// Logits for a batch of normalised images `[n, 1, rows, cols]`.
-    pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
+    /// Logits for a batch of normalised images `[n, 1, rows, cols]`; `masks` (training) are
+    /// the dropout masks of exactly these `n` images, `None` (evaluation) is no dropout.
+    pub fn forward(&self, xs: &Tensor, masks: Option<&Masks>) -> Tensor {
         let p = &self.params;
         let k = self.conv_kind;
         // Channels-last weights (a copy of 18k numbers per step) make libtorch take oneDNN's
@@ -121,18 +122,21 @@ impl Net {
                 1,
             )
         };
+        let drop = |x: Tensor, mask: Option<&Tensor>| match mask {
+            Some(m) => x * m,
+            None => x,
+        };
         // relu(max_pool(x)) is max_pool(relu(x)) (relu is monotonic), on a quarter of the
         // elements; the first relu works in place on the convolution's fresh output.
-        conv(conv(xs.to_kind(k), 0).relu_(), 2)
+        let features = conv(conv(xs.to_kind(k), 0).relu_(), 2)
             .max_pool2d_default(2)
             .relu_()
             .to_kind(Kind::Float)
-            .dropout(0.25, train)
-            .flatten(1, -1)
+            .flatten(1, -1);
+        let hidden = drop(features, masks.map(|m| &m.features))
             .linear(&p[4], Some(&p[5]))
-            .relu()
-            .dropout(0.5, train)
-            .linear(&p[6], Some(&p[7]))
+            .relu();
+        drop(hidden, masks.map(|m| &m.hidden)).linear(&p[6], Some(&p[7]))
     }
 
     /// The gradients of all parameters as one flat tensor (one concatenation).
@@ -166,6 +170,39 @@ impl Net {
     }
 }
 
+/// Dropout masks (0, or 1/(1-p) for a kept unit) of a batch: p = 0.25 on the pooled features,
+/// 0.5 on the hidden layer, as the pytorch/examples network. Drawn for a whole global batch from
+/// the generator every rank seeded alike, then cut per rank ([`Masks::rows`]), so that N ranks
+/// drop exactly the units one process would.
+#[derive(Debug)]
+pub struct Masks {
+    pub features: Tensor,
+    pub hidden: Tensor,
+}
+
+impl Masks {
+    pub fn draw(net: &Net, n: i64, device: Device) -> Masks {
+        let keep = |p: f64, units: i64| {
+            let mut m = Tensor::empty([n, units], (Kind::Float, device));
+            let _ = m.bernoulli_float_(1.0 - p);
+            m *= 1.0 / (1.0 - p);
+            m
+        };
+        Masks {
+            features: keep(0.25, net.specs[4].shape[1]),
+            hidden: keep(0.5, net.specs[6].shape[1]),
+        }
+    }
+
+    /// The masks of images `start..start + len` of the batch.
+    pub fn rows(&self, start: i64, len: i64) -> Masks {
+        Masks {
+            features: self.features.narrow(0, start, len),
+            hidden: self.hidden.narrow(0, start, len),
+        }
+    }
+}
+
 /// Adam (Kingma & Ba, as `torch.optim.Adam` with default betas and eps, no weight decay) over
 /// the flat parameter tensor.
 #[derive(Debug)]
@@ -195,14 +232,18 @@ impl Adam {
 
     /// One update from the gradients left by `backward`.
     pub fn step(&mut self, net: &Net) {
+        self.step_with(net, &net.flat_grad());
+    }
+
+    /// One update from `g`, the flat gradient (all-reduced across ranks when there are several).
+    pub fn step_with(&mut self, net: &Net, g: &Tensor) {
         self.step += 1;
         let bc1 = 1.0 - self.beta1.powi(self.step as i32);
         let bc2 = 1.0 - self.beta2.powi(self.step as i32);
         tch::no_grad(|| {
-            let g = net.flat_grad();
-            let _ = self.exp_avg.lerp_(&g, 1.0 - self.beta1);
+            let _ = self.exp_avg.lerp_(g, 1.0 - self.beta1);
             self.exp_avg_sq *= self.beta2;
-            let _ = self.exp_avg_sq.addcmul_(&(&g * (1.0 - self.beta2)), &g);
+            let _ = self.exp_avg_sq.addcmul_(&(g * (1.0 - self.beta2)), g);
             let mut denom = self.exp_avg_sq.sqrt();
             denom *= 1.0 / bc2.sqrt();
             denom += self.eps;
@@ -231,7 +272,7 @@ mod tests {
         assert_eq!(net.numel(), 1_199_882); // the pytorch/examples MNIST Net
         let out = net.forward(
             &Tensor::zeros([3, 1, 28, 28], (Kind::Float, Device::Cpu)),
-            false,
+            None,
         );
         assert_eq!(out.size(), vec![3, 10]);
     }
@@ -274,9 +315,9 @@ mod tests {
         let xs = Tensor::randn([16, 1, 12, 12], (Kind::Float, Device::Cpu));
         tch::manual_seed(5);
         let net = Net::new(12, 12, Device::Cpu);
-        let fp32 = net.forward(&xs, false);
+        let fp32 = net.forward(&xs, None);
         let net = net.conv_kind(Kind::BFloat16);
-        let bf16 = net.forward(&xs, false);
+        let bf16 = net.forward(&xs, None);
         assert_eq!(bf16.kind(), Kind::Float);
         let diff = (&fp32 - &bf16).abs().max().double_value(&[]);
         let scale = fp32.abs().max().double_value(&[]);

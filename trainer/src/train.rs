@@ -5,8 +5,9 @@ use std::time::Instant;
 
 use tch::{Device, Kind, Reduction, Tensor};
 
+use crate::dist::Group;
 use crate::idx::{DataSet, Split};
-use crate::model::{Adam, Net};
+use crate::model::{Adam, Masks, Net};
 use crate::output::{EpochMetrics, OutputDir, Summary, CHECKPOINT, MODEL, SUMMARY};
 use crate::Error;
 
@@ -84,10 +85,16 @@ pub fn epoch_seed(seed: u64, epoch: u32) -> i64 {
 
 /// Trains, writing checkpoints, metrics, the model and the summary into `out`.
 /// `on_epoch` receives each epoch's metrics (the binary prints them).
+///
+/// With a `group` of several ranks, every rank holds the same weights: rank 0's initial (or
+/// resumed) state is broadcast, each global batch of `batch_size` images is split across the
+/// ranks in rank order, and the gradients are summed in one flat all-reduce per step, each rank's
+/// loss being its images' share of the global batch mean. Only rank 0 has an `out` and writes.
 pub fn train(
     data: &DataSet,
     cfg: &Config,
-    out: &OutputDir,
+    out: Option<&OutputDir>,
+    group: &Group,
     mut on_epoch: impl FnMut(&EpochMetrics),
 ) -> Result<Summary, Error> {
     let (rows, cols) = (data.train.rows as i64, data.train.cols as i64);
@@ -101,10 +108,24 @@ pub fn train(
 
     let mut first_epoch = 1;
     let mut history = Vec::new();
-    if cfg.resume {
+    if let (true, Some(out)) = (cfg.resume, out) {
         if let Some(done) = load_checkpoint(out, cfg, &net, &mut opt)? {
             first_epoch = done + 1;
             history = out.read_metrics(done)?;
+        }
+    }
+    if group.world() > 1 {
+        // Rank 0's weights, optimizer state and place in the run, on every rank.
+        let mut state = Tensor::from_slice(&[first_epoch as i64, opt.step]);
+        group.broadcast_from_leader(&mut state, "broadcasting the run's position")?;
+        first_epoch = state.int64_value(&[0]) as u32;
+        opt.step = state.int64_value(&[1]);
+        for (t, what) in [
+            (&net.flat, "broadcasting the initial parameters"),
+            (&opt.exp_avg, "broadcasting Adam's first moments"),
+            (&opt.exp_avg_sq, "broadcasting Adam's second moments"),
+        ] {
+            group.broadcast_from_leader(&mut t.shallow_clone(), what)?;
         }
     }
 
@@ -112,12 +133,12 @@ pub fn train(
     for epoch in first_epoch..=cfg.epochs {
         let start = Instant::now();
         tch::manual_seed(epoch_seed(cfg.seed, epoch));
-        let train_loss = run_epoch(&net, &mut opt, &train, cfg.batch_size as i64);
+        let train_loss = run_epoch(&net, &mut opt, &train, cfg.batch_size as i64, group, epoch)?;
         if let Device::Cuda(i) = cfg.device {
             tch::Cuda::synchronize(i as i64);
         }
         let train_seconds = start.elapsed().as_secs_f64();
-        let (test_loss, test_accuracy) = evaluate(&net, &test);
+        let (test_loss, test_accuracy) = evaluate(&net, &test, group)?;
         let m = EpochMetrics {
             epoch,
             train_loss,
@@ -128,12 +149,17 @@ pub fn train(
             images_per_second: train.len() as f64 / train_seconds,
             device: device_name.clone(),
         };
-        save_checkpoint(out, cfg, &net, &opt, epoch)?;
         history.push(m.clone());
-        out.write_metrics(&history)?;
-        on_epoch(&m);
+        if let Some(out) = out {
+            save_checkpoint(out, cfg, &net, &opt, epoch)?;
+            out.write_metrics(&history)?;
+            on_epoch(&m);
+        }
     }
 
+    let Some(out) = out else {
+        return Ok(follower_summary(data, cfg, &net, history.last(), group));
+    };
     let last = history.last().cloned().ok_or_else(|| Error::Output {
         path: out.path(CHECKPOINT),
         problem:
@@ -167,49 +193,121 @@ pub fn train(
     Ok(summary)
 }
 
-/// One pass over the training set; returns the mean training loss. The only host sync is the
-/// final read of the accumulated loss.
-fn run_epoch(net: &Net, opt: &mut Adam, train: &DeviceSplit, batch: i64) -> f64 {
-    let n = train.len();
-    let perm = Tensor::randperm(n, (Kind::Int64, train.images.device()));
-    let mut loss_sum = Tensor::zeros([], (Kind::Float, train.images.device()));
-    let mut start = 0;
-    while start < n {
-        let len = batch.min(n - start);
-        let idx = perm.narrow(0, start, len);
-        let xs = train.images.index_select(0, &idx);
-        let ys = train.labels.index_select(0, &idx);
-        let loss = net.forward(&xs, true).cross_entropy_for_logits(&ys);
-        net.zero_grad();
-        loss.backward();
-        opt.step(net);
-        tch::no_grad(|| loss_sum += loss.detach() * (len as f64));
-        start += len;
+/// What a rank other than 0 reports: the metrics of the last epoch it trained (the same on
+/// every rank), and no files.
+fn follower_summary(
+    data: &DataSet,
+    cfg: &Config,
+    net: &Net,
+    last: Option<&EpochMetrics>,
+    group: &Group,
+) -> Summary {
+    let nan = f64::NAN;
+    Summary {
+        epochs: cfg.epochs,
+        test_accuracy: last.map_or(nan, |m| m.test_accuracy),
+        test_loss: last.map_or(nan, |m| m.test_loss),
+        train_loss: last.map_or(nan, |m| m.train_loss),
+        train_images: data.train.len(),
+        test_images: data.test.len(),
+        image_shape: [data.train.rows, data.train.cols],
+        parameters: net.numel(),
+        batch_size: cfg.batch_size,
+        lr: cfg.lr,
+        seed: cfg.seed,
+        device: crate::device::name(cfg.device),
+        precision: precision_name(cfg.conv_kind).into(),
+        threads: cfg.threads,
+        train_seconds: 0.0,
+        model: format!("(rank {}: rank 0 writes the model)", group.rank()),
     }
-    loss_sum.double_value(&[]) / n as f64
 }
 
-/// Mean loss and accuracy over the test set.
-fn evaluate(net: &Net, test: &DeviceSplit) -> (f64, f64) {
-    tch::no_grad(|| {
-        let n = test.len();
+/// The part of `0..n` that rank `rank` of `world` takes: contiguous, in rank order, sizes
+/// differing by at most one.
+pub fn shard(n: i64, rank: usize, world: usize) -> (i64, i64) {
+    let (r, w) = (rank as i64, world as i64);
+    let lo = n * r / w;
+    (lo, n * (r + 1) / w - lo)
+}
+
+/// One pass over the training set; returns the mean training loss. The only host syncs are the
+/// all-reduces (none alone) and the final read of the accumulated loss.
+fn run_epoch(
+    net: &Net,
+    opt: &mut Adam,
+    train: &DeviceSplit,
+    batch: i64,
+    group: &Group,
+    epoch: u32,
+) -> Result<f64, Error> {
+    let n = train.len();
+    let device = train.images.device();
+    let perm = Tensor::randperm(n, (Kind::Int64, device));
+    let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
+    let mut start = 0;
+    let mut step = 0;
+    while start < n {
+        let len = batch.min(n - start);
+        // Every rank draws the whole batch's masks, so the generator moves alike everywhere.
+        let masks = Masks::draw(net, len, device);
+        let (lo, mine) = shard(len, group.rank(), group.world());
+        let mut grad = if mine > 0 {
+            let idx = perm.narrow(0, start + lo, mine);
+            let xs = train.images.index_select(0, &idx);
+            let ys = train.labels.index_select(0, &idx);
+            let sum = net
+                .forward(&xs, Some(&masks.rows(lo, mine)))
+                .cross_entropy_loss::<Tensor>(&ys, None, Reduction::Sum, -100, 0.0);
+            net.zero_grad();
+            // This rank's images' share of the global batch's mean loss.
+            (&sum / len as f64).backward();
+            tch::no_grad(|| loss_sum += sum.detach());
+            net.flat_grad()
+        } else {
+            net.flat.zeros_like()
+        };
+        step += 1;
+        group.all_reduce_sum(
+            &mut grad,
+            &format!("the gradient all-reduce of epoch {epoch}, step {step}"),
+        )?;
+        opt.step_with(net, &grad);
+        start += len;
+    }
+    let mut total = loss_sum.to_kind(Kind::Double);
+    group.all_reduce_sum(
+        &mut total,
+        &format!("summing epoch {epoch}'s training loss"),
+    )?;
+    Ok(total.double_value(&[]) / n as f64)
+}
+
+/// Mean loss and accuracy over the test set, each rank taking its shard.
+fn evaluate(net: &Net, test: &DeviceSplit, group: &Group) -> Result<(f64, f64), Error> {
+    let n = test.len();
+    let (lo, mine) = shard(n, group.rank(), group.world());
+    let (loss, correct) = tch::no_grad(|| {
         let device = test.images.device();
         let mut loss = Tensor::zeros([], (Kind::Float, device));
         let mut correct = Tensor::zeros([], (Kind::Int64, device));
-        let mut start = 0;
-        while start < n {
-            let len = 1000.min(n - start);
-            let logits = net.forward(&test.images.narrow(0, start, len), false);
+        let mut start = lo;
+        while start < lo + mine {
+            let len = 1000.min(lo + mine - start);
+            let logits = net.forward(&test.images.narrow(0, start, len), None);
             let ys = test.labels.narrow(0, start, len);
             loss += logits.cross_entropy_loss::<Tensor>(&ys, None, Reduction::Sum, -100, 0.0);
             correct += logits.argmax(-1, false).eq_tensor(&ys).sum(Kind::Int64);
             start += len;
         }
-        (
-            loss.double_value(&[]) / n as f64,
-            correct.int64_value(&[]) as f64 / n as f64,
-        )
-    })
+        (loss.double_value(&[]), correct.int64_value(&[]))
+    });
+    let mut totals = Tensor::from_slice(&[loss, correct as f64]);
+    group.all_reduce_sum(&mut totals, "summing the test metrics")?;
+    Ok((
+        totals.double_value(&[0]) / n as f64,
+        totals.double_value(&[1]) / n as f64,
+    ))
 }
 
 fn save_checkpoint(
@@ -293,6 +391,20 @@ mod tests {
         assert_ne!(epoch_seed(42, 1), epoch_seed(43, 1));
         assert_eq!(epoch_seed(42, 1), epoch_seed(42, 1));
         assert!(epoch_seed(u64::MAX, u32::MAX) >= 0);
+    }
+
+    #[test]
+    fn shards_cover_the_batch_in_rank_order() {
+        for (n, w) in [(128, 2), (127, 2), (10, 3), (1, 2), (5, 1)] {
+            let mut next = 0;
+            for r in 0..w {
+                let (lo, len) = shard(n, r, w);
+                assert_eq!(lo, next, "n {n} w {w} r {r}");
+                assert!(len >= n / w as i64 && len <= n / w as i64 + 1);
+                next = lo + len;
+            }
+            assert_eq!(next, n);
+        }
     }
 
     #[test]

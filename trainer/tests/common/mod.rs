@@ -1,0 +1,166 @@
+//! Helpers shared by the trainer's integration tests: synthetic MNIST-format data, the binary,
+//! and readers of what a run writes.
+#![allow(dead_code)] // each test crate uses its own subset
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use trainer::idx::encode;
+
+pub const TRAINER: &str = env!("CARGO_BIN_EXE_trainer");
+
+/// A learnable data set: class k is a bright 4x4 patch at one of ten positions, plus noise.
+pub fn synthetic(dir: &Path, train: u32, test: u32, side: u32) {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut rand = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for (prefix, n) in [("train", train), ("t10k", test)] {
+        let mut images = Vec::with_capacity((n * side * side) as usize);
+        let mut labels = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let k = (rand() % 10) as u32;
+            let (py, px) = (1 + (k / 5) * (side / 2), 1 + (k % 5) * (side - 5) / 4);
+            for y in 0..side {
+                for x in 0..side {
+                    let on = (py..py + 4).contains(&y) && (px..px + 4).contains(&x);
+                    let noise = (rand() % 60) as u8;
+                    images.push(if on { 190 + noise } else { noise });
+                }
+            }
+            labels.push(k as u8);
+        }
+        fs::write(
+            dir.join(format!("{prefix}-images-idx3-ubyte")),
+            encode(&[n, side, side], &images),
+        )
+        .unwrap();
+        fs::write(
+            dir.join(format!("{prefix}-labels-idx1-ubyte")),
+            encode(&[n], &labels),
+        )
+        .unwrap();
+    }
+}
+
+pub fn trainer(args: &[&str]) -> Command {
+    let mut c = Command::new(TRAINER);
+    c.args(args)
+        .env_remove("TRAINER_DATA")
+        .env_remove("TRAINER_OUTPUT");
+    c
+}
+
+pub fn run(args: &[&str]) -> Output {
+    trainer(args).output().expect("trainer runs")
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// metrics.jsonl without the timing fields, which differ between runs.
+pub fn metrics(out: &Path) -> Vec<Value> {
+    fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            for k in ["seconds", "train_seconds", "images_per_second"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            v
+        })
+        .collect()
+}
+
+/// Asserts that two runs are the same computation: the same weights, bit for bit, and the same
+/// metrics. The one exception is train_loss, the f32 sum of each batch's mean loss: CI saw it one
+/// ulp apart between two processes whose weights, test loss and accuracy were identical (the
+/// rounding of a parallel reduction; the gradients do not depend on it), so it gets a relative
+/// tolerance of 1e-5 — far below any change in what was trained.
+pub fn assert_same_run(a: &Path, b: &Path) {
+    let (ma, mb) = (metrics(a), metrics(b));
+    assert_eq!(ma.len(), mb.len(), "{ma:?}\n{mb:?}");
+    for (x, y) in ma.iter().zip(&mb) {
+        let (mut x, mut y) = (x.clone(), y.clone());
+        let lx = x.as_object_mut().unwrap().remove("train_loss").unwrap();
+        let ly = y.as_object_mut().unwrap().remove("train_loss").unwrap();
+        let (lx, ly) = (lx.as_f64().unwrap(), ly.as_f64().unwrap());
+        assert!(
+            (lx - ly).abs() <= 1e-5 * lx.abs().max(ly.abs()),
+            "train_loss {lx} vs {ly}"
+        );
+        assert_eq!(x, y);
+    }
+    assert!(
+        fs::read(a.join("model.safetensors")).unwrap()
+            == fs::read(b.join("model.safetensors")).unwrap(),
+        "the two runs trained different weights"
+    );
+}
+
+pub fn summary(out: &Path) -> Value {
+    serde_json::from_str(&fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
+}
+
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = match fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    v.sort();
+    v
+}
+
+pub fn common<'a>(data: &'a Path, out: &'a Path, epochs: &'a str) -> Vec<&'a str> {
+    vec![
+        "--data",
+        s(data),
+        "--output",
+        s(out),
+        "--epochs",
+        epochs,
+        "--device",
+        "cpu",
+        "--threads",
+        "2",
+        "--batch-size",
+        "32",
+    ]
+}
+
+pub fn metrics_seconds(out: &Path) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(text) = fs::read_to_string(out.join("metrics.jsonl")) {
+            if let Some(l) = text.lines().next() {
+                let v: Value = serde_json::from_str(l).unwrap();
+                return v["train_seconds"].as_f64().unwrap();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics.jsonl did not follow the checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `args` with `flag`'s value replaced (or the flag appended).
+pub fn with<'a>(args: &[&'a str], flag: &'a str, value: &'a str) -> Vec<&'a str> {
+    let mut a = args.to_vec();
+    match a.iter().position(|x| *x == flag) {
+        Some(i) => a[i + 1] = value,
+        None => a.extend([flag, value]),
+    }
+    a
+}
