@@ -747,6 +747,61 @@ fn deploy_run_and_register_a_model_end_to_end() {
     // Same seed, one CPU thread: the same training.
     envbuild_e2e::assert_same_training(&job_out, &local);
 
+    // Data-parallel: two instances of one process each, the PyTorch distribution as the REST
+    // definition spells it, run by the stand-in as two containers on a network of the job's own
+    // with the variables the service sets; the model is the one two ranks train here.
+    let (code, _, err) = run_job("mnist-ddp", &["--instances", "2"], &trainer);
+    assert_eq!(code, 0, "{err}");
+    let p = arm.shared.job("mnist-ddp").unwrap()["properties"].clone();
+    assert_eq!(p["resources"]["instanceCount"], 2);
+    assert_eq!(
+        p["distribution"],
+        json!({"distributionType": "PyTorch", "processCountPerInstance": 1})
+    );
+    let ddp_dir = arm.shared.job_dir("mnist-ddp");
+    let rank1_log =
+        std::fs::read_to_string(ddp_dir.join("user_logs/std_log_process_1.txt")).unwrap();
+    assert!(rank1_log.contains("rank 1 of 2"), "{rank1_log}");
+    let ranks_here = t.path().join("ranks");
+    let mut with_data = vec!["--data", "/usr/share/datasets/fashion-mnist"];
+    with_data.extend(trainer);
+    envbuild_e2e::trainer_ranks(2, &with_data, &ranks_here);
+    envbuild_e2e::assert_same_training(&ddp_dir.join("outputs/model"), &ranks_here);
+    // What the definitions refuse, the stand-in refuses: a distributionType outside the enum,
+    // a processCountPerInstance that is not an int32, a property PyTorch does not have.
+    let mut body = json!({"properties": p});
+    for (bad, needle) in [
+        (
+            json!({"distributionType": "pytorch"}),
+            "pytorch is not one of",
+        ),
+        (
+            json!({"distributionType": "PyTorch", "processCountPerInstance": "2"}),
+            "is not an int32",
+        ),
+        (
+            json!({"distributionType": "PyTorch", "nodeCount": 2}),
+            "nodeCount is not a property of PyTorch",
+        ),
+    ] {
+        body["properties"]["distribution"] = bad;
+        let (s, _, v) = arm_raw(
+            &arm,
+            "PUT",
+            &format!("{}/jobs/mnist-bad?api-version=2025-12-01", ws_id()),
+            Some(&arm_token(&entra)),
+            Some(body.clone()),
+        );
+        assert_eq!(s, 400, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains(needle),
+            "{v}"
+        );
+    }
+
     // Model registration: version 1, then the next one; a missing output is named.
     let (code, out, err) = cmd(&["model", "register", "fashion-cnn", "--job", "mnist-ok"]);
     assert_eq!(code, 0, "{err}");

@@ -7,5 +7,6 @@ mod azure;
 mod build;
 mod cli;
 mod hostile;
+mod ranks;
 mod registry;
 mod run;

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::build::envbuild;
 
-const DATA: &str = "/usr/share/datasets/fashion-mnist";
+pub(crate) const DATA: &str = "/usr/share/datasets/fashion-mnist";
 const SHORT: [&str; 6] = [
     "--limit-train",
     "2000",
@@ -23,7 +23,7 @@ const SHORT: [&str; 6] = [
     "2",
 ];
 
-fn cpu_env() -> PathBuf {
+pub(crate) fn cpu_env() -> PathBuf {
     root().join("environments/mnist-cpu.toml")
 }
 
@@ -33,7 +33,7 @@ fn cache() -> PathBuf {
 }
 
 /// `envbuild run --local SOURCE --outputs OUT [extra] -- ARGS`.
-fn run_local(source: &str, outputs: &Path, extra: &[&str], args: &[&str]) -> Command {
+pub(crate) fn run_local(source: &str, outputs: &Path, extra: &[&str], args: &[&str]) -> Command {
     let mut c = envbuild();
     c.args(["run", "--local", source, "--cache"])
         .arg(cache())
@@ -344,6 +344,7 @@ fn run_local_is_a_library_call_whose_output_goes_to_the_callers_sink() {
         user: None,
         stop_timeout: 10,
         keep: false,
+        ranks: 1,
     };
     let cache = envbuild::cache::Cache::open(&cache()).unwrap();
     let settings = envbuild::build::Settings {

@@ -270,3 +270,79 @@ pub fn assert_same_training(a: &Path, b: &Path) {
         b.display()
     );
 }
+
+/// Runs the release trainer as `world` data-parallel ranks on loopback, with the variables
+/// torch.distributed and Azure ML set (rank 0 at 127.0.0.1 on a free port), every rank given
+/// `args` and `--output out` (rank 0 alone writes there); panics with each rank's output unless
+/// all succeed.
+pub fn trainer_ranks(world: usize, args: &[&str], out: &Path) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let children: Vec<_> = (0..world)
+        .map(|r| {
+            Command::new(&bins().trainer)
+                .args(args)
+                .arg("--output")
+                .arg(out)
+                .envs([
+                    ("WORLD_SIZE", world.to_string()),
+                    ("RANK", r.to_string()),
+                    ("LOCAL_RANK", r.to_string()),
+                    ("NODE_RANK", "0".to_owned()),
+                    ("MASTER_ADDR", "127.0.0.1".to_owned()),
+                    ("MASTER_PORT", port.to_string()),
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (r, c) in children.into_iter().enumerate() {
+        let o = c.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "rank {r}:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+/// The largest difference between two trainers' model.safetensors, tensor by tensor (the same
+/// names and shapes are asserted).
+pub fn max_weight_difference(a: &Path, b: &Path) -> f32 {
+    fn tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
+        let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let data = &bytes[8 + n..];
+        let mut v: Vec<(String, Vec<f32>)> = header
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| *k != "__metadata__")
+            .map(|(k, t)| {
+                let at = |i: usize| t["data_offsets"][i].as_u64().unwrap() as usize;
+                let f = data[at(0)..at(1)]
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+                (k.clone(), f)
+            })
+            .collect();
+        v.sort_by(|x, y| x.0.cmp(&y.0));
+        v
+    }
+    let (ta, tb) = (tensors(a), tensors(b));
+    assert_eq!(
+        ta.iter().map(|t| (&t.0, t.1.len())).collect::<Vec<_>>(),
+        tb.iter().map(|t| (&t.0, t.1.len())).collect::<Vec<_>>()
+    );
+    ta.iter()
+        .zip(&tb)
+        .flat_map(|(x, y)| x.1.iter().zip(&y.1).map(|(p, q)| (p - q).abs()))
+        .fold(0.0, f32::max)
+}

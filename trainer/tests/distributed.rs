@@ -60,9 +60,9 @@ fn finish(c: Child) -> (bool, String) {
     )
 }
 
-/// The model's tensors by name, as f32 values.
-fn weights(out: &Path) -> Vec<(String, Vec<f32>)> {
-    let bytes = fs::read(out.join("model.safetensors")).unwrap();
+/// The f32 tensors of a safetensors file by name.
+fn tensors(file: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = fs::read(file).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     let data = &bytes[8 + n..];
@@ -70,7 +70,7 @@ fn weights(out: &Path) -> Vec<(String, Vec<f32>)> {
         .as_object()
         .unwrap()
         .iter()
-        .filter(|(k, _)| *k != "__metadata__")
+        .filter(|(k, t)| *k != "__metadata__" && t["dtype"] == "F32")
         .map(|(k, t)| {
             let o = &t["data_offsets"];
             let (a, b) = (
@@ -111,8 +111,12 @@ fn base<'a>(data: &'a Path, epochs: &'a str) -> Vec<&'a str> {
 /// the same permutation and dropout masks, the gradient of the same mean loss. Not bit for bit:
 /// each rank's convolution backward sums over its 16 images and Gloo then adds the two halves,
 /// where one process sums 32 images in one reduction, so the f32 roundings differ (~1e-7
-/// relative per step). Over 2 epochs (38 Adam steps, each moving a weight by at most lr =
-/// 0.001) they stay far below one step's size: the bound is 1e-4 absolute, a tenth of one step.
+/// relative per step). Adam divides each gradient by its running RMS, so where a gradient is
+/// near zero that rounding can tip a weight's step either way: the bound is one Adam step (lr =
+/// 0.001) over the whole run (38 steps), where a sharding error (other images or other dropout
+/// masks per rank) moves weights by about a step every step. Adam is blind to a gradient's
+/// scale, so the first moments in the checkpoint are compared too: a rank averaging its own
+/// images' loss instead of taking its share of the global mean would double them.
 #[test]
 fn two_ranks_train_the_weights_one_process_trains() {
     let t = tempfile::tempdir().unwrap();
@@ -145,27 +149,42 @@ fn two_ranks_train_the_weights_one_process_trains() {
     );
     assert!(!outs[1].exists(), "rank 1 wrote {:?}", listing(&outs[1]));
 
-    let (a, b) = (weights(&single), weights(&outs[0]));
-    assert_eq!(a.len(), 8);
-    let mut worst = 0f32;
-    for ((na, wa), (nb, wb)) in a.iter().zip(&b) {
-        assert_eq!(na, nb);
-        for (x, y) in wa.iter().zip(wb) {
-            worst = worst.max((x - y).abs());
+    let max_diff = |file: &str, name_prefix: &str| -> (f32, f32) {
+        let (a, b) = (tensors(&single.join(file)), tensors(&outs[0].join(file)));
+        assert_eq!(a.len(), b.len());
+        let (mut worst, mut scale) = (0f32, 0f32);
+        for ((na, wa), (nb, wb)) in a.iter().zip(&b) {
+            assert_eq!(na, nb);
+            if !na.starts_with(name_prefix) {
+                continue;
+            }
+            for (x, y) in wa.iter().zip(wb) {
+                worst = worst.max((x - y).abs());
+                scale = scale.max(x.abs());
+            }
         }
-    }
-    assert!(worst < 1e-4, "weights differ by up to {worst}");
-    // A one-rank run that took the gradient of the wrong loss (e.g. the local mean, not its share
-    // of the global one) would be a whole step away: the comparison can fail.
+        (worst, scale)
+    };
+    let (worst, _) = max_diff("model.safetensors", "");
+    assert!(worst < 1e-3, "weights differ by up to {worst}");
+    let (worst, scale) = max_diff("checkpoint.safetensors", "exp_avg");
+    assert!(
+        scale > 0.0 && worst < 0.01 * scale,
+        "Adam's moments differ by up to {worst} of {scale}"
+    );
     let (ma, mb) = (metrics(&single), metrics(&outs[0]));
     assert_eq!(ma.len(), 2);
     for (x, y) in ma.iter().zip(&mb) {
-        assert_eq!(x["test_accuracy"], y["test_accuracy"], "{ma:?}\n{mb:?}");
+        let (ax, ay) = (
+            x["test_accuracy"].as_f64().unwrap(),
+            y["test_accuracy"].as_f64().unwrap(),
+        );
+        assert!((ax - ay).abs() <= 0.01, "{ma:?}\n{mb:?}");
         let (lx, ly) = (
             x["train_loss"].as_f64().unwrap(),
             y["train_loss"].as_f64().unwrap(),
         );
-        assert!((lx - ly).abs() < 1e-4 * lx, "train_loss {lx} vs {ly}");
+        assert!((lx - ly).abs() < 1e-3 * lx, "train_loss {lx} vs {ly}");
     }
 }
 

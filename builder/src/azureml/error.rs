@@ -61,6 +61,10 @@ pub enum AzureError {
     #[error(transparent)]
     Http(#[from] HttpError),
 
+    /// Several instances without a distribution: each node would run its own copy, billed.
+    #[error("{instances} instances without a distribution would run {instances} unrelated copies of the command, each billed; add --processes-per-instance K for a PyTorch data-parallel job")]
+    Undistributed { instances: u32 },
+
     /// A name Azure ML would refuse: `what` (`job name`, `model version`, …), then the rule.
     #[error("{what} `{name}` {rule}")]
     BadName {

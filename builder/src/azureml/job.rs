@@ -34,6 +34,10 @@ pub struct CommandJob {
     pub outputs: Vec<String>,
     pub instance_type: Option<String>,
     pub instance_count: u32,
+    /// Processes per instance of a PyTorch distribution (`distributionType: PyTorch`): the
+    /// service starts this many per node and sets MASTER_ADDR, MASTER_PORT, WORLD_SIZE,
+    /// NODE_RANK, RANK and LOCAL_RANK. `None`: no distribution (one process, one instance).
+    pub processes_per_instance: Option<u32>,
     /// ISO 8601 duration, e.g. `PT2H`.
     pub timeout: String,
     pub tags: BTreeMap<String, String>,
@@ -155,6 +159,13 @@ impl JobBody for CommandJob {
     }
 
     fn check(&self) -> Result<(), AzureError> {
+        // Without a distribution, N instances run N unrelated copies of the command, each
+        // billed: refuse it rather than pay for it.
+        if self.instance_count > 1 && self.processes_per_instance.is_none() {
+            return Err(AzureError::Undistributed {
+                instances: self.instance_count,
+            });
+        }
         if !valid_name(&self.id) {
             return Err(AzureError::BadName {
                 what: "job name",
@@ -216,6 +227,10 @@ impl JobBody for CommandJob {
         }
         if let Some(d) = &self.display_name {
             p["displayName"] = json!(d);
+        }
+        if let Some(k) = self.processes_per_instance {
+            p["distribution"] =
+                json!({"distributionType": "PyTorch", "processCountPerInstance": k});
         }
         json!({ "properties": p })
     }
@@ -346,6 +361,7 @@ mod tests {
             outputs: vec!["model".into()],
             instance_type: None,
             instance_count: 1,
+            processes_per_instance: None,
             timeout: "PT2H".into(),
             tags: BTreeMap::new(),
         }
@@ -382,9 +398,31 @@ mod tests {
         let mut serverless = j.clone();
         serverless.compute_id = None;
         assert!(serverless.body()["properties"].get("computeId").is_none());
-        let mut bad = j;
+        assert!(
+            p.get("distribution").is_none(),
+            "one process: no distribution"
+        );
+        let mut bad = j.clone();
         bad.inputs.insert("my-data".into(), "x".into());
         assert!(bad.check().unwrap_err().to_string().contains("`my-data`"));
+        // Two nodes of two processes: the PyTorch distribution, as the REST definition spells it.
+        let mut ddp = j.clone();
+        (ddp.instance_count, ddp.processes_per_instance) = (2, Some(2));
+        ddp.check().unwrap();
+        let p = ddp.body()["properties"].clone();
+        assert_eq!(p["resources"], json!({"instanceCount": 2}));
+        assert_eq!(
+            p["distribution"],
+            json!({"distributionType": "PyTorch", "processCountPerInstance": 2})
+        );
+        // Two nodes without a distribution would bill two unrelated copies: refused.
+        let mut copies = j;
+        copies.instance_count = 2;
+        let e = copies.check().unwrap_err().to_string();
+        assert!(
+            e.contains("2 instances") && e.contains("--processes-per-instance"),
+            "{e}"
+        );
     }
 
     #[test]

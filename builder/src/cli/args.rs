@@ -460,6 +460,11 @@ pub struct RunArgs {
     /// Keep the container after it exits (it is removed by default)
     #[arg(long)]
     pub keep: bool,
+    /// Data-parallel ranks (--local): N containers on one engine network, each given the
+    /// variables Azure ML sets (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK,
+    /// NODE_RANK) and its share of the cores; rank R takes GPU R
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub ranks: u16,
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
@@ -506,9 +511,15 @@ pub struct AzureRunArgs {
     /// VM size (e.g. Standard_NC24ads_A100_v4)
     #[arg(long, value_name = "SIZE")]
     pub instance_type: Option<String>,
-    /// Nodes
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    /// Nodes (resources.instanceCount); above 1 the job is data-parallel: a PyTorch
+    /// distribution with --processes-per-instance processes on each
+    #[arg(long = "instances", visible_alias = "instance-count", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub instance_count: u32,
+    /// Processes per node of the PyTorch distribution (one per GPU, typically) [default: 1
+    /// with --instances above 1]; the service sets MASTER_ADDR, MASTER_PORT, WORLD_SIZE,
+    /// NODE_RANK, RANK and LOCAL_RANK for each
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub processes_per_instance: Option<u32>,
     /// Environment name, when the source is an image reference
     #[arg(long, value_name = "NAME")]
     pub environment_name: Option<String>,

@@ -541,6 +541,9 @@ pub fn run(r: RunArgs) -> anyhow::Result<ExitCode> {
         outputs: vec![a.output.clone()],
         instance_type: a.instance_type.clone(),
         instance_count: a.instance_count,
+        processes_per_instance: a
+            .processes_per_instance
+            .or((a.instance_count > 1).then_some(1)),
         timeout,
         tags: [("envbuild.environment".to_owned(), env_name)].into(),
         id: id.clone(),

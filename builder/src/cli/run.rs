@@ -65,6 +65,7 @@ pub fn local(a: RunArgs) -> anyhow::Result<ExitCode> {
         user: a.user.clone(),
         stop_timeout: a.stop_timeout,
         keep: a.keep,
+        ranks: usize::from(a.ranks),
     };
     let settings = a.transport.build(None, false)?;
     let finished = run_local(&run, &a.cache.open()?, &settings, Arc::new(Terminal))?;

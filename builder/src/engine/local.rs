@@ -9,6 +9,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use super::image::{ensure_image, EnsureError, Source};
+use super::ranks;
 use super::run::{device_request, Gpus, Outcome, RunSpec, Sink};
 use super::{Blocking, EngineError};
 use crate::build::{self, Reporter};
@@ -36,6 +37,9 @@ pub struct LocalRun {
     pub user: Option<String>,
     pub stop_timeout: u32,
     pub keep: bool,
+    /// Data-parallel ranks: one container each on a network of their own, with the variables
+    /// Azure ML sets (see [`super::ranks`]); 1 is an ordinary run.
+    pub ranks: usize,
 }
 
 /// How a local run ended.
@@ -69,6 +73,10 @@ pub enum LocalError {
     NoData(PathBuf),
     #[error("--user {0}: expected UID:GID (numbers), e.g. 1000:1000")]
     BadUser(String),
+    #[error("--ranks {0}: expected 1 to 64 ranks (one container each)")]
+    BadRanks(usize),
+    #[error("--ranks {ranks} --gpus {gpus}: each rank takes one GPU (rank R the host's GPU R); ask for --gpus {ranks}, all or auto, or --gpus none")]
+    GpuCount { ranks: usize, gpus: u32 },
     #[error("{flag} {}: {source}", path.display())]
     Folder {
         flag: &'static str,
@@ -131,6 +139,17 @@ pub fn run_local(
         // SAFETY: getuid and getgid cannot fail and touch no memory.
         None => unsafe { format!("{}:{}", libc::getuid(), libc::getgid()) },
     };
+    if r.ranks == 0 || r.ranks > 64 {
+        return Err(LocalError::BadRanks(r.ranks));
+    }
+    if let (true, Gpus::Count(n)) = (r.ranks > 1, r.gpus) {
+        if n as usize != r.ranks {
+            return Err(LocalError::GpuCount {
+                ranks: r.ranks,
+                gpus: n,
+            });
+        }
+    }
     let source = Source::parse(&r.source)?;
     let engine = Blocking::connect()?;
     // Made by us, as the caller, before the engine would make it as root.
@@ -166,7 +185,34 @@ pub fn run_local(
         data.display(),
         outputs.display()
     ));
-    let (outcome, container) = engine.run(&spec, sink.clone())?;
+    let (outcome, container) = if r.ranks == 1 {
+        engine.run(&spec, sink.clone())?
+    } else {
+        sink.message(&format!(
+            "{} ranks, one container each, rank 0 at {}:{}",
+            r.ranks,
+            ranks::rank_host(0),
+            ranks::MASTER_PORT
+        ));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let specs: Vec<RunSpec> = (0..r.ranks)
+            .map(|rank| {
+                let mut s = spec.clone();
+                // The launch variables first: a user's -e OMP_NUM_THREADS=… comes later and wins.
+                s.env = ranks::rank_env(r.ranks, rank, cores);
+                s.env.extend(r.env.iter().cloned());
+                // Rank R gets the host's GPU R.
+                s.gpus = s.gpus.map(|mut g| {
+                    g.count = None;
+                    g.device_ids = Some(vec![rank.to_string()]);
+                    g
+                });
+                s
+            })
+            .collect();
+        let (outcome, mut ids) = engine.run_ranks(&specs, sink.clone())?;
+        (outcome, ids.swap_remove(0))
+    };
     if r.keep {
         sink.message(&format!("kept container {container}"));
     }

@@ -4,6 +4,7 @@
 
 pub mod image;
 pub mod local;
+pub mod ranks;
 pub mod run;
 
 use std::path::Path;
@@ -239,5 +240,14 @@ impl Blocking {
         sink: std::sync::Arc<dyn run::Sink>,
     ) -> Result<(run::Outcome, String), EngineError> {
         self.rt.block_on(self.engine.run(spec, sink))
+    }
+
+    /// [`Engine::run_ranks`]: several containers as one data-parallel job.
+    pub fn run_ranks(
+        &self,
+        specs: &[run::RunSpec],
+        sink: std::sync::Arc<dyn run::Sink>,
+    ) -> Result<(run::Outcome, Vec<String>), EngineError> {
+        self.rt.block_on(self.engine.run_ranks(specs, sink))
     }
 }

@@ -3,23 +3,17 @@
 //! nvidia runtime, logs streamed live, the trainer's exit code returned, the container removed.
 //!
 //! The container is described by [`container_body`] (pure, unit-tested against the engine API's
-//! JSON shape); [`run`] drives it: create, attach, start, wait — or, on Ctrl-C/SIGTERM, stop it
-//! gracefully (SIGTERM, then SIGKILL after a timeout) and remove it.
+//! JSON shape); `Engine::run` (in `ranks.rs`, the driver of one container or several) drives it:
+//! create, attach, start, wait — or, on Ctrl-C/SIGTERM, stop it gracefully (SIGTERM, then SIGKILL
+//! after a timeout) and remove it.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
 
 use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, Mount, MountTypeEnum};
-use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, RemoveContainerOptions, StopContainerOptions,
-    WaitContainerOptions,
-};
-use futures_util::StreamExt;
 
-use super::{Engine, EngineError};
 use crate::auth::Credentials;
 use crate::error::BadValue;
 
@@ -227,155 +221,6 @@ pub enum Outcome {
     Exited { code: i64, oom_killed: bool },
     /// A signal (2 = Ctrl-C, 15 = SIGTERM) stopped it.
     Interrupted { signal: i32 },
-}
-
-/// The process's SIGTERM and SIGINT listeners while a container runs.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Engine {
-    /// Runs the container to its end, streaming its output to ours; on Ctrl-C or SIGTERM, stops
-    /// it (SIGTERM, SIGKILL after `spec.stop_timeout` s). Removes it unless `spec.keep`.
-    pub async fn run(
-        &self,
-        spec: &RunSpec,
-        sink: Arc<dyn Sink>,
-    ) -> Result<(Outcome, String), EngineError> {
-        // Both listeners live from before the container exists to the end: a Ctrl-C sent as soon
-        // as the container prints is never met by the default disposition (which would kill us
-        // and leave the container running), and a second one sent before the second `select!`
-        // in `drive` is polled is still seen (a fresh `ctrl_c()` future sees only later signals).
-        let signals = Signals {
-            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .map_err(|e| self.fail("installing a SIGTERM handler", e))?,
-            int: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-                .map_err(|e| self.fail("installing a SIGINT handler", e))?,
-        };
-        let created = self
-            .docker
-            .create_container(None::<CreateContainerOptions>, container_body(spec))
-            .await
-            .map_err(|e| self.fail(format!("creating a container from {}", spec.image), e))?;
-        let id = created.id;
-        sink.message(&format!("container {}", &id[..id.len().min(12)]));
-        let result = self.drive(&id, spec, &sink, signals).await;
-        if !spec.keep {
-            let removed = self
-                .docker
-                .remove_container(
-                    &id,
-                    Some(RemoveContainerOptions {
-                        force: true,
-                        ..Default::default()
-                    }),
-                )
-                .await;
-            if let (Ok(_), Err(e)) = (&result, removed) {
-                return Err(self.fail(format!("removing container {id}"), e));
-            }
-        }
-        result.map(|o| (o, id))
-    }
-
-    async fn drive(
-        &self,
-        id: &str,
-        spec: &RunSpec,
-        sink: &Arc<dyn Sink>,
-        Signals {
-            term: mut sigterm,
-            int: mut sigint,
-        }: Signals,
-    ) -> Result<Outcome, EngineError> {
-        let attached = self
-            .docker
-            .attach_container(
-                id,
-                Some(AttachContainerOptions {
-                    stream: true,
-                    stdout: true,
-                    stderr: true,
-                    logs: true,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .map_err(|e| self.fail("attaching to the container", e))?;
-        let mut output = attached.output;
-        let out = sink.clone();
-        let copier = tokio::spawn(async move {
-            while let Some(Ok(chunk)) = output.next().await {
-                use bollard::container::LogOutput;
-                match chunk {
-                    LogOutput::StdErr { message } => out.output(Stream::Stderr, &message),
-                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                        out.output(Stream::Stdout, &message)
-                    }
-                    LogOutput::StdIn { .. } => {}
-                }
-            }
-        });
-        self.docker
-            .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
-            .await
-            .map_err(|e| self.fail("starting the container", e))?;
-
-        let mut wait = self.docker.wait_container(id, None::<WaitContainerOptions>);
-        let signal = tokio::select! {
-            w = wait.next() => {
-                let _ = copier.await;
-                let code = match w {
-                    Some(Ok(r)) => r.status_code,
-                    // bollard reports a non-zero exit as an error carrying the code.
-                    Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
-                    Some(Err(e)) => return Err(self.fail("waiting for the container", e)),
-                    None => return Err(self.fail("waiting for the container", "no answer")),
-                };
-                let oom_killed = self
-                    .docker
-                    .inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>)
-                    .await
-                    .ok()
-                    .and_then(|c| c.state)
-                    .and_then(|s| s.oom_killed)
-                    .unwrap_or(false);
-                return Ok(Outcome::Exited { code, oom_killed });
-            }
-            _ = sigint.recv() => 2,
-            _ = sigterm.recv() => 15,
-        };
-        sink.message(&format!(
-            "envbuild: stopping the container (SIGTERM, then SIGKILL after {} s; interrupt again to kill it now)",
-            spec.stop_timeout
-        ));
-        let stop = self.docker.stop_container(
-            id,
-            Some(StopContainerOptions {
-                t: Some(spec.stop_timeout as i32),
-                signal: None,
-            }),
-        );
-        tokio::select! {
-            r = stop => r.map_err(|e| self.fail("stopping the container", e))?,
-            // A second Ctrl-C (or SIGTERM) does not wait out the stop timeout.
-            _ = async {
-                tokio::select! {
-                    _ = sigint.recv() => {},
-                    _ = sigterm.recv() => {},
-                }
-            } => {
-                sink.message("envbuild: interrupted again: killing the container (SIGKILL)");
-                self.docker
-                    .kill_container(id, None::<bollard::query_parameters::KillContainerOptions>)
-                    .await
-                    .map_err(|e| self.fail("killing the container", e))?;
-            }
-        }
-        let _ = copier.await;
-        Ok(Outcome::Interrupted { signal })
-    }
 }
 
 #[cfg(test)]

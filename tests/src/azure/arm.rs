@@ -607,6 +607,73 @@ fn model_put(sh: &Shared, ws_id: &str, name: &str, v: &str, b: &Value, url: Stri
     put_version(sh, ws_id, "models", name, v, props, url, "Model")
 }
 
+/// `resources` (JobResourceConfiguration: ResourceConfiguration's instanceCount, instanceType,
+/// properties, plus dockerArgs and shmSize; additionalProperties false) and `distribution`
+/// (DistributionConfiguration, discriminated by distributionType PyTorch | TensorFlow | Mpi;
+/// PyTorch's only property processCountPerInstance, int32, nullable; additionalProperties
+/// false), as the 2025-12-01 definitions in mfe.json type them. The stand-in runs the PyTorch
+/// distribution only.
+fn check_resources_and_distribution(p: &Value) -> Result<(), String> {
+    let int32 = |v: &Value| v.as_i64().is_some_and(|n| i32::try_from(n).is_ok());
+    if let Some(r) = p.get("resources").filter(|r| !r.is_null()) {
+        let Some(r) = r.as_object() else {
+            return Err("resources must be an object.".into());
+        };
+        for (k, v) in r {
+            let ok = match k.as_str() {
+                "instanceCount" => int32(v) && v.as_i64() >= Some(1),
+                "instanceType" | "dockerArgs" => v.is_string() || v.is_null(),
+                "properties" => v.is_object() || v.is_null(),
+                "shmSize" => v.as_str().is_some_and(|s| {
+                    let t = s.trim_end_matches(['b', 'B', 'k', 'K', 'm', 'M', 'g', 'G']);
+                    s.len() == t.len() + 1 && !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())
+                }),
+                _ => {
+                    return Err(format!(
+                        "resources.{k} is not a property of JobResourceConfiguration."
+                    ))
+                }
+            };
+            if !ok {
+                return Err(format!("resources.{k}: {v} is not a valid value."));
+            }
+        }
+    }
+    let Some(d) = p.get("distribution").filter(|d| !d.is_null()) else {
+        return Ok(());
+    };
+    let Some(d) = d.as_object() else {
+        return Err("distribution must be an object or null.".into());
+    };
+    match d.get("distributionType").and_then(Value::as_str) {
+        Some("PyTorch") => {}
+        Some(t @ ("TensorFlow" | "Mpi")) => {
+            return Err(format!(
+                "The stand-in runs the PyTorch distribution only, not {t}."
+            ))
+        }
+        Some(t) => {
+            return Err(format!(
+                "distribution.distributionType {t} is not one of PyTorch, TensorFlow, Mpi."
+            ))
+        }
+        None => return Err("distribution.distributionType is required.".into()),
+    }
+    for (k, v) in d {
+        match k.as_str() {
+            "distributionType" => {}
+            "processCountPerInstance" if v.is_null() || int32(v) => {}
+            "processCountPerInstance" => {
+                return Err(format!(
+                    "distribution.processCountPerInstance: {v} is not an int32."
+                ))
+            }
+            _ => return Err(format!("distribution.{k} is not a property of PyTorch.")),
+        }
+    }
+    Ok(())
+}
+
 fn job_put(sh: &Arc<Shared>, ws_id: &str, id: &str, b: &Value, url: String) -> Reply {
     let user = |m: &str| rp_error(sh, 400, "UserError", m);
     if !valid_name(id) {
@@ -652,6 +719,9 @@ fn job_put(sh: &Arc<Shared>, ws_id: &str, id: &str, b: &Value, url: String) -> R
         if !known {
             return user(&format!("Compute {c} was not found in the workspace."));
         }
+    }
+    if let Err(m) = check_resources_and_distribution(p) {
+        return user(&m);
     }
     // Inputs must be uri_folder on a known datastore; ${{…}} must name declared inputs/outputs.
     let inputs = p["inputs"].as_object().cloned().unwrap_or_default();

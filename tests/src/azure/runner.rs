@@ -2,12 +2,24 @@
 //! engine, runs `command` with `/bin/sh -c` (inputs mounted read-only, outputs read-write),
 //! writes the container's output to `user_logs/std_log.txt`, and moves the status through
 //! Starting → Preparing → Queued → Running → Finalizing → Completed/Failed (or Canceled).
+//!
+//! A job with `resources.instanceCount` N and a PyTorch `distribution` of K processes per
+//! instance runs as N×K containers on a network of its own, each with the variables Azure ML
+//! documents for that distribution (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, NODE_RANK, RANK,
+//! LOCAL_RANK: learn.microsoft.com, "Distributed GPU training guide (SDK v2)", PyTorch). The
+//! documents give MASTER_PORT only as "an available port on the first instance"; the stand-in
+//! uses 6105. Rank 0's output goes to user_logs/std_log.txt, rank R's to
+//! std_log_process_R.txt.
 
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bollard::models::{ContainerCreateBody, HostConfig};
+use std::collections::HashMap;
+
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, KillContainerOptions, LogsOptions, RemoveContainerOptions,
     WaitContainerOptions,
@@ -189,64 +201,126 @@ async fn run(sh: Arc<Shared>, key: String, image: String) {
         return end("Canceled");
     }
     set_status(&sh, &key, "Queued");
-    let name = format!("{CONTAINER_PREFIX}{id}");
-    let config = ContainerCreateBody {
-        image: Some(image.clone()),
-        entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
-        cmd: Some(vec![command]),
-        env: Some(env),
-        working_dir: Some("/".into()),
-        host_config: Some(HostConfig {
-            binds: Some(binds),
-            shm_size: Some(2 << 30),
-            network_mode: Some("none".into()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let created = docker
-        .create_container(
-            Some(CreateContainerOptions {
-                name: Some(name.clone()),
+    // One container per process: resources.instanceCount nodes, distribution.processCountPerInstance
+    // processes on each (PyTorch), on a network of the job's own, with the variables the service
+    // sets for the PyTorch distribution.
+    let (nodes, per_node) = layout(p);
+    let world = nodes * per_node;
+    let network = (world > 1).then(|| format!("{CONTAINER_PREFIX}{id}"));
+    if let Some(n) = &network {
+        let made = docker
+            .create_network(NetworkCreateRequest {
+                name: n.clone(),
+                driver: Some("bridge".into()),
                 ..Default::default()
-            }),
-            config,
-        )
-        .await;
-    if let Err(e) = created {
-        log_line(
-            &dir,
-            &format!("AzureMLCompute job failed.\nJobContainerConfigFailed: {e}"),
-        );
-        return end("Failed");
-    }
-    tokio::time::sleep(step).await;
-    set_status(&sh, &key, "Running");
-    let code = match docker
-        .start_container(
-            &name,
-            None::<bollard::query_parameters::StartContainerOptions>,
-        )
-        .await
-    {
-        Err(e) => {
+            })
+            .await;
+        if let Err(e) = made {
             log_line(
                 &dir,
                 &format!("AzureMLCompute job failed.\nJobContainerConfigFailed: {e}"),
             );
-            None
+            return end("Failed");
         }
-        Ok(()) => Some(watch(&docker, &sh, &key, &name, &dir).await),
-    };
-    let _ = docker
-        .remove_container(
-            &name,
-            Some(RemoveContainerOptions {
-                force: true,
+    }
+    let mut names = Vec::new();
+    let mut failed = None;
+    for rank in 0..world {
+        let name = if world > 1 {
+            format!("{CONTAINER_PREFIX}{id}-{rank}")
+        } else {
+            format!("{CONTAINER_PREFIX}{id}")
+        };
+        let mut env = env.clone();
+        if world > 1 {
+            env.extend(distribution_env(world, rank, per_node));
+        }
+        let config = ContainerCreateBody {
+            image: Some(image.clone()),
+            entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
+            cmd: Some(vec![command.clone()]),
+            env: Some(env),
+            working_dir: Some("/".into()),
+            hostname: network
+                .as_ref()
+                .map(|_| node_host(rank / per_node, rank % per_node)),
+            host_config: Some(HostConfig {
+                binds: Some(binds.clone()),
+                shm_size: Some(2 << 30),
+                network_mode: Some(network.clone().unwrap_or_else(|| "none".into())),
                 ..Default::default()
             }),
-        )
-        .await;
+            networking_config: network.as_ref().map(|n| NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    n.clone(),
+                    EndpointSettings {
+                        aliases: Some(vec![node_host(rank / per_node, rank % per_node)]),
+                        ..Default::default()
+                    },
+                )])),
+            }),
+            ..Default::default()
+        };
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                config,
+            )
+            .await;
+        if let Err(e) = created {
+            failed = Some(format!(
+                "AzureMLCompute job failed.\nJobContainerConfigFailed: {e}"
+            ));
+            break;
+        }
+        names.push(name);
+    }
+    let code = if let Some(f) = failed {
+        log_line(&dir, &f);
+        None
+    } else {
+        tokio::time::sleep(step).await;
+        set_status(&sh, &key, "Running");
+        let mut started = Ok(());
+        for name in &names {
+            started = docker
+                .start_container(
+                    name,
+                    None::<bollard::query_parameters::StartContainerOptions>,
+                )
+                .await;
+            if started.is_err() {
+                break;
+            }
+        }
+        match started {
+            Err(e) => {
+                log_line(
+                    &dir,
+                    &format!("AzureMLCompute job failed.\nJobContainerConfigFailed: {e}"),
+                );
+                None
+            }
+            Ok(()) => Some(watch(&docker, &sh, &key, &names, &dir).await),
+        }
+    };
+    for name in &names {
+        let _ = docker
+            .remove_container(
+                name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+    }
+    if let Some(n) = &network {
+        let _ = docker.remove_network(n).await;
+    }
     if canceled(&sh, &key) {
         return end("Canceled");
     }
@@ -259,64 +333,130 @@ async fn run(sh: Arc<Shared>, key: String, image: String) {
     });
 }
 
-/// Streams the logs into std_log.txt and waits for the exit code; a cancel kills the container.
+/// (nodes, processes per node) of a job: `resources.instanceCount` (default 1) and the PyTorch
+/// distribution's `processCountPerInstance` (default 1; no distribution: 1).
+fn layout(p: &serde_json::Value) -> (usize, usize) {
+    let nodes = p["resources"]["instanceCount"].as_u64().unwrap_or(1).max(1) as usize;
+    let per = p["distribution"]["processCountPerInstance"]
+        .as_u64()
+        .unwrap_or(1)
+        .max(1) as usize;
+    (nodes, per)
+}
+
+/// The name node `node`'s process `local` answers to on the job's network; node 0's first
+/// process is MASTER_ADDR.
+fn node_host(node: usize, local: usize) -> String {
+    format!("node-{node}-{local}")
+}
+
+/// The stand-in's port for rank 0's rendezvous (see the module doc).
+pub const MASTER_PORT: u16 = 6105;
+
+/// What the service sets for process `rank` of a PyTorch distribution with `per_node`
+/// processes per node: MASTER_ADDR/MASTER_PORT (node 0), WORLD_SIZE (all processes),
+/// NODE_RANK, RANK (global) and LOCAL_RANK (within the node).
+fn distribution_env(world: usize, rank: usize, per_node: usize) -> Vec<String> {
+    vec![
+        format!("MASTER_ADDR={}", node_host(0, 0)),
+        format!("MASTER_PORT={MASTER_PORT}"),
+        format!("WORLD_SIZE={world}"),
+        format!("NODE_RANK={}", rank / per_node),
+        format!("RANK={rank}"),
+        format!("LOCAL_RANK={}", rank % per_node),
+    ]
+}
+
+/// Streams each process's logs (rank 0 into user_logs/std_log.txt, rank R into
+/// std_log_process_R.txt) and waits for every exit; the first non-zero code is the job's, and
+/// the other processes are killed then (the service fails the whole job). A cancel kills all.
 async fn watch(
     docker: &Docker,
     sh: &Arc<Shared>,
     key: &str,
-    name: &str,
+    names: &[String],
     dir: &std::path::Path,
 ) -> i64 {
-    let log_path = dir.join("user_logs/std_log.txt");
-    let docker2 = docker.clone();
-    let name2 = name.to_owned();
-    let logs = tokio::spawn(async move {
-        let mut s = docker2.logs(
-            &name2,
-            Some(LogsOptions {
-                follow: true,
-                stdout: true,
-                stderr: true,
-                ..Default::default()
-            }),
-        );
-        let mut f = match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-        {
-            Ok(f) => f,
-            Err(_) => return,
+    let mut logs = Vec::new();
+    for (rank, name) in names.iter().enumerate() {
+        let log_path = if rank == 0 {
+            dir.join("user_logs/std_log.txt")
+        } else {
+            dir.join(format!("user_logs/std_log_process_{rank}.txt"))
         };
-        while let Some(Ok(chunk)) = s.next().await {
-            let _ = f.write_all(&chunk.into_bytes());
-        }
-    });
+        let docker2 = docker.clone();
+        let name2 = name.clone();
+        logs.push(tokio::spawn(async move {
+            let mut s = docker2.logs(
+                &name2,
+                Some(LogsOptions {
+                    follow: true,
+                    stdout: true,
+                    stderr: true,
+                    ..Default::default()
+                }),
+            );
+            let mut f = match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+            {
+                Ok(f) => f,
+                Err(_) => return,
+            };
+            while let Some(Ok(chunk)) = s.next().await {
+                let _ = f.write_all(&chunk.into_bytes());
+            }
+        }));
+    }
     let sh2 = sh.clone();
-    let (docker3, name3, key3) = (docker.clone(), name.to_owned(), key.to_owned());
+    let (docker3, names3, key3) = (docker.clone(), names.to_vec(), key.to_owned());
     let killer = tokio::spawn(async move {
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             if canceled(&sh2, &key3) {
-                let _ = docker3
-                    .kill_container(&name3, None::<KillContainerOptions>)
-                    .await;
+                for n in &names3 {
+                    let _ = docker3
+                        .kill_container(n, None::<KillContainerOptions>)
+                        .await;
+                }
                 return;
             }
         }
     });
-    let mut code = -1;
-    let mut w = docker.wait_container(name, None::<WaitContainerOptions>);
-    while let Some(r) = w.next().await {
-        match r {
-            Ok(x) => code = x.status_code,
-            // bollard reports a non-zero exit as an error carrying the code.
-            Err(bollard::errors::Error::DockerContainerWaitError { code: c, .. }) => code = c,
-            Err(_) => {}
+    let mut waits: futures_util::stream::FuturesUnordered<_> = names
+        .iter()
+        .map(|name| {
+            let mut w = docker.wait_container(name, None::<WaitContainerOptions>);
+            async move {
+                let mut code = -1;
+                while let Some(r) = w.next().await {
+                    match r {
+                        Ok(x) => code = x.status_code,
+                        // bollard reports a non-zero exit as an error carrying the code.
+                        Err(bollard::errors::Error::DockerContainerWaitError {
+                            code: c, ..
+                        }) => code = c,
+                        Err(_) => {}
+                    }
+                }
+                code
+            }
+        })
+        .collect();
+    let mut code = 0;
+    while let Some(c) = waits.next().await {
+        if c != 0 && code == 0 {
+            code = c;
+            for n in names {
+                let _ = docker.kill_container(n, None::<KillContainerOptions>).await;
+            }
         }
     }
     killer.abort();
-    let _ = logs.await;
+    for l in logs {
+        let _ = l.await;
+    }
     code
 }
 

@@ -1,0 +1,111 @@
+//! Data-parallel runs on the real engine: `run --local --ranks 2` starts two containers on a
+//! network of their own with the variables Azure ML sets; they train the weights two processes
+//! on this host train (bit for bit: the same binary, libtorch and reduction order) and, within
+//! the bound `trainer/tests/distributed.rs` justifies (one Adam step), what one process trains. (`run --azure
+//! --instances 2` is in azure.rs, beside the deployment it needs.)
+
+use std::process::Command;
+
+use envbuild_e2e::{
+    assert_same_training, base_layout, bins, engine_lock, max_weight_difference, ok, run,
+    trainer_ranks,
+};
+
+use super::run::{cpu_env, run_local, DATA};
+
+#[test]
+fn two_ranks_in_two_containers_train_what_two_processes_and_one_process_train() {
+    let _engine = engine_lock();
+    let t = tempfile::tempdir().unwrap();
+    let args = [
+        "--epochs",
+        "1",
+        "--limit-train",
+        "2000",
+        "--limit-test",
+        "500",
+        "--seed",
+        "11",
+        "--batch-size",
+        "64",
+        "--precision",
+        "fp32",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+    ];
+    let containers = t.path().join("containers");
+    let env = cpu_env();
+    let mut c = run_local(
+        env.to_str().unwrap(),
+        &containers,
+        &["--ranks", "2", "--gpus", "none", "--data", DATA],
+        &args,
+    );
+    c.env("ENVBUILD_BASE", base_layout());
+    let o = run(&mut c);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains("2 ranks, one container each, rank 0 at rank0:6105")
+            && stderr.contains("rank 1: container "),
+        "{stderr}"
+    );
+    // Rank 0 speaks plainly, rank 1 under its prefix; only rank 0 reports epochs.
+    assert!(stdout.contains("trainer: rank 0 of 2"), "{stdout}");
+    assert!(stdout.contains("[rank 1] trainer: rank 1 of 2"), "{stdout}");
+    assert_eq!(stdout.matches("epoch 1/1").count(), 1, "{stdout}");
+    // No container or network of the run is left.
+    let left = ok(Command::new("docker").args([
+        "network",
+        "ls",
+        "-q",
+        "--filter",
+        "name=envbuild-ranks-",
+    ]));
+    assert!(left.trim().is_empty(), "networks left: {left}");
+
+    let mut with_data = vec!["--data", DATA];
+    with_data.extend(args);
+    let processes = t.path().join("processes");
+    trainer_ranks(2, &with_data, &processes);
+    assert_same_training(&containers, &processes);
+
+    let single = t.path().join("single");
+    let o = run(Command::new(&bins().trainer)
+        .args(&with_data)
+        .arg("--output")
+        .arg(&single));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let diff = max_weight_difference(&containers, &single);
+    assert!(
+        diff < 1e-3,
+        "2 ranks vs 1 process: weights differ by {diff}"
+    );
+    let acc = |d: &std::path::Path| -> f64 {
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(d.join("summary.json")).unwrap())
+            .unwrap()["test_accuracy"]
+            .as_f64()
+            .unwrap()
+    };
+    // 500 test images: two may fall either side of a decision boundary.
+    assert!((acc(&containers) - acc(&single)).abs() <= 0.004);
+
+    // Refused before anything starts: a GPU count that is not one per rank.
+    let o = run(&mut run_local(
+        env.to_str().unwrap(),
+        &t.path().join("x"),
+        &["--ranks", "2", "--gpus", "3"],
+        &args,
+    ));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("--ranks 2 --gpus 3: each rank takes one GPU"),
+        "{e}"
+    );
+}
