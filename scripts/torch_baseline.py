@@ -4,6 +4,10 @@
 Same network (pytorch/examples MNIST shape), same Adam, same normalisation (train-set mean/std),
 same batch size, data on the device, batches as index selections. Prints one JSON line per epoch
 and a final JSON summary, in the trainer's metrics format.
+
+Launched with WORLD_SIZE > 1 (torchrun, or the variables set by hand) it is the data-parallel
+peer: torch.distributed with Gloo and DistributedDataParallel, each rank taking its contiguous
+share of every global batch (as the trainer shards), rank 0 alone printing.
 """
 import argparse
 import gzip
@@ -15,6 +19,7 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.distributed as dist
 
 
 def read_idx(path):
@@ -82,7 +87,12 @@ def main():
     ys, ty = ys.to(dev).long(), ty.to(dev).long()
     rows, cols = xs.shape[2], xs.shape[3]
 
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
     model = Net(rows, cols).to(dev)
+    if world > 1:
+        dist.init_process_group("gloo")
+        model = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     n = xs.shape[0]
     total = 0.0
@@ -93,11 +103,16 @@ def main():
         loss_sum = torch.zeros((), device=dev)
         for s in range(0, n, a.batch_size):
             idx = perm[s : s + a.batch_size]
+            if world > 1:
+                k = idx.numel()
+                idx = idx[k * rank // world : k * (rank + 1) // world]
             loss = F.cross_entropy(model(xs[idx]), ys[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
             loss_sum += loss.detach() * idx.numel()
+        if world > 1:
+            dist.all_reduce(loss_sum)
         train_loss = loss_sum.item() / n
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -121,8 +136,12 @@ def main():
             images_per_second=n / train_seconds,
             device=str(dev),
         )
-        print(json.dumps(m), flush=True)
-    print(json.dumps(dict(summary=True, test_accuracy=m["test_accuracy"], train_seconds=total)), flush=True)
+        if rank == 0:
+            print(json.dumps(m), flush=True)
+    if rank == 0:
+        print(json.dumps(dict(summary=True, test_accuracy=m["test_accuracy"], train_seconds=total)), flush=True)
+    if world > 1:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
