@@ -563,20 +563,34 @@ fn link_check(
     for w in &report.warnings {
         rep.message(&format!("warning: {w}"));
     }
-    rep.message(&format!(
-        "link check: {} resolves with {} shared objects{}",
-        entrypoint,
-        report.objects.len().saturating_sub(1),
-        if report.unchecked.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " ({} present but not inspected: {})",
-                report.unchecked.len(),
-                report.unchecked.join(", ")
-            )
-        }
-    ));
+    let say = |rep: &mut dyn Reporter, what: &str, report: &linkcheck::LinkReport| {
+        rep.message(&format!(
+            "link check: {what} resolves with {} shared objects{}",
+            report.objects.len().saturating_sub(1),
+            if report.unchecked.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} present but not inspected: {})",
+                    report.unchecked.len(),
+                    report.unchecked.join(", ")
+                )
+            }
+        ))
+    };
+    say(rep, entrypoint, &report);
+    // What the program dlopens (libtorch_cuda.so, and through it NCCL and the CUDA libraries)
+    // is not in the entrypoint's DT_NEEDED: each is a root of its own.
+    for lib in &env.dlopen {
+        let report = linkcheck::check(&fs, lib, ld, &env.architecture).map_err(|mut e| {
+            if e.entrypoint_missing {
+                e.problems = vec![format!("{lib} is not in the image")];
+            }
+            e.dlopen = Some(lib.clone());
+            e
+        })?;
+        say(rep, &format!("{lib} (dlopen)"), &report);
+    }
     Ok(())
 }
 

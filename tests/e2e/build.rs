@@ -578,6 +578,34 @@ fn link_check_names_a_missing_library_and_a_too_new_glibc() {
         "trainer needs GLIBC_2.99 from libc.so.6, but the image's libc.so.6 (/lib/x86_64-linux-gnu/libc.so.6) provides at most GLIBC_2.36",
         t.path(),
     );
+    // What the program loads at run time is checked as the entrypoint is: the shell starts,
+    // the broken trainer, named as dlopened, would not load; a library that is not there is named.
+    let dl = dir.join("dlopen.toml");
+    let with_dlopen = |lib: &str| {
+        fs::write(
+            &dl,
+            format!("{REPRO_ENV}\n[link-check]\ndlopen = [\"{lib}\"]\n"),
+        )
+        .unwrap();
+    };
+    with_dlopen("/opt/envbuild/bin/trainer");
+    fails(
+        &dl,
+        "link check failed: /opt/envbuild/bin/trainer, which the program loads at run time ([link-check] dlopen), would not load in this image",
+        t.path(),
+    );
+    with_dlopen("/opt/envbuild/lib/libnccl.so.2");
+    fails(
+        &dl,
+        "/opt/envbuild/lib/libnccl.so.2 is not in the image",
+        t.path(),
+    );
+    with_dlopen("libnccl.so.2");
+    fails(
+        &dl,
+        "field `link-check.dlopen`: `libnccl.so.2` is not an absolute path in the image",
+        t.path(),
+    );
     // The check can be skipped on purpose.
     let mut c = envbuild();
     c.arg("build")

@@ -300,7 +300,15 @@ impl Group {
         for r in others {
             let theirs = self.store_get(&format!("envbuild/world_size/{r}"))?;
             let theirs = String::from_utf8_lossy(&theirs).into_owned();
+            if me != 0 {
+                // Rank 0 serves the store: it waits for this before it exits on a mismatch,
+                // so that this rank reads the verdict rather than a closed connection.
+                self.store_set(&format!("envbuild/world_size_read/{me}"), b"1")?;
+            }
             if theirs != world.to_string() {
+                if me == 0 {
+                    let _ = self.store_get(&format!("envbuild/world_size_read/{r}"));
+                }
                 return Err(Error::Group {
                     rank: me,
                     problem: format!(

@@ -246,14 +246,23 @@ pub struct LinkError {
     pub problems: Vec<String>,
     /// The entrypoint itself is not in the image (no library is to blame).
     pub entrypoint_missing: bool,
+    /// A library the program loads at run time (`[link-check] dlopen`) that was checked in the
+    /// entrypoint's place; `None`: the entrypoint.
+    pub dlopen: Option<String>,
 }
 
 impl fmt::Display for LinkError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "link check failed: the entrypoint would not start in this image"
-        )?;
+        match &self.dlopen {
+            None => writeln!(
+                f,
+                "link check failed: the entrypoint would not start in this image"
+            )?,
+            Some(lib) => writeln!(
+                f,
+                "link check failed: {lib}, which the program loads at run time ([link-check] dlopen), would not load in this image"
+            )?,
+        }
         let n = self.problems.len();
         for (i, p) in self.problems.iter().enumerate() {
             write!(f, "  {p}")?;
@@ -267,7 +276,9 @@ impl fmt::Display for LinkError {
 
 impl crate::error::Hint for LinkError {
     fn hint(&self) -> Option<std::borrow::Cow<'_, str>> {
-        Some(if self.entrypoint_missing {
+        Some(if self.entrypoint_missing && self.dlopen.is_some() {
+            "check `dlopen` under [link-check] in the environment file: absolute paths in the image that a [[layer]] or the base puts there".into()
+        } else if self.entrypoint_missing {
             "check `entrypoint` in the environment file: an absolute path in the image (or a name on its PATH) that one of the [[layer]] entries or the base puts there".into()
         } else {
             "add the missing libraries to a layer (or LD_LIBRARY_PATH), or use a base with a newer glibc/libstdc++".into()
@@ -390,6 +401,7 @@ pub fn check(
         return Err(LinkError {
             problems: vec![format!("entrypoint {entrypoint} is not in the image")],
             entrypoint_missing: true,
+            dlopen: None,
         });
     };
     let bytes = match fs.read(&entry_path) {
@@ -398,6 +410,7 @@ pub fn check(
             return Err(LinkError {
                 problems: vec![format!("cannot read entrypoint {entrypoint}: {e}")],
                 entrypoint_missing: false,
+                dlopen: None,
             })
         }
         None => {
@@ -429,6 +442,7 @@ pub fn check(
             Err(LinkError {
                 problems,
                 entrypoint_missing: false,
+                dlopen: None,
             })
         };
     }
@@ -561,6 +575,7 @@ pub fn check(
         Err(LinkError {
             problems,
             entrypoint_missing: false,
+            dlopen: None,
         })
     }
 }

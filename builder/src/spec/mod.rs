@@ -57,6 +57,15 @@ struct RawEnv {
     publish: Publish,
     #[serde(default)]
     sbom: RawSbom,
+    #[serde(default, rename = "link-check")]
+    link_check: RawLinkCheck,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLinkCheck {
+    #[serde(default)]
+    dlopen: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -210,6 +219,9 @@ pub struct Environment {
     pub config: Config,
     pub publish: Publish,
     pub sbom: Sbom,
+    /// Libraries the program loads at run time (dlopen), absolute image paths: the link check
+    /// proves each loads, with all it needs, as it does the entrypoint (`[link-check] dlopen`).
+    pub dlopen: Vec<String>,
 }
 
 /// Loads an environment file with the variables of its own location ([`Vars::for_file`]).
@@ -442,6 +454,18 @@ pub fn parse(path: &Path, text: &str, vars: &Vars) -> Result<Environment, SpecEr
         cargo_package: raw.sbom.cargo_package.clone(),
         binary: raw.sbom.binary.clone(),
     };
+    let mut dlopen = Vec::new();
+    for d in &raw.link_check.dlopen {
+        let lib = expand(d, "link-check.dlopen")?;
+        if !lib.starts_with('/') {
+            return Err(err(
+                Some(d.span()),
+                "link-check.dlopen",
+                format!("`{lib}` is not an absolute path in the image"),
+            ));
+        }
+        dlopen.push(lib);
+    }
     Ok(Environment {
         file: path.to_path_buf(),
         // The text is the file's bytes (checked to be UTF-8, not changed).
@@ -456,6 +480,7 @@ pub fn parse(path: &Path, text: &str, vars: &Vars) -> Result<Environment, SpecEr
         config,
         publish: raw.publish,
         sbom,
+        dlopen,
     })
 }
 
