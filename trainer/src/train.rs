@@ -158,7 +158,15 @@ pub fn train(
     }
 
     let Some(out) = out else {
-        return Ok(follower_summary(data, cfg, &net, history.last(), group));
+        // Ranks other than 0 write nothing; they report what every rank computed alike.
+        return Ok(summary_of(
+            data,
+            cfg,
+            &net,
+            history.last(),
+            history.iter().map(|m| m.train_seconds).sum(),
+            format!("(rank {}: rank 0 writes the model)", group.rank()),
+        ));
     };
     let last = history.last().cloned().ok_or_else(|| Error::Output {
         path: out.path(CHECKPOINT),
@@ -170,37 +178,28 @@ pub fn train(
     Tensor::write_safetensors(&net.named_params(), &tmp)
         .map_err(|e| Error::torch("writing the model", e))?;
     out.commit(MODEL)?;
-    let summary = Summary {
-        epochs: cfg.epochs,
-        test_accuracy: last.test_accuracy,
-        test_loss: last.test_loss,
-        train_loss: last.train_loss,
-        train_images: data.train.len(),
-        test_images: data.test.len(),
-        image_shape: [data.train.rows, data.train.cols],
-        parameters: net.numel(),
-        batch_size: cfg.batch_size,
-        lr: cfg.lr,
-        seed: cfg.seed,
-        device: device_name,
-        precision: precision_name(cfg.conv_kind).into(),
-        threads: cfg.threads,
-        train_seconds: history.iter().map(|m| m.train_seconds).sum(),
-        model: out.path(MODEL).display().to_string(),
-    };
+    let summary = summary_of(
+        data,
+        cfg,
+        &net,
+        Some(&last),
+        history.iter().map(|m| m.train_seconds).sum(),
+        out.path(MODEL).display().to_string(),
+    );
     let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
     out.write(SUMMARY, json.as_bytes())?;
     Ok(summary)
 }
 
-/// What a rank other than 0 reports: the metrics of the last epoch it trained (the same on
-/// every rank), and no files.
-fn follower_summary(
+/// The run's summary from its last epoch's metrics (none: NaN, for a rank other than 0 that
+/// resumed a finished run) and where the model went.
+fn summary_of(
     data: &DataSet,
     cfg: &Config,
     net: &Net,
     last: Option<&EpochMetrics>,
-    group: &Group,
+    train_seconds: f64,
+    model: String,
 ) -> Summary {
     let nan = f64::NAN;
     Summary {
@@ -218,8 +217,8 @@ fn follower_summary(
         device: crate::device::name(cfg.device),
         precision: precision_name(cfg.conv_kind).into(),
         threads: cfg.threads,
-        train_seconds: 0.0,
-        model: format!("(rank {}: rank 0 writes the model)", group.rank()),
+        train_seconds,
+        model,
     }
 }
 
