@@ -1,10 +1,13 @@
 //! Data-parallel runs on the real engine: `run --local --ranks 2` starts two containers on a
 //! network of their own with the variables Azure ML sets; they train the weights two processes
 //! on this host train (bit for bit: the same binary, libtorch and reduction order) and, within
-//! the bound `trainer/tests/distributed.rs` justifies (one Adam step), what one process trains. (`run --azure
+//! the bound `trainer/tests/distributed.rs` justifies (one Adam step), what one process trains;
+//! a rank killed mid-run ends the run, and `--resume` finishes it. (`run --azure
 //! --instances 2` is in azure.rs, beside the deployment it needs.)
 
-use std::process::Command;
+use std::fs;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use envbuild_e2e::{
     assert_same_training, base_layout, bins, engine_lock, max_weight_difference, ok, run,
@@ -108,4 +111,81 @@ fn two_ranks_in_two_containers_train_what_two_processes_and_one_process_train() 
         e.contains("--ranks 2 --gpus 3: each rank takes one GPU"),
         "{e}"
     );
+}
+
+/// Rank 1's container killed mid-run: the run ends (rank 0 sees the connection close and stops,
+/// envbuild stops whatever is left and exits non-zero), rank 0's checkpoint stays; the same two
+/// ranks with `--resume` finish the run. Nothing of the run is left on the engine.
+#[test]
+fn a_rank_killed_mid_run_ends_the_run_and_resume_finishes_it() {
+    let _engine = engine_lock();
+    let t = tempfile::tempdir().unwrap();
+    let outputs = t.path().join("outputs");
+    let env = cpu_env();
+    let args = [
+        "--epochs",
+        "3",
+        "--limit-train",
+        "8000",
+        "--limit-test",
+        "500",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+    ];
+    let start = |extra: &[&str]| {
+        let mut targs = args.to_vec();
+        targs.extend(extra);
+        let mut c = run_local(
+            env.to_str().unwrap(),
+            &outputs,
+            &["--ranks", "2", "--gpus", "none", "--data", DATA],
+            &targs,
+        );
+        c.env("ENVBUILD_BASE", base_layout());
+        c
+    };
+    let mut child = start(&[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !outputs.join("checkpoint.safetensors").exists() {
+        assert!(Instant::now() < deadline, "no checkpoint after 300 s");
+        assert!(child.try_wait().unwrap().is_none(), "envbuild ended early");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Rank 1 is the run's container whose host name is rank1.
+    let ids =
+        ok(Command::new("docker").args(["ps", "-q", "--filter", "label=org.envbuild.run=local"]));
+    let rank1 = ids
+        .split_whitespace()
+        .find(|id| {
+            ok(Command::new("docker").args(["inspect", "-f", "{{.Config.Hostname}}", id])).trim()
+                == "rank1"
+        })
+        .unwrap_or_else(|| panic!("no rank1 container among {ids}"))
+        .to_owned();
+    ok(Command::new("docker").args(["kill", &rank1]));
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && stderr.contains("the trainer exited with code"),
+        "{stderr}"
+    );
+    assert!(!outputs.join("model.safetensors").exists(), "{stderr}");
+    let left =
+        ok(Command::new("docker").args(["ps", "-aq", "--filter", "label=org.envbuild.run=local"]));
+    assert!(left.trim().is_empty(), "containers left: {left}");
+
+    let out = ok(&mut start(&["--resume"]));
+    assert!(out.contains("test accuracy"), "{out}");
+    let epochs = fs::read_to_string(outputs.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(epochs, 3);
+    assert!(outputs.join("model.safetensors").exists());
 }
