@@ -135,6 +135,19 @@ int envbuild_pg_get(
   });
 }
 
+// store[key] += delta, returning the new value (delta 0 reads a counter without waiting).
+int envbuild_pg_add(
+    envbuild_pg* pg,
+    const char* key,
+    int64_t delta,
+    int64_t* value,
+    char* err,
+    size_t err_len) {
+  return guarded(err, err_len, [&] {
+    *value = pg->store->add(std::string(key), delta);
+  });
+}
+
 // Sums `t` over all ranks, in place.
 int envbuild_pg_allreduce_sum(
     envbuild_pg* pg,

@@ -156,6 +156,14 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+    fn envbuild_pg_add(
+        g: *mut RawGroup,
+        key: *const c_char,
+        delta: i64,
+        value: *mut i64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
     fn envbuild_pg_allreduce_sum(
         g: *mut RawGroup,
         t: *mut c_void,
@@ -191,9 +199,39 @@ impl ErrBuf {
 #[derive(Debug)]
 pub struct Group {
     pub launch: Launch,
+    /// Beats this rank's counter in the store, so that when a collective breaks the survivors
+    /// can tell which rank stopped beating. Declared before `raw`: fields drop in order, and the
+    /// thread must be joined before the handle it uses is freed.
+    heartbeat: Option<Heartbeat>,
     raw: Option<GroupHandle>,
     timeout: Duration,
 }
+
+/// How often each rank's heartbeat counter moves, and how long a survivor watches the counters
+/// before it names the ranks whose counters stood still.
+const BEAT: Duration = Duration::from_millis(300);
+const WATCH: Duration = Duration::from_millis(1200);
+
+#[derive(Debug)]
+struct Heartbeat {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The group handle, for the heartbeat thread (the TCPStore client serialises its requests).
+struct SendPtr(*mut RawGroup);
+// SAFETY: the pointer is only used for store requests, which libtorch's TCPStore makes under its
+// own lock; the Group joins the thread before the handle is freed.
+unsafe impl Send for SendPtr {}
 
 struct GroupHandle(*mut RawGroup);
 
@@ -217,6 +255,7 @@ impl Group {
             launch: Launch::single(),
             raw: None,
             timeout: Duration::from_secs(0),
+            heartbeat: None,
         }
     }
 
@@ -254,12 +293,14 @@ impl Group {
                 ),
             });
         }
-        let g = Group {
+        let mut g = Group {
             launch,
             raw: Some(GroupHandle(raw)),
             timeout,
+            heartbeat: None,
         };
         g.check_world_sizes()?;
+        g.heartbeat = Some(g.start_heartbeat());
         let mut err = ErrBuf::new();
         let (e, n) = err.ptr();
         // SAFETY: a live group handle.
@@ -369,9 +410,73 @@ impl Group {
         Ok(buf)
     }
 
+    fn start_heartbeat(&self) -> Heartbeat {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, ptr) = (stop.clone(), SendPtr(self.handle()));
+        let key = CString::new(format!("envbuild/beat/{}", self.rank())).expect("no NUL");
+        let thread = std::thread::spawn(move || {
+            let ptr = ptr;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let (mut value, mut err) = (0i64, ErrBuf::new());
+                let (e, n) = err.ptr();
+                // SAFETY: the handle outlives this thread (joined in Heartbeat's drop, which
+                // runs before GroupHandle's). A failure (the store gone) is left to the
+                // collective that will fail with it.
+                unsafe { envbuild_pg_add(ptr.0, key.as_ptr(), 1, &mut value, e, n) };
+                std::thread::sleep(BEAT);
+            }
+        });
+        Heartbeat {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Each other rank's heartbeat counter, or `None` when the store cannot be asked (rank 0,
+    /// which serves it, is gone).
+    fn beats(&self) -> Option<Vec<(usize, i64)>> {
+        (0..self.world())
+            .filter(|&r| r != self.rank())
+            .map(|r| {
+                let key = CString::new(format!("envbuild/beat/{r}")).expect("no NUL");
+                let (mut value, mut err) = (0i64, ErrBuf::new());
+                let (e, n) = err.ptr();
+                // SAFETY: a live handle; delta 0 reads the counter without waiting.
+                let rc =
+                    unsafe { envbuild_pg_add(self.handle(), key.as_ptr(), 0, &mut value, e, n) };
+                (rc == 0).then_some((r, value))
+            })
+            .collect()
+    }
+
+    /// Which ranks stopped: those whose heartbeat counters stand still while we watch; rank 0
+    /// when the store it serves no longer answers.
+    fn stopped_ranks(&self) -> String {
+        let Some(before) = self.beats() else {
+            return "rank 0 (which serves the rendezvous) stopped or cannot be reached".into();
+        };
+        std::thread::sleep(WATCH);
+        let Some(after) = self.beats() else {
+            return "rank 0 (which serves the rendezvous) stopped or cannot be reached".into();
+        };
+        let still: Vec<String> = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| b.1 == a.1)
+            .map(|(b, _)| b.0.to_string())
+            .collect();
+        match still.len() {
+            0 => "another rank stopped or cannot be reached".into(),
+            1 => format!("rank {} stopped or cannot be reached", still[0]),
+            _ => format!("ranks {} stopped or cannot be reached", still.join(", ")),
+        }
+    }
+
     /// The error of a failed collective: which rank saw it, during what, and who is gone.
     fn failed(&self, what: &str, message: &str) -> Error {
-        let gone = if self.world() == 2 {
+        let gone = if self.heartbeat.is_some() {
+            self.stopped_ranks()
+        } else if self.world() == 2 {
             format!("rank {} stopped or cannot be reached", 1 - self.rank())
         } else {
             "another rank stopped or cannot be reached".to_owned()
