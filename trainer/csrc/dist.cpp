@@ -135,6 +135,18 @@ int envbuild_pg_get(
   });
 }
 
+// Whether `key` is in the store now (1) or not (0), without waiting.
+int envbuild_pg_check(envbuild_pg* pg, const char* key, int* present, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    *present = pg->store->check({std::string(key)}) ? 1 : 0;
+  });
+}
+
+// Closes this rank's Gloo connections (the peers' collectives fail at once) and keeps the store.
+void envbuild_pg_disconnect(envbuild_pg* pg) {
+  pg->group.reset();
+}
+
 // store[key] += delta, returning the new value (delta 0 reads a counter without waiting).
 int envbuild_pg_add(
     envbuild_pg* pg,

@@ -156,6 +156,14 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+    fn envbuild_pg_check(
+        g: *mut RawGroup,
+        key: *const c_char,
+        present: *mut c_int,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn envbuild_pg_disconnect(g: *mut RawGroup);
     fn envbuild_pg_add(
         g: *mut RawGroup,
         key: *const c_char,
@@ -472,10 +480,40 @@ impl Group {
         }
     }
 
+    /// Who is gone, as the first survivor to look saw it. A rank whose collective broke only
+    /// because a survivor gave up (a cascade) finds that verdict in the store instead of
+    /// guessing. Rank 0 then closes its Gloo connections, so that no one waits on it, and keeps
+    /// the store up for a moment for the others to read the verdict.
+    fn verdict(&self) -> String {
+        const KEY: &str = "envbuild/verdict";
+        let k = CString::new(KEY).expect("no NUL");
+        let (mut present, mut err) = (0 as c_int, ErrBuf::new());
+        let (e, n) = err.ptr();
+        // SAFETY: a live handle; check does not wait.
+        let asked = unsafe { envbuild_pg_check(self.handle(), k.as_ptr(), &mut present, e, n) };
+        let gone = match (asked, present) {
+            (0, 1) => self
+                .store_get(KEY)
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                .unwrap_or_else(|_| self.stopped_ranks()),
+            _ => {
+                let gone = self.stopped_ranks();
+                let _ = self.store_set(KEY, gone.as_bytes());
+                gone
+            }
+        };
+        if self.is_leader() {
+            // SAFETY: a live handle; the group is not used after a failed collective.
+            unsafe { envbuild_pg_disconnect(self.handle()) };
+            std::thread::sleep(2 * WATCH);
+        }
+        gone
+    }
+
     /// The error of a failed collective: which rank saw it, during what, and who is gone.
     fn failed(&self, what: &str, message: &str) -> Error {
         let gone = if self.heartbeat.is_some() {
-            self.stopped_ranks()
+            self.verdict()
         } else if self.world() == 2 {
             format!("rank {} stopped or cannot be reached", 1 - self.rank())
         } else {
