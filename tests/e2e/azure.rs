@@ -750,8 +750,20 @@ fn deploy_run_and_register_a_model_end_to_end() {
     // Data-parallel: two instances of one process each, the PyTorch distribution as the REST
     // definition spells it, run by the stand-in as two containers on a network of the job's own
     // with the variables the service sets; the model is the one two ranks train here.
+    // The service also loses touch with this one for a while: NotResponding is not terminal
+    // (the spec's JobStatus), so envbuild warns and follows it to Completed.
+    arm.not_responding_once("mnist-ddp");
     let (code, _, err) = run_job("mnist-ddp", &["--instances", "2"], &trainer);
     assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("job mnist-ddp: NotResponding")
+            && err.contains("a job can come back from NotResponding, so envbuild keeps following")
+            && err.contains("job mnist-ddp: Completed"),
+        "{err}"
+    );
+    let history = arm.shared.job_history("mnist-ddp");
+    let nr = history.iter().position(|s| s == "NotResponding").unwrap();
+    assert_eq!(history[nr + 1], "Running", "{history:?}");
     let p = arm.shared.job("mnist-ddp").unwrap()["properties"].clone();
     assert_eq!(p["resources"]["instanceCount"], 2);
     assert_eq!(

@@ -13,8 +13,10 @@ use super::{valid_name, AzureError, Client, NameRule};
 
 /// Where the trainer lives in envbuild images.
 pub const TRAINER: &str = "/opt/envbuild/bin/trainer";
-/// Statuses after which a job does not change.
-pub const TERMINAL: [&str; 5] = ["Completed", "Failed", "Canceled", "NotResponding", "Paused"];
+/// Statuses after which a job does not change. Not NotResponding: the REST specification's
+/// JobStatus says a run can go from NotResponding back to any earlier state, so a follower keeps
+/// following it (and warns).
+pub const TERMINAL: [&str; 4] = ["Completed", "Failed", "Canceled", "Paused"];
 
 /// A command job to submit.
 #[derive(Debug, Clone, PartialEq, Eq)]

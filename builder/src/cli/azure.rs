@@ -467,6 +467,11 @@ fn follow_job(
             }
         }
         ui().message(&format!("job {id}: {s}"));
+        if s == "NotResponding" {
+            ui().message(&format!(
+                "warning: job {id}: Azure ML has not heard from the job for a while; a job can come back from NotResponding, so envbuild keeps following (Ctrl-C detaches; `envbuild job cancel {id}` stops it)"
+            ));
+        }
         wait.note(s);
     });
     wait.finish("");

@@ -827,7 +827,8 @@ fn job_cancel(sh: &Shared, ws_id: &str, id: &str) -> Reply {
         .as_str()
         .unwrap_or("")
         .to_owned();
-    if ["Completed", "Failed", "Canceled", "NotResponding", "Paused"].contains(&status.as_str()) {
+    // NotResponding is not terminal: the spec's JobStatus lets such a run come back.
+    if ["Completed", "Failed", "Canceled", "Paused"].contains(&status.as_str()) {
         drop(st);
         return rp_error(
             sh,

@@ -44,6 +44,9 @@ pub struct State {
     pub pull_credentials: Option<(String, String)>,
     /// Images pulled into the engine (removed when the stand-in stops).
     pub pulled: BTreeSet<String>,
+    /// Jobs that go NotResponding for a while once Running, then come back to Running (the
+    /// REST spec's JobStatus: a run can go from NotResponding back to any earlier state).
+    pub not_responding: BTreeSet<String>,
 }
 
 /// An asset container (environment or model) with its versions, by workspace-relative key.
@@ -102,6 +105,7 @@ impl Shared {
                 step: Duration::from_millis(100),
                 pull_credentials: None,
                 pulled: BTreeSet::new(),
+                not_responding: BTreeSet::new(),
             }),
             check,
             jobs_dir,
@@ -239,6 +243,16 @@ impl AzureStandIn {
     /// pulls with these credentials; without them a private registry refuses the pull.
     pub fn grant_acr_pull(&self, user: &str, password: &str) {
         self.shared.state.lock().unwrap().pull_credentials = Some((user.into(), password.into()));
+    }
+
+    /// Job `name` will report NotResponding for a few poll steps once Running, then recover.
+    pub fn not_responding_once(&self, name: &str) {
+        self.shared
+            .state
+            .lock()
+            .unwrap()
+            .not_responding
+            .insert(name.to_owned());
     }
 
     /// The next `n` ARM requests get a 500.

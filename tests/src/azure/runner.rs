@@ -284,6 +284,14 @@ async fn run(sh: Arc<Shared>, key: String, image: String) {
     } else {
         tokio::time::sleep(step).await;
         set_status(&sh, &key, "Running");
+        // A heartbeat the service lost for a while: NotResponding, then Running again.
+        if sh.state.lock().unwrap().not_responding.remove(&id) {
+            tokio::time::sleep(step).await;
+            set_status(&sh, &key, "NotResponding");
+            // Longer than the slowest poll, so a follower sees it.
+            tokio::time::sleep(step * 8).await;
+            set_status(&sh, &key, "Running");
+        }
         let mut started = Ok(());
         for name in &names {
             started = docker
