@@ -22,14 +22,14 @@ fn ws_id() -> String {
 }
 
 /// Which credential envbuild finds.
-enum Cred<'a> {
+pub(super) enum Cred<'a> {
     Secret(&'a str),
     Managed,
     Az(&'a Path),
 }
 
 /// `envbuild ARGS` aimed at the stand-in, with only the chosen credential in its environment.
-fn az_cmd(entra: &Entra, arm: &AzureStandIn, cred: Cred, args: &[&str]) -> Command {
+pub(super) fn az_cmd(entra: &Entra, arm: &AzureStandIn, cred: Cred, args: &[&str]) -> Command {
     let mut c = envbuild();
     for k in [
         "AZURE_TENANT_ID",
@@ -72,7 +72,7 @@ fn az_cmd(entra: &Entra, arm: &AzureStandIn, cred: Cred, args: &[&str]) -> Comma
 }
 
 /// Runs it; (exit code, stdout, stderr), checking that no secret or token is in the output.
-fn go(entra: &Entra, arm: &AzureStandIn, mut c: Command) -> (i32, String, String) {
+pub(super) fn go(entra: &Entra, arm: &AzureStandIn, mut c: Command) -> (i32, String, String) {
     let o: Output = run(&mut c);
     let (out, err) = (
         String::from_utf8_lossy(&o.stdout).into_owned(),

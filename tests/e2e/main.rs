@@ -6,6 +6,7 @@ mod auth;
 mod azure;
 mod build;
 mod cli;
+mod compute;
 mod hostile;
 mod ranks;
 mod registry;

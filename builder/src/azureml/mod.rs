@@ -1,11 +1,15 @@
 //! Azure Machine Learning over Azure Resource Manager: the workspace, a blocking ARM client with
 //! retries and typed errors (`error`), and the three things envbuild does there — environment
-//! versions, command jobs, model versions (one submodule each).
+//! versions, command jobs, model versions (one submodule each); computes and what they cost.
 
+pub mod compute;
 pub mod environment;
 pub mod error;
 pub mod job;
 pub mod model;
+pub mod power;
+pub mod status;
+pub mod vmsize;
 pub mod workspace;
 
 use std::fmt;
@@ -73,6 +77,8 @@ pub struct Response {
     pub status: u16,
     pub body: Value,
     pub request_id: String,
+    /// The answer's headers (`Azure-AsyncOperation`, `Location`, `Retry-After` of a 202).
+    pub headers: HeaderMap,
 }
 
 /// A blocking ARM client for one workspace.
@@ -170,8 +176,10 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Response, AzureError> {
+        // A path may carry its own query (`jobs?listViewType=…`, a nextLink's `$skipToken`).
+        let sep = if path.contains('?') { '&' } else { '?' };
         let url = format!(
-            "{}{path}?api-version={}",
+            "{}{path}{sep}api-version={}",
             self.settings.endpoint.trim_end_matches('/'),
             self.settings.api_version
         );
@@ -223,6 +231,7 @@ impl Client {
                                 status: status.as_u16(),
                                 body,
                                 request_id,
+                                headers,
                             });
                         }
                         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);

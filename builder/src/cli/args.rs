@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 
+use envbuild::auth::entra::{EntraChain, EntraError};
 use envbuild::auth::{self, AuthMode, Given, Secret};
 use envbuild::cache::Cache;
 use envbuild::engine::run::{parse_size, Gpus};
@@ -372,6 +373,32 @@ pub struct WorkspaceArgs {
 }
 
 impl WorkspaceArgs {
+    /// The workspace (flags, environment, config.json) and an ARM client for it, with tokens
+    /// from the credential chain (workload identity or client secret, managed identity,
+    /// developer tools).
+    pub fn client(&self) -> anyhow::Result<azureml::Client> {
+        let cwd = std::env::current_dir().context("current directory")?;
+        let config = self
+            .config
+            .clone()
+            .or_else(|| azureml::workspace::find_config(&cwd));
+        let workspace = azureml::workspace::resolve(
+            azureml::workspace::Partial {
+                subscription_id: self.subscription.clone(),
+                resource_group: self.resource_group.clone(),
+                workspace_name: self.workspace.clone(),
+            },
+            azureml::workspace::from_env(|k| std::env::var(k).ok()),
+            config.as_deref(),
+        )?;
+        let tokens = ChainTokens(EntraChain::from_env(self.azure_ca_file.as_deref())?);
+        Ok(azureml::Client::new(
+            workspace,
+            self.settings()?,
+            Box::new(tokens),
+        )?)
+    }
+
     /// ARM settings: endpoint (https only), api-version, CA bundle, retries.
     pub fn settings(&self) -> anyhow::Result<azureml::Settings> {
         anyhow::ensure!(
@@ -388,6 +415,15 @@ impl WorkspaceArgs {
                 base: Duration::from_millis(self.retry_ms),
             },
         })
+    }
+}
+
+/// ARM tokens from the Entra ID credential chain.
+struct ChainTokens(EntraChain);
+
+impl azureml::TokenSource for ChainTokens {
+    fn token(&self, scope: &str) -> Result<Secret, EntraError> {
+        self.0.token(scope).map(|t| t.secret)
     }
 }
 

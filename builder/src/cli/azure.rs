@@ -11,9 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
-use envbuild::auth::entra::{EntraChain, EntraError};
-use envbuild::auth::Secret;
-use envbuild::azureml::{self, environment, job, model, Client, TokenSource};
+use envbuild::azureml::{self, environment, job, model, Client};
 use envbuild::error::Hinted;
 use envbuild::registry::Reference;
 
@@ -129,40 +127,9 @@ pub struct ModelArgs {
     pub ws: WorkspaceArgs,
 }
 
-/// ARM tokens from the credential chain (azure_identity: workload identity or client secret,
-/// managed identity, developer tools).
-fn arm_tokens(ws: &WorkspaceArgs) -> anyhow::Result<Box<dyn TokenSource>> {
-    Ok(Box::new(ChainTokens(EntraChain::from_env(
-        ws.azure_ca_file.as_deref(),
-    )?)))
-}
-
-struct ChainTokens(EntraChain);
-
-impl TokenSource for ChainTokens {
-    fn token(&self, scope: &str) -> Result<Secret, EntraError> {
-        self.0.token(scope).map(|t| t.secret)
-    }
-}
-
 /// The workspace and a client for it.
 pub fn client(ws: &WorkspaceArgs) -> anyhow::Result<Client> {
-    let cwd = std::env::current_dir().context("current directory")?;
-    let config = ws
-        .config
-        .clone()
-        .or_else(|| azureml::workspace::find_config(&cwd));
-    let workspace = azureml::workspace::resolve(
-        azureml::workspace::Partial {
-            subscription_id: ws.subscription.clone(),
-            resource_group: ws.resource_group.clone(),
-            workspace_name: ws.workspace.clone(),
-        },
-        azureml::workspace::from_env(|k| std::env::var(k).ok()),
-        config.as_deref(),
-    )?;
-    let settings = ws.settings()?;
-    Ok(Client::new(workspace, settings, arm_tokens(ws)?)?)
+    ws.client()
 }
 
 /// What a source names: an image by digest, or an environment file.
@@ -525,6 +492,12 @@ pub fn run(r: RunArgs) -> anyhow::Result<ExitCode> {
     let (env_or_image, trainer_args, ws) = (&r.source, &r.args, &r.ws);
     let timeout = job::parse_timeout(&a.timeout)?;
     let client = client(ws)?;
+    // An unknown compute stops here, before anything is built or submitted.
+    if let Some(c) = &a.compute {
+        for w in azureml::compute::cost_warnings(&client, c)? {
+            ui().message(&format!("warning: {w}"));
+        }
+    }
     let (environment_id, env_name) =
         environment_for_run(&client, env_or_image, &a, &r.cache, &r.transport)?;
     let inputs: BTreeMap<String, String> = a.input.iter().cloned().collect();

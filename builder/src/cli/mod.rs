@@ -6,11 +6,13 @@ pub mod args;
 mod azure;
 mod build;
 mod cache;
+mod compute;
 mod doctor;
 mod registry;
 mod run;
 mod sbom;
 mod shell;
+mod status;
 pub mod ui;
 
 use std::process::ExitCode;
@@ -66,6 +68,11 @@ pub enum Command {
     /// Follow or cancel Azure ML jobs
     #[command(subcommand)]
     Job(azure::JobCommand),
+    /// The workspace's computes and what they cost; start, stop and idle shutdown of instances
+    #[command(subcommand)]
+    Compute(compute::ComputeCommand),
+    /// Jobs not ended and computes billing now in the workspace, with their hourly cost
+    Status(status::StatusArgs),
     /// Register Azure ML models from job outputs
     #[command(subcommand)]
     Model(azure::ModelCommand),
@@ -101,6 +108,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deploy(a) => azure::deploy(a),
         Command::Job(a) => azure::job(a),
         Command::Model(a) => azure::model(a),
+        Command::Compute(c) => compute::compute(c),
+        Command::Status(a) => status::status(a),
         Command::Doctor(a) => doctor::doctor(a),
         Command::Cache(c) => cache::cache(c),
         Command::Completions(a) => shell::completions(a),

@@ -19,16 +19,18 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new().fallback(handle).with_state(shared)
 }
 
-struct Reply {
-    status: StatusCode,
-    body: Option<Value>,
-    error: bool,
-    gateway: bool,
-    location: Option<String>,
-    text: Option<String>,
+pub(super) struct Reply {
+    pub(super) status: StatusCode,
+    pub(super) body: Option<Value>,
+    pub(super) error: bool,
+    pub(super) gateway: bool,
+    pub(super) location: Option<String>,
+    pub(super) text: Option<String>,
+    /// More headers (`Azure-AsyncOperation`, `Retry-After`).
+    pub(super) headers: Vec<(&'static str, String)>,
 }
 
-fn ok(status: u16, body: Value) -> Reply {
+pub(super) fn ok(status: u16, body: Value) -> Reply {
     Reply {
         status: StatusCode::from_u16(status).unwrap(),
         body: Some(body),
@@ -36,11 +38,12 @@ fn ok(status: u16, body: Value) -> Reply {
         gateway: false,
         location: None,
         text: None,
+        headers: Vec::new(),
     }
 }
 
 /// An error answered by ARM itself (gateway): `{"error":{"code","message"}}`.
-fn gateway(status: u16, code: &str, message: &str) -> Reply {
+pub(super) fn gateway(status: u16, code: &str, message: &str) -> Reply {
     Reply {
         status: StatusCode::from_u16(status).unwrap(),
         body: Some(json!({"error": {"code": code, "message": message}})),
@@ -48,11 +51,12 @@ fn gateway(status: u16, code: &str, message: &str) -> Reply {
         gateway: true,
         location: None,
         text: None,
+        headers: Vec::new(),
     }
 }
 
 /// An error answered by the Azure ML resource provider, with its additionalInfo.
-fn rp_error(sh: &Shared, status: u16, code: &str, message: &str) -> Reply {
+pub(super) fn rp_error(sh: &Shared, status: u16, code: &str, message: &str) -> Reply {
     let (op, req) = (
         sh.request_id().replace('-', ""),
         sh.request_id().replace('-', ""),
@@ -75,6 +79,7 @@ fn rp_error(sh: &Shared, status: u16, code: &str, message: &str) -> Reply {
         gateway: false,
         location: None,
         text: None,
+        headers: Vec::new(),
     }
 }
 
@@ -122,6 +127,11 @@ async fn handle(
     if let Some(l) = reply.location {
         if let Ok(v) = HeaderValue::from_str(&l) {
             h.insert("location", v);
+        }
+    }
+    for (k, v) in reply.headers {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
         }
     }
     resp
@@ -222,6 +232,10 @@ fn dispatch_inner(
             );
         }
     }
+    // Resources under the subscription, not a workspace (vmSizes, compute operations).
+    if let Some(r) = super::location::subscription_scope(sh, method, path, api) {
+        return r;
+    }
     // 4. The workspace.
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     if parts.len() < 8
@@ -275,6 +289,11 @@ fn dispatch_inner(
     };
     let url = format!("{}{path}", sh.base_url.lock().unwrap());
     match (method.as_str(), rest) {
+        ("GET", []) => super::location::workspace_get(sh, &ws_id, ws),
+        (_, ["computes", ..]) => {
+            super::compute::handle(sh, method, &ws_id, &rest[1..], body, query, api)
+        }
+        ("GET", ["jobs"]) => super::listing::jobs(sh, &ws_id, query, api),
         ("GET", ["environments", name]) => container_get(sh, &ws_id, "environments", name),
         ("GET", ["environments", name, "versions", v]) => {
             version_get(sh, &ws_id, "environments", name, v)
@@ -846,6 +865,7 @@ fn job_cancel(sh: &Shared, ws_id: &str, id: &str) -> Reply {
         gateway: false,
         location: None,
         text: None,
+        headers: Vec::new(),
     }
 }
 
@@ -868,6 +888,7 @@ fn artifact(sh: &Shared, method: &Method, rest: &str) -> Reply {
             gateway: false,
             location: None,
             text: Some(t),
+            headers: Vec::new(),
         },
         Err(_) => gateway(404, "NotFound", "No such artifact."),
     }

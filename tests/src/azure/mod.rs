@@ -5,6 +5,9 @@
 //! on an artifact-store endpoint of the stand-in's own (`{url}/artifacts/ExperimentRun/dcid.ID/…`).
 
 mod arm;
+pub mod compute;
+mod listing;
+mod location;
 mod runner;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,8 +28,9 @@ pub type TokenCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 pub struct State {
     /// (subscription, resource group, workspace) that exist.
     pub workspaces: BTreeSet<(String, String, String)>,
-    /// Compute names in every workspace.
-    pub computes: BTreeSet<String>,
+    /// Computes (clusters, instances), their nodes and operations, the location's VM sizes;
+    /// the same in every workspace.
+    pub computes: compute::Computes,
     /// Datastore name → local directory (azureml://datastores/NAME/paths/P → DIR/P).
     pub datastores: BTreeMap<String, PathBuf>,
     /// The next N ARM requests are answered 500.
@@ -94,7 +98,7 @@ impl Shared {
         Arc::new(Shared {
             state: Mutex::new(State {
                 workspaces: BTreeSet::new(),
-                computes: ["cpu-cluster".to_owned()].into(),
+                computes: compute::Computes::default(),
                 datastores: BTreeMap::new(),
                 fail_next: 0,
                 log: Vec::new(),
