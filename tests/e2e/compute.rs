@@ -314,6 +314,25 @@ fn instances_stop_and_start_to_the_end_of_the_operation_and_refusals_come_first(
     let (_, out, _) = cli(&entra, &arm, &["compute", "list"]);
     assert_eq!(cells(&out, "ci-dev")[5], "45m");
 
+    // An operation that fails: its error, a non-zero exit, the instance as it stands.
+    arm.fail_next_operation("ci-dev");
+    let (code, _, err) = cli(&entra, &arm, &["compute", "stop", "ci-dev"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("stop of compute ci-dev ended Failed: UserError: Failed to stop compute instance ci-dev"),
+        "{err}"
+    );
+    assert_eq!(
+        arm.compute_properties("ci-dev").unwrap()["state"],
+        "Running"
+    );
+    // Starting what runs asks nothing of the service.
+    let posts = count(&arm, "POST", "/computes/ci-dev/start");
+    let (code, out, err) = cli(&entra, &arm, &["compute", "start", "ci-dev"]);
+    assert_eq!((code, out.trim()), (0, "Running"), "{err}");
+    assert!(err.contains("start ci-dev: already Running"), "{err}");
+    assert_eq!(count(&arm, "POST", "/computes/ci-dev/start"), posts);
+
     // Refused before any request that would change something.
     let before = arm.requests().len();
     let (code, _, err) = cli(&entra, &arm, &["compute", "idle-shutdown", "ci-dev", "10m"]);

@@ -475,6 +475,42 @@ mod tests {
     }
 
     #[test]
+    fn links_stay_on_the_arm_endpoint_and_leave_the_api_version_to_the_client() {
+        let client = Client::new(
+            crate::azureml::Workspace {
+                subscription_id: "s".into(),
+                resource_group: "r".into(),
+                name: "w".into(),
+            },
+            crate::azureml::Settings {
+                endpoint: "https://arm.example".into(),
+                ..Default::default()
+            },
+            Box::new(crate::azureml::StaticToken(crate::auth::Secret::new("t"))),
+        )
+        .unwrap();
+        assert_eq!(
+            link_path(&client, "https://arm.example/subscriptions/s/providers/P/locations/eastus/computeOperationsStatus/1?api-version=2025-12-01&type=async").unwrap(),
+            "/subscriptions/s/providers/P/locations/eastus/computeOperationsStatus/1?type=async"
+        );
+        assert_eq!(
+            link_path(&client, "https://arm.example/x/jobs?api-version=1").unwrap(),
+            "/x/jobs"
+        );
+        for foreign in [
+            "https://evil.example/subscriptions/s?api-version=1",
+            "https://arm.example.evil/subscriptions/s",
+            "http://arm.example/subscriptions/s",
+        ] {
+            let e = link_path(&client, foreign).unwrap_err().to_string();
+            assert!(
+                e.contains("is not on the ARM endpoint https://arm.example"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn durations_read_and_print() {
         assert_eq!(iso_seconds("PT30M"), Some(1800));
         assert_eq!(iso_seconds("P3D"), Some(259_200));

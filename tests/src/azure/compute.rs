@@ -29,6 +29,8 @@ pub(crate) struct Operation {
     pub(crate) began: Instant,
     pub(crate) began_at: String,
     pub(crate) ended_at: Option<String>,
+    /// The operation ends Failed (the instance keeps its state).
+    pub(crate) failed: bool,
 }
 
 /// What the stand-in knows of computes.
@@ -45,6 +47,8 @@ pub struct Computes {
     pub op_time: Duration,
     /// Bodies that reached updateIdleShutdownSetting: (compute, body).
     pub idle_requests: Vec<(String, Value)>,
+    /// Computes whose next start or stop fails.
+    pub fail_next_operation: std::collections::BTreeSet<String>,
 }
 
 fn price(os: &str, tier: &str, v: f64) -> Value {
@@ -82,6 +86,7 @@ impl Default for Computes {
             ]}),
             op_time: Duration::from_millis(400),
             idle_requests: Vec::new(),
+            fail_next_operation: Default::default(),
         };
         c.items.insert(
             "cpu-cluster".into(),
@@ -118,12 +123,17 @@ impl Computes {
         for op in self.ops.values_mut() {
             if op.ended_at.is_none() && op.began.elapsed() >= self.op_time {
                 op.ended_at = Some(now_rfc3339());
+                let (name, state, status) = match (op.start, op.failed) {
+                    (true, false) => ("Start", "Running", "Succeeded"),
+                    (false, false) => ("Stop", "Stopped", "Succeeded"),
+                    (true, true) => ("Start", "Stopped", "StartFailed"),
+                    (false, true) => ("Stop", "Running", "StopFailed"),
+                };
                 if let Some(c) = self.items.get_mut(&op.compute) {
-                    c["properties"]["state"] = json!(if op.start { "Running" } else { "Stopped" });
+                    c["properties"]["state"] = json!(state);
                     c["properties"]["lastOperation"] = json!({
-                        "operationName": if op.start { "Start" } else { "Stop" },
-                        "operationTime": op.began_at, "operationStatus": "Succeeded",
-                        "operationTrigger": "User"});
+                        "operationName": name, "operationTime": op.began_at,
+                        "operationStatus": status, "operationTrigger": "User"});
                 }
             }
         }
@@ -187,6 +197,12 @@ impl AzureStandIn {
             .computes
             .nodes
             .insert(name.into(), list);
+    }
+
+    /// The next start or stop of `name` ends Failed.
+    pub fn fail_next_operation(&self, name: &str) {
+        let mut st = self.shared.state.lock().unwrap();
+        st.computes.fail_next_operation.insert(name.into());
     }
 
     /// A compute's `properties.properties` as the stand-in holds it now.
@@ -307,6 +323,7 @@ pub(super) fn handle(
                             began: Instant::now(),
                             began_at: now_rfc3339(),
                             ended_at: None,
+                            failed: computes.fail_next_operation.remove(*name),
                         },
                     );
                     if let Some(c) = computes.items.get_mut(*name) {

@@ -83,15 +83,21 @@ pub(super) fn subscription_scope(
                     r
                 }
                 Some(op) => {
-                    let status = if op.ended_at.is_some() {
-                        "Succeeded"
-                    } else {
-                        "InProgress"
+                    let status = match (&op.ended_at, op.failed) {
+                        (None, _) => "InProgress",
+                        (Some(_), false) => "Succeeded",
+                        (Some(_), true) => "Failed",
                     };
                     let mut b =
                         json!({"id": path, "name": id, "status": status, "startTime": op.began_at});
                     if let Some(e) = &op.ended_at {
                         b["endTime"] = json!(e);
+                    }
+                    if status == "Failed" {
+                        let what = if op.start { "start" } else { "stop" };
+                        b["error"] = json!({"code": "UserError", "message": format!(
+                            "Failed to {what} compute instance {}: the VM did not answer.", op.compute
+                        )});
                     }
                     ok(200, b)
                 }
