@@ -293,54 +293,6 @@ pub fn sizes(client: &Client) -> Result<VmSizes, AzureError> {
     vmsize::fetch(client)
 }
 
-/// `PT1H30M` → `1h30m`; `P1DT2H` → `26h`; what does not parse stays as it is.
-pub fn human(iso: &str) -> String {
-    let Some(secs) = iso_seconds(iso) else {
-        return iso.to_owned();
-    };
-    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
-    let mut out = String::new();
-    for (v, u) in [(h, 'h'), (m, 'm'), (s, 's')] {
-        if v > 0 {
-            out += &format!("{v}{u}");
-        }
-    }
-    if out.is_empty() {
-        "0s".into()
-    } else {
-        out
-    }
-}
-
-/// Seconds of an ISO 8601 duration of days, hours, minutes and whole seconds (`P1DT2H`, `PT30M`).
-pub fn iso_seconds(iso: &str) -> Option<u64> {
-    let body = iso.strip_prefix('P')?;
-    let (days, time) = match body.split_once('T') {
-        Some((d, t)) => (d, t),
-        None => (body, ""),
-    };
-    let mut total: u64 = 0;
-    for (part, units) in [
-        (days, &[('D', 86_400)][..]),
-        (time, &[('H', 3600), ('M', 60), ('S', 1)][..]),
-    ] {
-        let mut num = String::new();
-        for ch in part.chars() {
-            if ch.is_ascii_digit() {
-                num.push(ch);
-                continue;
-            }
-            let unit = units.iter().find(|(u, _)| *u == ch)?.1;
-            total = total.checked_add(num.parse::<u64>().ok()?.checked_mul(unit)?)?;
-            num.clear();
-        }
-        if !num.is_empty() {
-            return None;
-        }
-    }
-    (body != "T" && !body.is_empty()).then_some(total)
-}
-
 /// What to say before a job goes to `name`: a cluster that keeps nodes up while idle, an
 /// instance without idle shutdown. An unknown compute is [`ComputeError::NoCompute`], so the
 /// caller stops before the job's PUT.
@@ -508,19 +460,5 @@ mod tests {
                 "{e}"
             );
         }
-    }
-
-    #[test]
-    fn durations_read_and_print() {
-        assert_eq!(iso_seconds("PT30M"), Some(1800));
-        assert_eq!(iso_seconds("P3D"), Some(259_200));
-        assert_eq!(iso_seconds("P1DT2H"), Some(93_600));
-        assert_eq!(iso_seconds("PT120M"), Some(7200));
-        for bad in ["", "P", "PT", "30M", "PT5X", "PT5"] {
-            assert_eq!(iso_seconds(bad), None, "{bad}");
-        }
-        assert_eq!(human("PT120M"), "2h");
-        assert_eq!(human("PT1H30M"), "1h30m");
-        assert_eq!(human("odd"), "odd");
     }
 }

@@ -1,7 +1,8 @@
 //! Starting and stopping compute instances, followed to the end of the long-running operation
 //! (202 with `Azure-AsyncOperation`, else `Location`), and their idle shutdown
 //! (`updateIdleShutdownSetting`, IdleShutdownSetting: 15 minutes to 3 days). Clusters are
-//! refused before any request: they scale down by themselves.
+//! refused before any request: they scale down by themselves. Also the ISO 8601 durations
+//! these settings use, read and printed (`PT1H30M` ↔ `1h30m`).
 
 use std::time::{Duration, Instant};
 
@@ -40,7 +41,7 @@ pub fn parse_idle(text: &str) -> Result<String, ComputeError> {
     };
     let iso =
         parse_timeout(text).map_err(|_| bad("is not a duration (use e.g. 30m, 2h or PT45M)"))?;
-    let secs = compute::iso_seconds(&iso).ok_or_else(|| bad("is not a duration"))?;
+    let secs = iso_seconds(&iso).ok_or_else(|| bad("is not a duration"))?;
     if !(IDLE_MIN..=IDLE_MAX).contains(&secs) {
         return Err(bad(
             "is outside the range Azure ML takes: 15 minutes to 3 days",
@@ -190,6 +191,54 @@ pub fn set_idle_shutdown(client: &Client, name: &str, iso: &str) -> Result<(), C
     Ok(())
 }
 
+/// `PT1H30M` → `1h30m`; `P1DT2H` → `26h`; what does not parse stays as it is.
+pub fn human(iso: &str) -> String {
+    let Some(secs) = iso_seconds(iso) else {
+        return iso.to_owned();
+    };
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    let mut out = String::new();
+    for (v, u) in [(h, 'h'), (m, 'm'), (s, 's')] {
+        if v > 0 {
+            out += &format!("{v}{u}");
+        }
+    }
+    if out.is_empty() {
+        "0s".into()
+    } else {
+        out
+    }
+}
+
+/// Seconds of an ISO 8601 duration of days, hours, minutes and whole seconds (`P1DT2H`, `PT30M`).
+pub fn iso_seconds(iso: &str) -> Option<u64> {
+    let body = iso.strip_prefix('P')?;
+    let (days, time) = match body.split_once('T') {
+        Some((d, t)) => (d, t),
+        None => (body, ""),
+    };
+    let mut total: u64 = 0;
+    for (part, units) in [
+        (days, &[('D', 86_400)][..]),
+        (time, &[('H', 3600), ('M', 60), ('S', 1)][..]),
+    ] {
+        let mut num = String::new();
+        for ch in part.chars() {
+            if ch.is_ascii_digit() {
+                num.push(ch);
+                continue;
+            }
+            let unit = units.iter().find(|(u, _)| *u == ch)?.1;
+            total = total.checked_add(num.parse::<u64>().ok()?.checked_mul(unit)?)?;
+            num.clear();
+        }
+        if !num.is_empty() {
+            return None;
+        }
+    }
+    (body != "T" && !body.is_empty()).then_some(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +261,19 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn durations_read_and_print() {
+        assert_eq!(iso_seconds("PT30M"), Some(1800));
+        assert_eq!(iso_seconds("P3D"), Some(259_200));
+        assert_eq!(iso_seconds("P1DT2H"), Some(93_600));
+        assert_eq!(iso_seconds("PT120M"), Some(7200));
+        for bad in ["", "P", "PT", "30M", "PT5X", "PT5"] {
+            assert_eq!(iso_seconds(bad), None, "{bad}");
+        }
+        assert_eq!(human("PT120M"), "2h");
+        assert_eq!(human("PT1H30M"), "1h30m");
+        assert_eq!(human("odd"), "odd");
     }
 }

@@ -114,8 +114,8 @@ fn row(c: &Compute, sizes: &VmSizes) -> Vec<String> {
         .nodes
         .map_or("-".into(), |n| format!("{}/{}/{}", n.current, n.min, n.max));
     let idle = match (&c.idle, c.nodes.is_some()) {
-        (Some(i), true) => format!("scale-down {}", compute::human(i)),
-        (Some(i), false) => compute::human(i),
+        (Some(i), true) => format!("scale-down {}", power::human(i)),
+        (Some(i), false) => power::human(i),
         (None, false) if c.is_instance() => "none".into(),
         (None, _) => "-".into(),
     };
@@ -255,7 +255,7 @@ fn idle_shutdown(a: IdleArgs) -> anyhow::Result<ExitCode> {
     ui().message(&format!(
         "compute instance {} stops after {} without activity",
         a.name,
-        compute::human(&iso)
+        power::human(&iso)
     ));
     if a.format.json() {
         print_json(&json!({"name": a.name, "idle_time_before_shutdown": iso}))?;
