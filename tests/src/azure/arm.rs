@@ -182,14 +182,6 @@ fn check_answer(sh: &Shared, method: &Method, path: &str, reply: Reply) -> Reply
     gateway(500, "StandInSpecViolation", &m)
 }
 
-/// The 2025-12-01 WorkspaceNameParameter pattern `^[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}$`.
-fn valid_workspace_name(s: &str) -> bool {
-    let mut c = s.chars();
-    matches!(c.next(), Some(x) if x.is_ascii_alphanumeric())
-        && (3..=33).contains(&s.len())
-        && c.all(|x| x.is_ascii_alphanumeric() || x == '-' || x == '_')
-}
-
 fn dispatch_inner(
     sh: &Arc<Shared>,
     method: &Method,
@@ -295,14 +287,6 @@ fn dispatch_inner(
         );
     }
     let (sub, rg, ws) = (parts[1], parts[3], parts[7]);
-    if !valid_workspace_name(ws) {
-        return rp_error(
-            sh,
-            400,
-            "UserError",
-            &format!("The workspace name '{ws}' is invalid: it must match ^[a-zA-Z0-9][a-zA-Z0-9_-]{{2,32}}$."),
-        );
-    }
     {
         let st = sh.state.lock().unwrap();
         if !st.workspaces.iter().any(|(s, r, _)| s == sub && r == rg) {
