@@ -93,6 +93,18 @@ mod tests {
             .unwrap()
             .remove("command");
         assert!(!violations("JobBaseResource", &no_command).is_empty());
+        // Computes (machineLearningServices.json; open objects, closed enums).
+        let cluster = json!({"name": "cpu", "properties": {"computeType": "AmlCompute",
+            "properties": {"vmSize": "STANDARD_DS3_V2", "vmPriority": "Dedicated", "currentNodeCount": 0}}});
+        assert_valid("ComputeResource", &cluster);
+        let mut spot = cluster;
+        spot["properties"]["properties"]["vmPriority"] = json!("Spot");
+        let v = violations("ComputeResource", &spot);
+        assert!(
+            v.iter()
+                .any(|l| l.starts_with("/properties/properties/vmPriority")),
+            "{v:?}"
+        );
     }
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
