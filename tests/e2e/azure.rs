@@ -17,19 +17,19 @@ use super::build::envbuild;
 const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
-fn ws_id() -> String {
+pub(crate) fn ws_id() -> String {
     format!("/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.MachineLearningServices/workspaces/{WORKSPACE}")
 }
 
 /// Which credential envbuild finds.
-pub(super) enum Cred<'a> {
+pub(crate) enum Cred<'a> {
     Secret(&'a str),
     Managed,
     Az(&'a Path),
 }
 
 /// `envbuild ARGS` aimed at the stand-in, with only the chosen credential in its environment.
-pub(super) fn az_cmd(entra: &Entra, arm: &AzureStandIn, cred: Cred, args: &[&str]) -> Command {
+pub(crate) fn az_cmd(entra: &Entra, arm: &AzureStandIn, cred: Cred, args: &[&str]) -> Command {
     let mut c = envbuild();
     for k in [
         "AZURE_TENANT_ID",
@@ -72,7 +72,7 @@ pub(super) fn az_cmd(entra: &Entra, arm: &AzureStandIn, cred: Cred, args: &[&str
 }
 
 /// Runs it; (exit code, stdout, stderr), checking that no secret or token is in the output.
-pub(super) fn go(entra: &Entra, arm: &AzureStandIn, mut c: Command) -> (i32, String, String) {
+pub(crate) fn go(entra: &Entra, arm: &AzureStandIn, mut c: Command) -> (i32, String, String) {
     let o: Output = run(&mut c);
     let (out, err) = (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -260,7 +260,7 @@ fn register_is_idempotent_versions_follow_the_digest_and_bad_input_is_refused() 
 }
 
 /// A raw ARM request to the stand-in (for what envbuild never sends).
-fn arm_raw(
+pub(crate) fn arm_raw(
     arm: &AzureStandIn,
     method: &str,
     path: &str,
@@ -284,7 +284,7 @@ fn arm_raw(
     (s, h, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-fn arm_token(entra: &Entra) -> String {
+pub(crate) fn arm_token(entra: &Entra) -> String {
     let auth = envbuild::auth::entra::EntraChain::new(&envbuild::auth::entra::Settings {
         authority_host: Some(entra.authority.clone()),
         ca_file: Some(tls::ca().pem_file().to_path_buf()),
@@ -779,21 +779,22 @@ fn deploy_run_and_register_a_model_end_to_end() {
     with_data.extend(trainer);
     envbuild_e2e::trainer_ranks(2, &with_data, &ranks_here);
     envbuild_e2e::assert_same_training(&ddp_dir.join("outputs/model"), &ranks_here);
-    // What the definitions refuse, the stand-in refuses: a distributionType outside the enum,
-    // a processCountPerInstance that is not an int32, a property PyTorch does not have.
+    // What the definitions refuse, the stand-in refuses, naming the field: a distributionType
+    // outside the enum, a processCountPerInstance that is not an int32, a property PyTorch does
+    // not have (tests/data/azureml-2025-12-01).
     let mut body = json!({"properties": p});
     for (bad, needle) in [
         (
             json!({"distributionType": "pytorch"}),
-            "pytorch is not one of",
+            "properties.distribution.distributionType: \"pytorch\" is not one of",
         ),
         (
             json!({"distributionType": "PyTorch", "processCountPerInstance": "2"}),
-            "is not an int32",
+            "properties.distribution.processCountPerInstance: \"2\" is not of types",
         ),
         (
             json!({"distributionType": "PyTorch", "nodeCount": 2}),
-            "nodeCount is not a property of PyTorch",
+            "properties.distribution: Additional properties are not allowed ('nodeCount' was unexpected)",
         ),
     ] {
         body["properties"]["distribution"] = bad;
@@ -902,6 +903,27 @@ fn deploy_run_and_register_a_model_end_to_end() {
     assert_eq!(code, 1);
     assert!(err.contains("is Failed, not Completed"), "{err}");
 
+    // A job that reaches limits.timeout is canceled by the service (JobLimits.timeout): it ends
+    // Canceled, and envbuild says it was the timeout, not a bare Canceled.
+    let (code, _, err) = run_job(
+        "mnist-timeout",
+        &["--timeout", "3s"],
+        &["--epochs", "50", "--threads", "1"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("job mnist-timeout ended Canceled: timeout reached (limits.timeout PT3S)")
+            && err.contains("--timeout"),
+        "{err}"
+    );
+    assert_eq!(
+        arm.shared
+            .job_history("mnist-timeout")
+            .last()
+            .map(String::as_str),
+        Some("Canceled")
+    );
+
     // Ctrl-C detaches (the job goes on), `job cancel` cancels, `job show --follow` sees Canceled.
     let mut c = az_cmd(
         &entra,
@@ -955,6 +977,24 @@ fn deploy_run_and_register_a_model_end_to_end() {
     );
     let (code, _, err) = cmd(&["job", "cancel", "mnist-cancel"]);
     assert_eq!(code, 0, "{err}");
+    // Jobs_Cancel is long-running: 202 with Location and Retry-After, which envbuild follows
+    // until the operation is done, so the job is Canceled when `job cancel` returns.
+    let reqs = arm.requests();
+    assert!(
+        reqs.iter()
+            .any(|(m, p, s)| m == "POST" && p.ends_with("/jobs/mnist-cancel/cancel") && *s == 202),
+        "{reqs:?}"
+    );
+    let polls: Vec<u16> = reqs
+        .iter()
+        .filter(|(m, p, _)| m == "GET" && p.contains("/mfeOperationResults/"))
+        .map(|(_, _, s)| *s)
+        .collect();
+    assert_eq!(polls.last(), Some(&200), "{polls:?}");
+    assert_eq!(
+        arm.shared.job("mnist-cancel").unwrap()["properties"]["status"],
+        "Canceled"
+    );
     let (code, _, err) = cmd(&["job", "show", "mnist-cancel", "--follow"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("ended with status Canceled"), "{err}");

@@ -4,6 +4,7 @@
 
 mod auth;
 mod azure;
+mod azure_spec;
 mod build;
 mod cli;
 mod compute;

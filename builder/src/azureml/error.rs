@@ -61,6 +61,21 @@ pub enum AzureError {
     #[error(transparent)]
     Http(#[from] HttpError),
 
+    /// A long-running operation's `Location` outside the ARM endpoint (no token goes there).
+    #[error(
+        "the service's Location {location} is not on the ARM endpoint {endpoint}; not followed"
+    )]
+    ForeignLocation { location: String, endpoint: String },
+    /// A long-running operation still running after envbuild stopped waiting.
+    #[error("the operation at {location} was still running after {}s; envbuild stopped waiting", waited.as_secs())]
+    OperationTimedOut {
+        location: String,
+        waited: std::time::Duration,
+    },
+    /// A job option the service would refuse (tier, identity, shm size, notifications).
+    #[error(transparent)]
+    BadOption(#[from] super::options::BadOption),
+
     /// Several instances without a distribution: each node would run its own copy, billed.
     #[error("{instances} instances without a distribution would run {instances} unrelated copies of the command, each billed; add --processes-per-instance K for a PyTorch data-parallel job")]
     Undistributed { instances: u32 },
@@ -165,7 +180,7 @@ impl fmt::Display for NameRule {
             }
             NameRule::InputOutput => "is not valid: letters, digits and _",
             NameRule::Workspace => {
-                "is not valid (letters, digits, - and _, starting with a letter or digit)"
+                "is not valid: 3 to 33 letters, digits, - and _, starting with a letter or digit"
             }
             NameRule::Asset => "is not a valid name",
             NameRule::Version => "is not valid",
@@ -265,7 +280,7 @@ mod tests {
             (bad("job name", NameRule::Job), "job name `a.b` is not valid: letters, digits, - and _, starting with a letter or digit"),
             (bad("environment name", NameRule::Environment), "environment name `a.b` is not valid: letters, digits, - and _, starting with a letter or digit, at most 255"),
             (bad("input/output name", NameRule::InputOutput), "input/output name `a.b` is not valid: letters, digits and _"),
-            (bad("workspace name", NameRule::Workspace), "workspace name `a.b` is not valid (letters, digits, - and _, starting with a letter or digit)"),
+            (bad("workspace name", NameRule::Workspace), "workspace name `a.b` is not valid: 3 to 33 letters, digits, - and _, starting with a letter or digit"),
             (bad("output", NameRule::Asset), "output `a.b` is not a valid name"),
             (bad("model version", NameRule::Version), "model version `a.b` is not valid"),
         ] {

@@ -9,7 +9,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use thiserror::Error;
 
-use super::{valid_name, AzureError, Client, NameRule};
+use super::options::JobOptions;
+use super::{lro, valid_name, AzureError, Client, NameRule};
 
 /// Where the trainer lives in envbuild images.
 pub const TRAINER: &str = "/opt/envbuild/bin/trainer";
@@ -43,6 +44,8 @@ pub struct CommandJob {
     /// ISO 8601 duration, e.g. `PT2H`.
     pub timeout: String,
     pub tags: BTreeMap<String, String>,
+    /// Tier, identity, /dev/shm size, notifications (unset: the service's defaults).
+    pub options: JobOptions,
 }
 
 /// Quotes one word for `/bin/sh` when it needs it.
@@ -161,6 +164,7 @@ impl JobBody for CommandJob {
     }
 
     fn check(&self) -> Result<(), AzureError> {
+        self.options.check()?;
         // Without a distribution, N instances run N unrelated copies of the command, each
         // billed: refuse it rather than pay for it.
         if self.instance_count > 1 && self.processes_per_instance.is_none() {
@@ -234,6 +238,7 @@ impl JobBody for CommandJob {
             p["distribution"] =
                 json!({"distributionType": "PyTorch", "processCountPerInstance": k});
         }
+        self.options.apply(&mut p);
         json!({ "properties": p })
     }
 }
@@ -254,9 +259,18 @@ pub fn get(client: &Client, id: &str) -> Result<Value, AzureError> {
     Ok(client.ws(Method::GET, &format!("jobs/{id}"), None)?.body)
 }
 
-/// POST cancel (200 or 202).
+/// POST cancel: 200, or 202 whose `Location` is followed until the cancel is done (Jobs_Cancel
+/// is long-running, `final-state-via: location`), at the default pacing.
 pub fn cancel(client: &Client, id: &str) -> Result<(), AzureError> {
-    client.ws(Method::POST, &format!("jobs/{id}/cancel"), None)?;
+    cancel_with(client, id, lro::Pacing::default())
+}
+
+/// [`cancel`] at `pacing` (Retry-After capped at `pacing.max`).
+pub fn cancel_with(client: &Client, id: &str, pacing: lro::Pacing) -> Result<(), AzureError> {
+    let r = client.ws(Method::POST, &format!("jobs/{id}/cancel"), None)?;
+    if r.status == 202 {
+        lro::follow(client, r, pacing)?;
+    }
     Ok(())
 }
 
@@ -366,6 +380,7 @@ mod tests {
             processes_per_instance: None,
             timeout: "PT2H".into(),
             tags: BTreeMap::new(),
+            options: JobOptions::default(),
         }
     }
 

@@ -6,10 +6,15 @@ pub mod compute;
 pub mod environment;
 pub mod error;
 pub mod job;
+pub mod lro;
 pub mod model;
 pub mod power;
 pub mod status;
 pub mod vmsize;
+pub mod options;
+#[cfg(test)]
+pub mod spec_check;
+pub mod timeout;
 pub mod workspace;
 
 use std::fmt;
@@ -31,6 +36,10 @@ pub use workspace::Workspace;
 pub const DEFAULT_ENDPOINT: &str = "https://management.azure.com";
 /// The newest stable Microsoft.MachineLearningServices api-version.
 pub const DEFAULT_API_VERSION: &str = "2025-12-01";
+/// The scope of a token for the workspace's storage account, where job logs live.
+pub const STORAGE_SCOPE: &str = "https://storage.azure.com/.default";
+/// The Blob service version sent with storage-scoped tokens (bearer tokens need 2017-11-09 or later).
+pub const STORAGE_API_VERSION: &str = "2021-08-06";
 
 /// Where tokens come from: the credential chain in the CLI, a fixed source in tests.
 pub trait TokenSource: Send + Sync {
@@ -79,6 +88,10 @@ pub struct Response {
     pub request_id: String,
     /// The answer's headers (`Azure-AsyncOperation`, `Location`, `Retry-After` of a 202).
     pub headers: HeaderMap,
+    /// `Location` of a long-running operation's 202 (an absolute URL on the ARM endpoint).
+    pub location: Option<String>,
+    /// `Retry-After` of that 202.
+    pub retry_after: Option<Duration>,
 }
 
 /// A blocking ARM client for one workspace.
@@ -146,10 +159,15 @@ impl Client {
 
     /// The access token for ARM.
     fn bearer(&self) -> Result<Secret, AzureError> {
+        self.bearer_for(ARM_SCOPE)
+    }
+
+    /// An access token for `scope` (ARM, or the workspace's storage for logs).
+    fn bearer_for(&self, scope: &str) -> Result<Secret, AzureError> {
         self.tokens
-            .token(ARM_SCOPE)
+            .token(scope)
             .map_err(|source| AzureError::Token {
-                scope: ARM_SCOPE.into(),
+                scope: scope.into(),
                 source,
             })
     }
@@ -183,13 +201,39 @@ impl Client {
             self.settings.endpoint.trim_end_matches('/'),
             self.settings.api_version
         );
+        self.send(method, &url, path, body)
+    }
+
+    /// GET on a long-running operation's `Location`: only on the ARM endpoint (the ARM token
+    /// goes nowhere else), its query kept as the service gave it.
+    pub fn get_location(&self, location: &str) -> Result<Response, AzureError> {
+        let endpoint = self.settings.endpoint.trim_end_matches('/');
+        let path = location
+            .strip_prefix(endpoint)
+            .filter(|p| p.starts_with('/'))
+            .ok_or_else(|| AzureError::ForeignLocation {
+                location: location.to_owned(),
+                endpoint: endpoint.to_owned(),
+            })?;
+        let path = path.split('?').next().unwrap_or(path).to_owned();
+        self.send(Method::GET, location, &path, None)
+    }
+
+    /// The request loop of [`Client::request`] on a full `url`; `path` names it in errors.
+    fn send(
+        &self,
+        method: Method,
+        url: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Response, AzureError> {
         let token = self.bearer()?;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let mut rb = self
                 .http
-                .request(method.clone(), &url)
+                .request(method.clone(), url)
                 .header(AUTHORIZATION, bearer_header(&token));
             if let Some(b) = body {
                 rb = rb.json(b);
@@ -231,6 +275,11 @@ impl Client {
                                 status: status.as_u16(),
                                 body,
                                 request_id,
+                                location: headers
+                                    .get(reqwest::header::LOCATION)
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_owned),
+                                retry_after: http::retry_after(&headers),
                                 headers,
                             });
                         }
@@ -281,13 +330,15 @@ impl Client {
         }
     }
 
-    /// GET on a URL outside ARM (a log endpoint), with the same token; the body as text.
+    /// GET on the workspace's storage (a job's log) with a storage-scoped token
+    /// ([`STORAGE_SCOPE`], never the ARM token) and `x-ms-version`; the body as text.
     pub fn get_text(&self, url: &str) -> Result<String, AzureError> {
-        let token = self.bearer()?;
+        let token = self.bearer_for(STORAGE_SCOPE)?;
         let resp = http::send_logged(
             self.http
                 .get(url)
-                .header(AUTHORIZATION, bearer_header(&token)),
+                .header(AUTHORIZATION, bearer_header(&token))
+                .header("x-ms-version", STORAGE_API_VERSION),
         )
         .map_err(|source| AzureError::Connect {
             method: "GET".into(),

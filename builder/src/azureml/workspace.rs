@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{valid_name, AzureError, NameRule};
+use super::{AzureError, NameRule};
 
 /// An Azure ML workspace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,15 @@ impl Workspace {
             self.subscription_id, self.resource_group, self.name
         )
     }
+}
+
+/// Whether `s` is a valid workspace name: `^[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}$` (the 2025-12-01
+/// WorkspaceNameParameter), 3 to 33 characters — stricter than asset names.
+pub fn valid_workspace_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && (3..=33).contains(&s.len())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// The three values, each possibly missing, from one source.
@@ -146,7 +155,7 @@ pub fn resolve(
             resource_group: r,
         });
     }
-    if !valid_name(&w) {
+    if !valid_workspace_name(&w) {
         return Err(AzureError::BadName {
             what: "workspace name",
             name: w,
@@ -223,6 +232,20 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("workspace name `bad/ws`"), "{e}");
+        for ok in ["abc", "mlw-envbuild", "A_1", &"w".repeat(33)] {
+            assert!(valid_workspace_name(ok), "{ok}");
+        }
+        for bad in ["ab", "-abc", "_abc", "a.bc", &"w".repeat(34), "wé1"] {
+            assert!(!valid_workspace_name(bad), "{bad}");
+            let e = resolve(
+                part(Some("s"), Some("r"), Some(bad)),
+                Partial::default(),
+                None,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("3 to 33 letters"), "{e}");
+        }
         let env = from_env(|k| (k == "AZURE_RESOURCE_GROUP").then(|| "rg".to_owned()));
         assert_eq!(env, part(None, Some("rg"), None));
     }

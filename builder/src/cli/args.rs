@@ -478,7 +478,7 @@ pub struct RunArgs {
     /// Environment variable for the trainer (both modes): KEY=VALUE, or KEY to pass this shell's value; repeatable
     #[arg(long = "env", short = 'e', value_name = "KEY[=VALUE]")]
     pub env: Vec<String>,
-    /// Size of /dev/shm (e.g. 2g; Azure ML's default is 2g)
+    /// Size of /dev/shm (e.g. 2g; Azure ML's default is 2g); with --azure, resources.shmSize
     #[arg(long, value_name = "SIZE", default_value = "2g", value_parser = parse_size)]
     pub shm_size: i64,
     /// Memory limit (e.g. 16g) [default: none]
@@ -559,6 +559,22 @@ pub struct AzureRunArgs {
     /// Environment name, when the source is an image reference
     #[arg(long, value_name = "NAME")]
     pub environment_name: Option<String>,
+    /// Job tier (queueSettings.jobTier): Spot (cheapest, may be preempted), Basic, Standard, Premium
+    #[arg(long, value_name = "TIER", value_parser = clap::value_parser!(azureml::options::Tier))]
+    pub tier: Option<azureml::options::Tier>,
+    /// Identity the job's code uses for data access: aml (the default), managed (the compute's),
+    /// user-identity (yours)
+    #[arg(long, value_name = "KIND", value_parser = ["aml", "managed", "user-identity"])]
+    pub identity: Option<String>,
+    /// Client id of a user-assigned managed identity (with --identity managed)
+    #[arg(long, value_name = "ID", requires = "identity")]
+    pub identity_client_id: Option<String>,
+    /// Email Azure ML notifies when the job ends; repeatable
+    #[arg(long, value_name = "ADDRESS")]
+    pub notify_email: Vec<String>,
+    /// When to email: any of completed, failed, canceled, comma-separated [default: all three]
+    #[arg(long, value_name = "WHEN", requires = "notify_email")]
+    pub notify_on: Option<String>,
     /// Submit and return without following the job
     #[arg(long, alias = "no-wait")]
     pub detach: bool,

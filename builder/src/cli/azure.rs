@@ -425,8 +425,10 @@ fn follow_job(
         max: Duration::from_millis(f.poll_max_ms.max(f.poll_min_ms).max(1)),
     };
     let mut studio: Option<String> = None;
+    let mut last = serde_json::Value::Null;
     let wait = ui().spinner(&format!("job {id}"));
     let end = job::follow(client, id, poll, &stop, &mut |s, j| {
+        last = j.clone();
         if studio.is_none() {
             if let Some(link) = job::studio_link(j) {
                 ui().message(&format!("job {id}: {link}"));
@@ -455,7 +457,13 @@ fn follow_job(
     match end {
         job::Followed::Done(s) if s == "Completed" => Ok(ExitCode::SUCCESS),
         job::Followed::Done(s) => {
-            ui().message(&format!("job {id} ended {s}"));
+            let timed_out = azureml::timeout::timeout_reached(&last);
+            match &timed_out {
+                Some(t) => ui().message(&format!(
+                    "job {id} ended {s}: timeout reached (limits.timeout {t})"
+                )),
+                None => ui().message(&format!("job {id} ended {s}")),
+            }
             match logs {
                 Some(endpoint) => match job::log_tail(client, endpoint, id, f.log_lines) {
                     Ok(t) if !t.is_empty() => {
@@ -467,6 +475,13 @@ fn follow_job(
                 None => ui().message(
                     "the log is in Azure ML studio: the job's Outputs + logs, user_logs/std_log.txt",
                 ),
+            }
+            if let Some(t) = timed_out {
+                return Err(Hinted::new(
+                    format!("Azure ML job {id} ended {s}: timeout reached (limits.timeout {t})"),
+                    "the service cancels a job that runs longer than its timeout; give more with --timeout (e.g. --timeout 6h)",
+                )
+                .into());
             }
             let message = format!("Azure ML job {id} ended with status {s}");
             if s == "Failed" {
@@ -483,6 +498,32 @@ fn follow_job(
     }
 }
 
+/// The job options of `run --azure`'s flags, checked before any request.
+fn job_options(
+    a: &super::args::AzureRunArgs,
+    shm_bytes: i64,
+) -> anyhow::Result<azureml::options::JobOptions> {
+    use azureml::options::{Identity, JobOptions, NotifyOn};
+    let o = JobOptions {
+        tier: a.tier,
+        identity: a
+            .identity
+            .as_deref()
+            .map(|k| Identity::parse(k, a.identity_client_id.as_deref()))
+            .transpose()?,
+        shm_size: Some(azureml::options::shm_size(shm_bytes.max(1) as u64)),
+        emails: a.notify_email.clone(),
+        email_on: a
+            .notify_on
+            .as_deref()
+            .map(NotifyOn::parse_list)
+            .transpose()?
+            .unwrap_or_default(),
+    };
+    o.check()?;
+    Ok(o)
+}
+
 /// `envbuild run --azure`: PUT the command job, then follow it unless detached.
 pub fn run(r: RunArgs) -> anyhow::Result<ExitCode> {
     let mut a = r.azure_args.clone();
@@ -491,6 +532,7 @@ pub fn run(r: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let (env_or_image, trainer_args, ws) = (&r.source, &r.args, &r.ws);
     let timeout = job::parse_timeout(&a.timeout)?;
+    let options = job_options(&a, r.shm_size)?;
     let client = client(ws)?;
     // An unknown compute stops here, before anything is built or submitted.
     if let Some(c) = &a.compute {
@@ -525,6 +567,7 @@ pub fn run(r: RunArgs) -> anyhow::Result<ExitCode> {
         timeout,
         tags: [("envbuild.environment".to_owned(), env_name)].into(),
         id: id.clone(),
+        options,
     };
     let submitted = job::submit(&client, &spec)?;
     ui().message(&format!("submitted job {id} ({})", job::status(&submitted)));
@@ -561,7 +604,12 @@ pub fn job(c: JobCommand) -> anyhow::Result<ExitCode> {
         }
         JobCommand::Cancel(a) => {
             let client = client(&a.ws)?;
-            job::cancel(&client, &a.id)?;
+            let pacing = azureml::lro::Pacing {
+                min: Duration::from_millis(a.pacing.poll_min_ms.max(1)),
+                max: Duration::from_millis(a.pacing.poll_max_ms.max(a.pacing.poll_min_ms).max(1)),
+                ..Default::default()
+            };
+            job::cancel_with(&client, &a.id, pacing)?;
             ui().message(&format!("cancel requested for job {}", a.id));
             if a.format.json() {
                 print_json(&serde_json::json!({ "id": a.id, "cancel_requested": true }))?;

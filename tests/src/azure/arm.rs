@@ -10,7 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Value};
 
-use super::{now_rfc3339, Asset, Job, Shared, API_VERSIONS};
+use super::job_ops::{job_cancel, job_reput, operation_result};
+use super::storage::artifact;
+use super::{now_rfc3339, schema, Asset, Job, Shared, API_VERSIONS};
 
 const PROVIDER: &str = "Microsoft.MachineLearningServices";
 
@@ -128,6 +130,10 @@ async fn handle(
         if let Ok(v) = HeaderValue::from_str(&l) {
             h.insert("location", v);
         }
+        // A long-running operation's 202: Retry-After in seconds, 10 to 600 in the spec.
+        if reply.status == StatusCode::ACCEPTED {
+            h.insert("retry-after", HeaderValue::from_static("10"));
+        }
     }
     for (k, v) in reply.headers {
         if let Ok(v) = HeaderValue::from_str(&v) {
@@ -145,13 +151,45 @@ fn dispatch(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Reply {
-    let reply = dispatch_inner(sh, method, path, query, headers, body);
+    let reply = check_answer(
+        sh,
+        method,
+        path,
+        dispatch_inner(sh, method, path, query, headers, body),
+    );
     sh.state
         .lock()
         .unwrap()
         .log
         .push((method.to_string(), path.to_owned(), reply.status.as_u16()));
     reply
+}
+
+/// Every answer is checked against its REST definition (errors against ErrorResponse); one that
+/// breaks it is recorded and becomes a 500, so the test that met it fails.
+fn check_answer(sh: &Shared, method: &Method, path: &str, reply: Reply) -> Reply {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let definition = if reply.error {
+        Some("ErrorResponse")
+    } else if parts.len() > 8 && parts[6].eq_ignore_ascii_case("workspaces") {
+        schema::answer_definition(method.as_str(), &parts[8..])
+    } else {
+        None
+    };
+    let (Some(d), Some(b)) = (definition, &reply.body) else {
+        return reply;
+    };
+    let problems = schema::problems(d, b);
+    if problems.is_empty() {
+        return reply;
+    }
+    let m = format!(
+        "the stand-in's answer to {method} {path} is not a valid {d}: {}",
+        problems.join("; ")
+    );
+    eprintln!("{m}");
+    sh.state.lock().unwrap().spec_violations.push(m.clone());
+    gateway(500, "StandInSpecViolation", &m)
 }
 
 fn dispatch_inner(
@@ -162,6 +200,10 @@ fn dispatch_inner(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Reply {
+    // The job logs live in the workspace's storage, which takes storage tokens, not ARM's.
+    if let Some(rest) = path.strip_prefix("/artifacts/") {
+        return artifact(sh, method, rest, headers);
+    }
     // 1. The bearer token (ARM checks it before anything else).
     let auth = headers
         .get("authorization")
@@ -192,9 +234,6 @@ fn dispatch_inner(
             "InvalidAuthenticationToken",
             "The access token is invalid.",
         );
-    }
-    if let Some(rest) = path.strip_prefix("/artifacts/") {
-        return artifact(sh, method, rest);
     }
     // 2. api-version.
     let api = query
@@ -236,8 +275,16 @@ fn dispatch_inner(
     if let Some(r) = super::location::subscription_scope(sh, method, path, api) {
         return r;
     }
-    // 4. The workspace.
+    // 4. The workspace (or a long-running operation's Location).
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if let ["subscriptions", _, "providers", p, "locations", _, "mfeOperationResults", op] =
+        parts.as_slice()
+    {
+        if p.eq_ignore_ascii_case(PROVIDER) && method == Method::GET {
+            let url = format!("{}{path}?api-version={api}", sh.base_url.lock().unwrap());
+            return operation_result(sh, op, url);
+        }
+    }
     if parts.len() < 8
         || !parts[0].eq_ignore_ascii_case("subscriptions")
         || !parts[2].eq_ignore_ascii_case("resourceGroups")
@@ -277,15 +324,20 @@ fn dispatch_inner(
     let ws_id =
         format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/{PROVIDER}/workspaces/{ws}");
     let rest = &parts[8..];
+    // A body is JSON, and what its REST definition allows (400 UserError naming the field).
     let json_body = || -> Result<Value, Reply> {
-        serde_json::from_slice(body).map_err(|e| {
+        let v: Value = serde_json::from_slice(body).map_err(|e| {
             rp_error(
                 sh,
                 400,
                 "UserError",
                 &format!("The request body is not valid JSON: {e}"),
             )
-        })
+        })?;
+        match schema::request_definition(rest).and_then(|d| schema::refusal(d, &v)) {
+            Some(m) => Err(rp_error(sh, 400, "UserError", &m)),
+            None => Ok(v),
+        }
     };
     let url = format!("{}{path}", sh.base_url.lock().unwrap());
     match (method.as_str(), rest) {
@@ -322,7 +374,13 @@ fn dispatch_inner(
             Ok(b) => job_put(sh, &ws_id, id, &b, url),
             Err(r) => r,
         },
-        ("POST", ["jobs", id, "cancel"]) => job_cancel(sh, &ws_id, id),
+        ("POST", ["jobs", id, "cancel"]) => {
+            let ops = format!(
+                "{}/subscriptions/{sub}/providers/{PROVIDER}/locations/eastus/mfeOperationResults",
+                sh.base_url.lock().unwrap()
+            );
+            job_cancel(sh, &ws_id, id, &ops, api)
+        }
         _ => gateway(
             404,
             "NotFound",
@@ -331,7 +389,7 @@ fn dispatch_inner(
     }
 }
 
-fn not_found(sh: &Shared, kind: &str, name: &str) -> Reply {
+pub(super) fn not_found(sh: &Shared, kind: &str, name: &str) -> Reply {
     let what = match kind {
         "environments" => "Environment",
         "models" => "Model",
@@ -417,7 +475,7 @@ fn version_get(sh: &Shared, ws_id: &str, kind: &str, name: &str, v: &str) -> Rep
     }
 }
 
-fn valid_name(s: &str) -> bool {
+pub(super) fn valid_name(s: &str) -> bool {
     let mut c = s.chars();
     matches!(c.next(), Some(x) if x.is_ascii_alphanumeric())
         && s.len() <= 255
@@ -701,8 +759,8 @@ fn job_put(sh: &Arc<Shared>, ws_id: &str, id: &str, b: &Value, url: String) -> R
         ));
     }
     let key = format!("{ws_id}/jobs/{id}");
-    if let Some(j) = sh.state.lock().unwrap().jobs.get(&key) {
-        return ok(200, j.body.clone());
+    if sh.state.lock().unwrap().jobs.contains_key(&key) {
+        return job_reput(sh, &key, id, b);
     }
     let p = &b["properties"];
     if p["jobType"] != "Command" {
@@ -804,6 +862,11 @@ fn job_put(sh: &Arc<Shared>, ws_id: &str, id: &str, b: &Value, url: String) -> R
     });
     let dir = sh.job_dir(id);
     let _ = std::fs::create_dir_all(dir.join("user_logs"));
+    sh.state
+        .lock()
+        .unwrap()
+        .job_requests
+        .insert(key.clone(), b.clone());
     sh.state.lock().unwrap().jobs.insert(
         key.clone(),
         Job {
@@ -833,65 +896,6 @@ pub(crate) fn placeholders(command: &str) -> Vec<String> {
         }
     }
     out
-}
-
-fn job_cancel(sh: &Shared, ws_id: &str, id: &str) -> Reply {
-    let key = format!("{ws_id}/jobs/{id}");
-    let mut st = sh.state.lock().unwrap();
-    let Some(j) = st.jobs.get_mut(&key) else {
-        drop(st);
-        return not_found(sh, "jobs", id);
-    };
-    let status = j.body["properties"]["status"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
-    // NotResponding is not terminal: the spec's JobStatus lets such a run come back.
-    if ["Completed", "Failed", "Canceled", "Paused"].contains(&status.as_str()) {
-        drop(st);
-        return rp_error(
-            sh,
-            400,
-            "UserError",
-            &format!("Job {id} is in terminal state {status} and cannot be canceled."),
-        );
-    }
-    j.cancel = true;
-    j.body["properties"]["status"] = json!("CancelRequested");
-    Reply {
-        status: StatusCode::ACCEPTED,
-        body: None,
-        error: false,
-        gateway: false,
-        location: None,
-        text: None,
-        headers: Vec::new(),
-    }
-}
-
-/// `GET /artifacts/ExperimentRun/dcid.ID/user_logs/std_log.txt`.
-fn artifact(sh: &Shared, method: &Method, rest: &str) -> Reply {
-    let Some(r) = rest.strip_prefix("ExperimentRun/dcid.") else {
-        return gateway(404, "NotFound", "No such artifact.");
-    };
-    let Some((id, file)) = r.split_once('/') else {
-        return gateway(404, "NotFound", "No such artifact.");
-    };
-    if method != Method::GET || file != "user_logs/std_log.txt" || !valid_name(id) {
-        return gateway(404, "NotFound", "No such artifact.");
-    }
-    match std::fs::read_to_string(sh.job_dir(id).join("user_logs/std_log.txt")) {
-        Ok(t) => Reply {
-            status: StatusCode::OK,
-            body: None,
-            error: false,
-            gateway: false,
-            location: None,
-            text: Some(t),
-            headers: Vec::new(),
-        },
-        Err(_) => gateway(404, "NotFound", "No such artifact."),
-    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,10 @@ mod arm;
 pub mod compute;
 mod listing;
 mod location;
+mod job_ops;
 mod runner;
+mod schema;
+mod storage;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -51,6 +54,13 @@ pub struct State {
     /// Jobs that go NotResponding for a while once Running, then come back to Running (the
     /// REST spec's JobStatus: a run can go from NotResponding back to any earlier state).
     pub not_responding: BTreeSet<String>,
+    /// Answers the stand-in gave that broke the REST definitions (tests/data/azureml-*): each
+    /// was turned into a 500, and a stand-in with any panics when dropped.
+    pub spec_violations: Vec<String>,
+    /// Each job's request body as PUT (what a re-PUT is compared with).
+    pub(crate) job_requests: BTreeMap<String, Value>,
+    /// Long-running operations (cancel): operation id → job key.
+    pub(crate) operations: BTreeMap<String, String>,
 }
 
 /// An asset container (environment or model) with its versions, by workspace-relative key.
@@ -82,6 +92,9 @@ impl std::fmt::Debug for State {
 pub struct Shared {
     pub state: Mutex<State>,
     pub check: TokenCheck,
+    /// Which bearer tokens the log endpoint (the workspace's storage) takes: storage-scoped
+    /// ones (`https://storage.azure.com/.default`); None takes none.
+    pub storage_check: Mutex<Option<TokenCheck>>,
     pub jobs_dir: PathBuf,
     pub base_url: Mutex<String>,
     pub(crate) counter: AtomicU64,
@@ -110,8 +123,12 @@ impl Shared {
                 pull_credentials: None,
                 pulled: BTreeSet::new(),
                 not_responding: BTreeSet::new(),
+                spec_violations: Vec::new(),
+                job_requests: BTreeMap::new(),
+                operations: BTreeMap::new(),
             }),
             check,
+            storage_check: Mutex::new(None),
             jobs_dir,
             base_url: Mutex::new(String::new()),
             counter: AtomicU64::new(1),
@@ -220,12 +237,23 @@ impl AzureStandIn {
         }
     }
 
-    /// Accepts the ARM tokens the Entra stand-in issued (and nothing else).
+    /// Accepts the ARM tokens the Entra stand-in issued (and nothing else); its log endpoint,
+    /// the storage tokens.
     pub fn with_entra(entra: &crate::entra::Entra) -> AzureStandIn {
         let verify = entra.verifier();
-        AzureStandIn::start(Arc::new(move |t: &str| {
+        let storage = verify.clone();
+        let arm = AzureStandIn::start(Arc::new(move |t: &str| {
             verify(t).is_some_and(|i| i.scope.starts_with("https://management.azure.com"))
-        }))
+        }));
+        *arm.shared.storage_check.lock().unwrap() = Some(Arc::new(move |t: &str| {
+            storage(t).is_some_and(|i| i.scope.starts_with("https://storage.azure.com"))
+        }));
+        arm
+    }
+
+    /// Answers that broke the REST definitions so far (each was answered 500).
+    pub fn spec_violations(&self) -> Vec<String> {
+        self.shared.state.lock().unwrap().spec_violations.clone()
     }
 
     /// The endpoint that serves job logs (`ENVBUILD_AZUREML_LOGS_ENDPOINT`).
@@ -323,6 +351,14 @@ impl Drop for AzureStandIn {
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .status();
+        }
+        // Loud, after the clean-up: a stand-in that answered against the definitions.
+        let violations = self.spec_violations();
+        if !violations.is_empty() && !std::thread::panicking() {
+            panic!(
+                "the Azure stand-in answered against the REST definitions:\n{}",
+                violations.join("\n")
+            );
         }
     }
 }

@@ -312,7 +312,7 @@ async fn run(sh: Arc<Shared>, key: String, image: String) {
                 );
                 None
             }
-            Ok(()) => Some(watch(&docker, &sh, &key, &names, &dir).await),
+            Ok(()) => Some(watch(&docker, &sh, &key, &names, &dir, limit(p)).await),
         }
     };
     for name in &names {
@@ -339,6 +339,14 @@ async fn run(sh: Arc<Shared>, key: String, image: String) {
     } else {
         "Failed"
     });
+}
+
+/// `limits.timeout` (ISO 8601): the service cancels a job that runs longer (JobLimits).
+fn limit(p: &serde_json::Value) -> Option<std::time::Duration> {
+    p["limits"]["timeout"]
+        .as_str()
+        .and_then(envbuild::azureml::timeout::duration_secs)
+        .map(std::time::Duration::from_secs_f64)
 }
 
 /// (nodes, processes per node) of a job: `resources.instanceCount` (default 1) and the PyTorch
@@ -377,13 +385,15 @@ fn distribution_env(world: usize, rank: usize, per_node: usize) -> Vec<String> {
 
 /// Streams each process's logs (rank 0 into user_logs/std_log.txt, rank R into
 /// std_log_process_R.txt) and waits for every exit; the first non-zero code is the job's, and
-/// the other processes are killed then (the service fails the whole job). A cancel kills all.
+/// the other processes are killed then (the service fails the whole job). A cancel kills all,
+/// and so does reaching `timeout` (the job's limits.timeout), which cancels the job.
 async fn watch(
     docker: &Docker,
     sh: &Arc<Shared>,
     key: &str,
     names: &[String],
     dir: &std::path::Path,
+    timeout: Option<std::time::Duration>,
 ) -> i64 {
     let mut logs = Vec::new();
     for (rank, name) in names.iter().enumerate() {
@@ -419,9 +429,16 @@ async fn watch(
     }
     let sh2 = sh.clone();
     let (docker3, names3, key3) = (docker.clone(), names.to_vec(), key.to_owned());
+    let (started, dir3) = (std::time::Instant::now(), dir.to_path_buf());
     let killer = tokio::spawn(async move {
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            if timeout.is_some_and(|t| started.elapsed() >= t) {
+                log_line(&dir3, "Job reached its limits.timeout and was canceled.");
+                if let Some(j) = sh2.state.lock().unwrap().jobs.get_mut(&key3) {
+                    j.cancel = true;
+                }
+            }
             if canceled(&sh2, &key3) {
                 for n in &names3 {
                     let _ = docker3
