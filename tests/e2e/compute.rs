@@ -178,6 +178,7 @@ fn compute_list_show_and_status_say_what_bills_and_at_what_price() {
     assert_eq!(by("nd-cluster")["price"], Value::Null);
     assert_eq!(by("ci-stopped")["bills"], json!(false));
     assert_eq!(by("ci-stopped")["idle"], "PT30M");
+    insta::assert_snapshot!("compute_list_json", envbuild_e2e::json_shape(&v));
 
     let (code, out, err) = cli(&entra, &arm, &["compute", "show", "gpu-cluster"]);
     assert_eq!(code, 0, "{err}");
@@ -191,6 +192,15 @@ fn compute_list_show_and_status_say_what_bills_and_at_what_price() {
     );
     assert!(out.contains("bills now:     yes (2 VMs)"), "{out}");
     assert_eq!(count(&arm, "POST", "/computes/gpu-cluster/listNodes"), 1);
+    let (code, out, err) = cli(&entra, &arm, &["compute", "show", "gpu-cluster", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["nodes"], json!({"current": 2, "min": 1, "max": 4}));
+    assert_eq!(
+        v["node_states"][0],
+        json!({"id": "tvm-1_1-20260101t000000z", "state": "running", "run": "job-a"})
+    );
+    insta::assert_snapshot!("compute_show_json", envbuild_e2e::json_shape(&v));
 
     // Five jobs, three pages; the ended ones are not listed.
     arm.seed_job("job-a", "Running", Some("gpu-cluster"));
@@ -257,6 +267,7 @@ fn compute_list_show_and_status_say_what_bills_and_at_what_price() {
         .map(|b| b["name"].as_str().unwrap())
         .collect();
     assert_eq!(billed, ["ci-forgotten", "gpu-cluster", "nd-cluster"]);
+    insta::assert_snapshot!("status_json", envbuild_e2e::json_shape(&v));
 }
 
 #[test]

@@ -44,7 +44,7 @@ pub struct ListArgs {
 pub struct ComputeArgs {
     /// Compute name
     pub name: String,
-    // With --json: list's document for it, plus nodes: [{id, state, run}]
+    // With --json: list's document for it, plus node_states: [{id, state, run}]
     #[command(flatten)]
     pub format: FormatArgs,
     #[command(flatten)]
@@ -202,7 +202,7 @@ fn show(a: ComputeArgs) -> anyhow::Result<ExitCode> {
     };
     if a.format.json() {
         let mut d = doc(&c, &sizes);
-        d["nodes"] = json!(nodes);
+        d["node_states"] = json!(nodes);
         print_json(&d)?;
         return Ok(ExitCode::SUCCESS);
     }
