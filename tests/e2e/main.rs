@@ -7,6 +7,7 @@ mod azure;
 mod build;
 mod cli;
 mod hostile;
+mod mlflow;
 mod ranks;
 mod registry;
 mod run;
