@@ -79,6 +79,11 @@ pub struct Tracker {
 impl Tracker {
     /// Starts the tracker's thread, which finds or creates the run and logs `params` at once.
     pub fn start(settings: Settings, params: Vec<Param>) -> Tracker {
+        Tracker::spawn(settings, params, worker::BUDGET)
+    }
+
+    /// [`Tracker::start`] with another retry budget per flush (shorter in tests).
+    fn spawn(settings: Settings, params: Vec<Param>, budget: Duration) -> Tracker {
         let (tx, rx) = mpsc::channel();
         let (note_tx, notes) = mpsc::channel();
         let (done_tx, done) = mpsc::channel();
@@ -89,7 +94,7 @@ impl Tracker {
             settings.auth.clone(),
             cutoff.clone(),
         );
-        let worker = Worker::new(client, settings, params, note_tx);
+        let worker = Worker::new(client, settings, params, note_tx, budget);
         std::thread::Builder::new()
             .name("mlflow".into())
             .spawn(move || {
@@ -152,6 +157,19 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn epoch(epoch: u32) -> EpochMetrics {
+        EpochMetrics {
+            epoch,
+            train_loss: 1.0,
+            test_loss: 1.0,
+            test_accuracy: 0.5,
+            seconds: 1.0,
+            train_seconds: 1.0,
+            images_per_second: 10.0,
+            device: "cpu".into(),
+        }
+    }
 
     fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
         move |k| {
@@ -225,17 +243,8 @@ mod tests {
             .unwrap();
         let t = Tracker::start(s, vec![Param::new("lr", 0.001)]);
         let start = Instant::now();
-        for epoch in 1..=3 {
-            t.log_epoch(&EpochMetrics {
-                epoch,
-                train_loss: 1.0,
-                test_loss: 1.0,
-                test_accuracy: 0.5,
-                seconds: 1.0,
-                train_seconds: 1.0,
-                images_per_second: 10.0,
-                device: "cpu".into(),
-            });
+        for e in 1..=3 {
+            t.log_epoch(&epoch(e));
         }
         assert!(
             start.elapsed() < Duration::from_millis(100),
@@ -254,5 +263,106 @@ mod tests {
                 && all.contains("(connection refused); no run could be opened there;"),
             "{all}"
         );
+    }
+
+    /// A minimal HTTP server on `port` answering MLflow's calls (a run id for `runs/create`,
+    /// `{}` for the rest) and recording each request's path and body.
+    fn fake_mlflow(port: u16) -> std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>> {
+        use std::io::{Read, Write};
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let record = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && c.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                let mut body = vec![0u8; len];
+                let _ = c.read_exact(&mut body);
+                let path = head
+                    .split(' ')
+                    .nth(1)
+                    .unwrap_or_default()
+                    .split('?')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let answer = if path.ends_with("/runs/create") {
+                    r#"{"run":{"info":{"run_id":"r1"}}}"#
+                } else {
+                    "{}"
+                };
+                record
+                    .lock()
+                    .unwrap()
+                    .push((path, String::from_utf8_lossy(&body).to_string()));
+                let _ = write!(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}", answer.len());
+            }
+        });
+        seen
+    }
+
+    #[test]
+    fn a_server_that_comes_back_gets_the_held_epochs() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let uri = format!("http://127.0.0.1:{port}");
+        let s = Settings::from_env(move |k| (k == "MLFLOW_TRACKING_URI").then(|| uri.clone()))
+            .unwrap()
+            .unwrap();
+        let t = Tracker::spawn(s, vec![Param::new("lr", 0.001)], Duration::from_millis(300));
+        t.log_epoch(&epoch(1));
+        let mut notes = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !notes.iter().any(|n: &String| n.contains("is unreachable")) {
+            assert!(Instant::now() < deadline, "no outage seen: {notes:?}");
+            std::thread::sleep(Duration::from_millis(50));
+            notes.extend(t.notes());
+        }
+        let seen = fake_mlflow(port);
+        t.log_epoch(&epoch(2));
+        notes.extend(t.finish(true, Duration::from_secs(5)));
+        let all = notes.join("\n");
+        assert!(
+            all.contains("answers again") && !all.contains("not sent"),
+            "{all}"
+        );
+        let seen = seen.lock().unwrap().clone();
+        let paths: Vec<&str> = seen
+            .iter()
+            .map(|(p, _)| p.trim_start_matches("/api/2.0/mlflow/"))
+            .collect();
+        assert_eq!(paths[..2], ["runs/create", "runs/log-batch"], "{seen:?}");
+        assert_eq!(paths.last(), Some(&"runs/update"), "{seen:?}");
+        assert!(seen.last().unwrap().1.contains("FINISHED"), "{seen:?}");
+        // Epoch 1, held while the server was away, and epoch 2: each value once, in order.
+        let steps: Vec<i64> = seen[2..seen.len() - 1]
+            .iter()
+            .flat_map(|(_, body)| {
+                let v: serde_json::Value = serde_json::from_str(body).unwrap();
+                v["metrics"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m["step"].as_i64().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(steps, [1, 1, 1, 1, 2, 2, 2, 2]);
     }
 }

@@ -10,7 +10,7 @@ use super::client::{Client, Failure};
 use super::{now_ms, Experiment, Settings};
 
 /// How long a batch may be retried while the server answers.
-const BUDGET: Duration = Duration::from_secs(10);
+pub(super) const BUDGET: Duration = Duration::from_secs(10);
 /// How long one try may take once the server was found unreachable (one warning, then one
 /// quick try per epoch until it answers again).
 const BUDGET_WHEN_DOWN: Duration = Duration::from_secs(2);
@@ -22,6 +22,8 @@ pub(super) enum Msg {
 
 /// The tracker's thread: the run, what is still to send, and what became of it.
 pub(super) struct Worker {
+    /// How long a flush may retry while the server answers ([`BUDGET`]).
+    budget: Duration,
     client: Client,
     settings: Settings,
     run: Option<String>,
@@ -45,8 +47,10 @@ impl Worker {
         settings: Settings,
         params: Vec<Param>,
         notes: mpsc::Sender<String>,
+        budget: Duration,
     ) -> Worker {
         Worker {
+            budget,
             client,
             settings,
             run: None,
@@ -63,7 +67,7 @@ impl Worker {
     }
 
     pub(super) fn run(mut self, rx: mpsc::Receiver<Msg>) {
-        self.flush(Instant::now() + BUDGET);
+        self.flush(Instant::now() + self.budget);
         while let Ok(msg) = rx.recv() {
             let mut finish = None;
             let mut next = Some(msg);
@@ -85,7 +89,7 @@ impl Worker {
             let budget = if self.down.is_some() {
                 BUDGET_WHEN_DOWN
             } else {
-                BUDGET
+                self.budget
             };
             self.flush(Instant::now() + budget);
         }
