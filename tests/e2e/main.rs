@@ -9,6 +9,7 @@ mod build;
 mod cli;
 mod compute;
 mod hostile;
+mod mlflow;
 mod ranks;
 mod registry;
 mod run;

@@ -14,6 +14,12 @@ use clap::{Parser, ValueEnum};
 /// epoch, seed), metrics.jsonl (one JSON object per epoch), and at the end model.safetensors and
 /// summary.json. Every file is written to a temporary name and renamed, so a killed run never
 /// leaves a half-written file; --resume continues from the last complete epoch.
+///
+/// When MLFLOW_TRACKING_URI is set (Azure ML jobs set it), the parameters and each epoch's
+/// metrics also go to that MLflow tracking server (http, https or azureml://; MLFLOW_RUN_ID,
+/// MLFLOW_EXPERIMENT_ID or MLFLOW_EXPERIMENT_NAME, MLFLOW_TRACKING_TOKEN or
+/// MLFLOW_TRACKING_USERNAME/PASSWORD as MLflow reads them); a tracking outage is a warning,
+/// never an error.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "trainer", version, about, long_about)]
 pub struct Args {

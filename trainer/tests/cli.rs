@@ -241,6 +241,7 @@ fn help_teaches_the_data_layout() {
         "--limit-train",
         "--resume",
         "auto",
+        "MLFLOW_TRACKING_URI",
     ] {
         assert!(text.contains(want), "help lacks {want}");
     }
