@@ -344,6 +344,7 @@ fn job_options_reach_the_body_and_bad_ones_are_refused_before_any_request() {
     );
     let (code, _, err) = go(&entra, &arm, c);
     assert_eq!(code, 0, "{err}");
+    assert!(err.contains("job opts-job canceled"), "{err}");
     let reqs = arm.requests();
     assert!(
         reqs.iter()

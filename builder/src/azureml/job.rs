@@ -262,16 +262,18 @@ pub fn get(client: &Client, id: &str) -> Result<Value, AzureError> {
 /// POST cancel: 200, or 202 whose `Location` is followed until the cancel is done (Jobs_Cancel
 /// is long-running, `final-state-via: location`), at the default pacing.
 pub fn cancel(client: &Client, id: &str) -> Result<(), AzureError> {
-    cancel_with(client, id, lro::Pacing::default())
+    cancel_with(client, id, lro::Pacing::default()).map(drop)
 }
 
-/// [`cancel`] at `pacing` (Retry-After capped at `pacing.max`).
-pub fn cancel_with(client: &Client, id: &str, pacing: lro::Pacing) -> Result<(), AzureError> {
+/// [`cancel`] at `pacing` (Retry-After capped at `pacing.max`); true when the service took it
+/// as a long-running operation and envbuild followed it to its end.
+pub fn cancel_with(client: &Client, id: &str, pacing: lro::Pacing) -> Result<bool, AzureError> {
     let r = client.ws(Method::POST, &format!("jobs/{id}/cancel"), None)?;
-    if r.status == 202 {
-        lro::follow(client, r, pacing)?;
+    if r.status != 202 {
+        return Ok(false);
     }
-    Ok(())
+    lro::follow(client, r, pacing)?;
+    Ok(true)
 }
 
 pub fn status(job: &Value) -> &str {

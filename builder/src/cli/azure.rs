@@ -609,8 +609,11 @@ pub fn job(c: JobCommand) -> anyhow::Result<ExitCode> {
                 max: Duration::from_millis(a.pacing.poll_max_ms.max(a.pacing.poll_min_ms).max(1)),
                 ..Default::default()
             };
-            job::cancel_with(&client, &a.id, pacing)?;
-            ui().message(&format!("cancel requested for job {}", a.id));
+            if job::cancel_with(&client, &a.id, pacing)? {
+                ui().message(&format!("job {} canceled", a.id));
+            } else {
+                ui().message(&format!("cancel requested for job {}", a.id));
+            }
             if a.format.json() {
                 print_json(&serde_json::json!({ "id": a.id, "cancel_requested": true }))?;
             }
