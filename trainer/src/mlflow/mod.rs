@@ -199,7 +199,8 @@ mod tests {
         .unwrap();
         assert_eq!(s.experiment, Experiment::Name("mnist".into()));
         assert_eq!(s.run_id.as_deref(), Some("abc"));
-        // An id wins over a name, as in mlflow.tracking.fluent._get_experiment_id.
+        // An id wins over a name and saves a lookup (in Azure ML both name the same experiment;
+        // MLflow's own _get_experiment_id_from_env looks the name up and refuses a different id).
         let s = Settings::from_env(env(&[
             ("MLFLOW_TRACKING_URI", "http://h:5000"),
             ("MLFLOW_EXPERIMENT_NAME", "mnist"),
