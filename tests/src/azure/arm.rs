@@ -271,11 +271,7 @@ fn dispatch_inner(
             );
         }
     }
-    // Resources under the subscription, not a workspace (vmSizes, compute operations).
-    if let Some(r) = super::location::subscription_scope(sh, method, path, api) {
-        return r;
-    }
-    // 4. The workspace (or a long-running operation's Location).
+    // A job cancel's Location (a long-running operation's result).
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     if let ["subscriptions", _, "providers", p, "locations", _, "mfeOperationResults", op] =
         parts.as_slice()
@@ -285,6 +281,11 @@ fn dispatch_inner(
             return operation_result(sh, op, url);
         }
     }
+    // Other resources under the subscription, not a workspace (vmSizes, compute operations).
+    if let Some(r) = super::location::subscription_scope(sh, method, path, api) {
+        return r;
+    }
+    // 4. The workspace.
     if parts.len() < 8
         || !parts[0].eq_ignore_ascii_case("subscriptions")
         || !parts[2].eq_ignore_ascii_case("resourceGroups")
