@@ -6,6 +6,9 @@ pub mod environment;
 pub mod error;
 pub mod job;
 pub mod model;
+pub mod search_space;
+pub mod sweep;
+pub mod trials;
 pub mod workspace;
 
 use std::fmt;

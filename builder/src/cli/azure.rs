@@ -4,23 +4,17 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
-use envbuild::auth::entra::{EntraChain, EntraError};
-use envbuild::auth::Secret;
-use envbuild::azureml::{self, environment, job, model, Client, TokenSource};
+use envbuild::azureml::{environment, job, model, Client};
 use envbuild::error::Hinted;
 use envbuild::registry::Reference;
 
-use super::args::{
-    print_json, CacheArgs, FollowArgs, FormatArgs, PublishArgs, RunArgs, TransportArgs,
-    WorkspaceArgs,
-};
+use super::args::azure::{client, detach_on_ctrl_c, env_name, environment_for_run, source, Source};
+use super::args::{print_json, FollowArgs, FormatArgs, PublishArgs, RunArgs, WorkspaceArgs};
 use super::ui::ui;
 use super::Stderr;
 
@@ -129,56 +123,6 @@ pub struct ModelArgs {
     pub ws: WorkspaceArgs,
 }
 
-/// ARM tokens from the credential chain (azure_identity: workload identity or client secret,
-/// managed identity, developer tools).
-fn arm_tokens(ws: &WorkspaceArgs) -> anyhow::Result<Box<dyn TokenSource>> {
-    Ok(Box::new(ChainTokens(EntraChain::from_env(
-        ws.azure_ca_file.as_deref(),
-    )?)))
-}
-
-struct ChainTokens(EntraChain);
-
-impl TokenSource for ChainTokens {
-    fn token(&self, scope: &str) -> Result<Secret, EntraError> {
-        self.0.token(scope).map(|t| t.secret)
-    }
-}
-
-/// The workspace and a client for it.
-pub fn client(ws: &WorkspaceArgs) -> anyhow::Result<Client> {
-    let cwd = std::env::current_dir().context("current directory")?;
-    let config = ws
-        .config
-        .clone()
-        .or_else(|| azureml::workspace::find_config(&cwd));
-    let workspace = azureml::workspace::resolve(
-        azureml::workspace::Partial {
-            subscription_id: ws.subscription.clone(),
-            resource_group: ws.resource_group.clone(),
-            workspace_name: ws.workspace.clone(),
-        },
-        azureml::workspace::from_env(|k| std::env::var(k).ok()),
-        config.as_deref(),
-    )?;
-    let settings = ws.settings()?;
-    Ok(Client::new(workspace, settings, arm_tokens(ws)?)?)
-}
-
-/// What a source names: an image by digest, or an environment file.
-enum Source {
-    Image(String),
-    File(PathBuf),
-}
-
-fn source(s: &str) -> Source {
-    if Path::new(s).is_file() || s.ends_with(".toml") {
-        Source::File(s.into())
-    } else {
-        Source::Image(s.to_owned())
-    }
-}
-
 /// An environment file's image: built from the cache, at `repository` (or its publish section),
 /// checked to be in the registry. Returns the pinned reference and the file's metadata.
 fn pushed_image_of(
@@ -275,16 +219,6 @@ fn print_result(format: &FormatArgs, doc: &serde_json::Value) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
-fn env_name(
-    flag: &Option<String>,
-    env: Option<&envbuild::spec::Environment>,
-) -> anyhow::Result<String> {
-    flag.clone()
-        .or_else(|| env.and_then(|e| e.publish.azureml_environment.clone()))
-        .or_else(|| env.map(|e| e.name.clone()))
-        .context("no environment name: pass --name")
-}
-
 pub fn register(a: RegisterArgs) -> anyhow::Result<ExitCode> {
     let (image, env, sbom) = match source(&a.source) {
         Source::Image(i) => (i, None, None),
@@ -363,78 +297,6 @@ pub fn deploy(a: DeployArgs) -> anyhow::Result<ExitCode> {
     let mut doc = register_version(&client, &version, &a.emit_yaml)?;
     doc["push"] = serde_json::to_value(&report)?;
     print_result(&a.format, &doc)
-}
-
-/// The environment version's ARM id and name for a run source.
-fn environment_for_run(
-    client: &Client,
-    src: &str,
-    a: &super::args::AzureRunArgs,
-    cache: &CacheArgs,
-    transport: &TransportArgs,
-) -> anyhow::Result<(String, String)> {
-    let ws = client.workspace.arm_id();
-    if let Some(rest) = src.strip_prefix("azureml:") {
-        let (name, version) = rest
-            .split_once(':')
-            .with_context(|| format!("`{src}`: give azureml:NAME:VERSION (ARM has no @latest)"))?;
-        return Ok((
-            format!("{ws}/environments/{name}/versions/{version}"),
-            name.to_owned(),
-        ));
-    }
-    let (name, version) = match source(src) {
-        Source::File(f) => {
-            let (env, built) = envbuild::build::build_file(
-                &f,
-                &cache.open()?,
-                &transport.build(None, false)?,
-                &mut Stderr,
-            )?;
-            (
-                env_name(&a.environment_name, Some(&env))?,
-                environment::version_for(&built.image.digest),
-            )
-        }
-        Source::Image(i) => {
-            let name = a
-                .environment_name
-                .clone()
-                .context("an image source needs --environment-name (the registered environment)")?;
-            let v = environment::EnvironmentVersion::new(&name, &i, None, None)?;
-            (name, v.version)
-        }
-    };
-    let path = format!("environments/{name}/versions/{version}");
-    if client.get_opt(&path)?.is_none() {
-        return Err(Hinted::new(
-            format!(
-                "environment {name} version {version} is not registered in workspace {}",
-                client.workspace.name
-            ),
-            format!("`envbuild deploy {src}` builds, pushes and registers it"),
-        )
-        .into());
-    }
-    Ok((format!("{ws}/{path}"), name))
-}
-
-/// Sets the flag on the first Ctrl-C (the job keeps running; we only stop following).
-fn detach_on_ctrl_c() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let f = flag.clone();
-    std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        if rt.block_on(tokio::signal::ctrl_c()).is_ok() {
-            f.store(true, Ordering::SeqCst);
-        }
-    });
-    flag
 }
 
 /// A job's document for --json: {id, status, studio}.
@@ -525,8 +387,13 @@ pub fn run(r: RunArgs) -> anyhow::Result<ExitCode> {
     let (env_or_image, trainer_args, ws) = (&r.source, &r.args, &r.ws);
     let timeout = job::parse_timeout(&a.timeout)?;
     let client = client(ws)?;
-    let (environment_id, env_name) =
-        environment_for_run(&client, env_or_image, &a, &r.cache, &r.transport)?;
+    let (environment_id, env_name) = environment_for_run(
+        &client,
+        env_or_image,
+        &a.environment_name,
+        &r.cache,
+        &r.transport,
+    )?;
     let inputs: BTreeMap<String, String> = a.input.iter().cloned().collect();
     let id = a
         .job_name

@@ -11,6 +11,7 @@ mod registry;
 mod run;
 mod sbom;
 mod shell;
+mod sweep;
 pub mod ui;
 
 use std::process::ExitCode;
@@ -66,6 +67,8 @@ pub enum Command {
     /// Follow or cancel Azure ML jobs
     #[command(subcommand)]
     Job(azure::JobCommand),
+    /// Search the trainer's hyperparameters with an Azure ML sweep job, trial by trial
+    Sweep(Box<sweep::SweepArgs>),
     /// Register Azure ML models from job outputs
     #[command(subcommand)]
     Model(azure::ModelCommand),
@@ -101,6 +104,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deploy(a) => azure::deploy(a),
         Command::Job(a) => azure::job(a),
         Command::Model(a) => azure::model(a),
+        Command::Sweep(a) => sweep::sweep(*a),
         Command::Doctor(a) => doctor::doctor(a),
         Command::Cache(c) => cache::cache(c),
         Command::Completions(a) => shell::completions(a),
