@@ -17,19 +17,19 @@ use super::build::envbuild;
 const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
-fn ws_id() -> String {
+pub(crate) fn ws_id() -> String {
     format!("/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.MachineLearningServices/workspaces/{WORKSPACE}")
 }
 
 /// Which credential envbuild finds.
-enum Cred<'a> {
+pub(crate) enum Cred<'a> {
     Secret(&'a str),
     Managed,
     Az(&'a Path),
 }
 
 /// `envbuild ARGS` aimed at the stand-in, with only the chosen credential in its environment.
-fn az_cmd(entra: &Entra, arm: &AzureStandIn, cred: Cred, args: &[&str]) -> Command {
+pub(crate) fn az_cmd(entra: &Entra, arm: &AzureStandIn, cred: Cred, args: &[&str]) -> Command {
     let mut c = envbuild();
     for k in [
         "AZURE_TENANT_ID",
@@ -72,7 +72,7 @@ fn az_cmd(entra: &Entra, arm: &AzureStandIn, cred: Cred, args: &[&str]) -> Comma
 }
 
 /// Runs it; (exit code, stdout, stderr), checking that no secret or token is in the output.
-fn go(entra: &Entra, arm: &AzureStandIn, mut c: Command) -> (i32, String, String) {
+pub(crate) fn go(entra: &Entra, arm: &AzureStandIn, mut c: Command) -> (i32, String, String) {
     let o: Output = run(&mut c);
     let (out, err) = (
         String::from_utf8_lossy(&o.stdout).into_owned(),
