@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what envbuild needs and is missing: Debian packages (the local registry, skopeo,
 # umoci, pigz, zstd, Fashion-MNIST, hyperfine, a C++ compiler for tch) and the project-local venv
-# with torch 2.11.0 (libtorch for tch 0.24). Idempotent: a second run checks and returns.
+# with torch 2.11.0 (libtorch for tch 0.24), spdx-tools and mlflow. Idempotent: a second run checks and returns.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,4 +39,11 @@ if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.versio
   say "installing spdx-tools==$SPDX_TOOLS_VERSION (pyspdxtools) into .venv"
   .venv/bin/pip install -q --disable-pip-version-check "spdx-tools==$SPDX_TOOLS_VERSION"
 fi
-say "ready: Debian packages, .venv with torch $TORCH_VERSION and spdx-tools, data in /usr/share/datasets/fashion-mnist"
+# A real MLflow tracking server (`mlflow server`), which the tests start to receive the trainer's
+# metrics. About 825 MB and a minute to install (it brings pandas, scipy, scikit-learn, pyarrow).
+MLFLOW_VERSION=3.17.2
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('mlflow') != '$MLFLOW_VERSION')" 2>/dev/null; then
+  say "installing mlflow==$MLFLOW_VERSION (the tracking server the tests start) into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check "mlflow==$MLFLOW_VERSION"
+fi
+say "ready: Debian packages, .venv with torch $TORCH_VERSION, spdx-tools and mlflow, data in /usr/share/datasets/fashion-mnist"

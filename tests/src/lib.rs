@@ -5,12 +5,14 @@ pub mod acr;
 pub mod azure;
 pub mod entra;
 pub mod hostile;
+pub mod mlflow;
 pub mod proxy;
 pub mod referrers;
 pub mod registry;
 pub mod shaping;
 pub mod tls;
 
+pub use mlflow::MlflowServer;
 pub use proxy::FaultProxy;
 pub use referrers::ReferrersRegistry;
 pub use registry::{Registry, TokenAuth};
