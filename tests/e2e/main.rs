@@ -10,3 +10,4 @@ mod hostile;
 mod ranks;
 mod registry;
 mod run;
+mod sweep;
