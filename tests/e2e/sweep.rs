@@ -50,7 +50,13 @@ fn a_sweep_runs_two_trials_at_once_names_the_best_from_mlflow_and_bandit_cancels
     let env_file = root().join("environments/mnist-cpu.toml");
     let env_file = env_file.to_str().unwrap();
     let secret = entra.client_secret.clone();
-    let cmd = |args: &[&str]| go(&entra, &arm, az_cmd(&entra, &arm, Cred::Secret(&secret), args));
+    let cmd = |args: &[&str]| {
+        go(
+            &entra,
+            &arm,
+            az_cmd(&entra, &arm, Cred::Secret(&secret), args),
+        )
+    };
     let dest = format!("{}/envbuild/mnist-cpu:latest", registry.addr);
     let (code, out, err) = cmd(&["deploy", env_file, "--dest", &dest, "--cache", cache]);
     assert_eq!(code, 0, "{err}");
@@ -58,39 +64,105 @@ fn a_sweep_runs_two_trials_at_once_names_the_best_from_mlflow_and_bandit_cancels
 
     let sweep_on = |compute: &str, name: &str, extra: &[&str], trainer: &[&str]| {
         let mut a = vec![
-            "sweep", env_file, "--compute", compute, "--cache", cache,
-            "--input", "data=azureml://datastores/workspaceblobstore/paths/fashion-mnist",
-            "--objective", "test_accuracy:maximize", "--job-name", name,
+            "sweep",
+            env_file,
+            "--compute",
+            compute,
+            "--cache",
+            cache,
+            "--input",
+            "data=azureml://datastores/workspaceblobstore/paths/fashion-mnist",
+            "--objective",
+            "test_accuracy:maximize",
+            "--job-name",
+            name,
         ];
         a.extend_from_slice(extra);
         a.push("--");
         a.extend_from_slice(trainer);
         cmd(&a)
     };
-    let sweep = |name: &str, extra: &[&str], trainer: &[&str]| sweep_on("cpu-cluster", name, extra, trainer);
+    let sweep = |name: &str, extra: &[&str], trainer: &[&str]| {
+        sweep_on("cpu-cluster", name, extra, trainer)
+    };
     let trainer = [
-        "--epochs", "2", "--limit-train", "2000", "--limit-test", "500", "--threads", "1",
-        "--device", "cpu",
+        "--epochs",
+        "2",
+        "--limit-train",
+        "2000",
+        "--limit-test",
+        "500",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
     ];
     let grid = [
-        "--param", "lr=choice(0.0003,0.003)", "--param", "batch-size=choice(32,128)",
-        "--sampling", "grid", "--max-concurrent", "2",
+        "--param",
+        "lr=choice(0.0003,0.003)",
+        "--param",
+        "batch-size=choice(32,128)",
+        "--sampling",
+        "grid",
+        "--max-concurrent",
+        "2",
     ];
 
     // Bad input: one clear error each, and no job PUT.
-    let jobs_put = || arm.requests().iter().filter(|(m, p, _)| m == "PUT" && p.contains("/jobs/")).count();
+    let jobs_put = || {
+        arm.requests()
+            .iter()
+            .filter(|(m, p, _)| m == "PUT" && p.contains("/jobs/"))
+            .count()
+    };
     for (compute, extra, needle) in [
-        ("cpu-cluster", vec!["--param", "lr=loguniform(1e-4,,1e-1)"], "--param lr=loguniform(1e-4,,1e-1): expected a value (at character 20)"),
-        ("cpu-cluster", vec!["--param", "lr=uniform(0.001,0.1)", "--sampling", "grid"], "grid sampling takes every value"),
-        ("cpu-cluster", vec!["--param", "lr=choice(0.1)", "--max-trials", "2", "--max-concurrent", "3"], "--max-concurrent 3 is above --max-trials 2"),
-        ("gpu-nowhere", vec!["--param", "lr=choice(0.1)"], "has no compute named `gpu-nowhere`"),
-        ("serverless", vec!["--param", "lr=choice(0.1)"], "not a cluster name but serverless"),
+        (
+            "cpu-cluster",
+            vec!["--param", "lr=loguniform(1e-4,,1e-1)"],
+            "--param lr=loguniform(1e-4,,1e-1): expected a value (at character 20)",
+        ),
+        (
+            "cpu-cluster",
+            vec!["--param", "lr=uniform(0.001,0.1)", "--sampling", "grid"],
+            "grid sampling takes every value",
+        ),
+        (
+            "cpu-cluster",
+            vec![
+                "--param",
+                "lr=choice(0.1)",
+                "--max-trials",
+                "2",
+                "--max-concurrent",
+                "3",
+            ],
+            "--max-concurrent 3 is above --max-trials 2",
+        ),
+        (
+            "gpu-nowhere",
+            vec!["--param", "lr=choice(0.1)"],
+            "has no compute named `gpu-nowhere`",
+        ),
+        (
+            "serverless",
+            vec!["--param", "lr=choice(0.1)"],
+            "not a cluster name but serverless",
+        ),
     ] {
         let (code, _, err) = sweep_on(compute, "mnist-bad", &extra, &trainer);
         assert_eq!(code, 1, "{err}");
         assert!(err.contains(needle), "{needle}: {err}");
     }
-    let mut a: Vec<&str> = vec!["sweep", env_file, "--compute", "cpu-cluster", "--param", "lr=choice(0.1)", "--objective", "accuracy:maximize"];
+    let mut a: Vec<&str> = vec![
+        "sweep",
+        env_file,
+        "--compute",
+        "cpu-cluster",
+        "--param",
+        "lr=choice(0.1)",
+        "--objective",
+        "accuracy:maximize",
+    ];
     a.extend(["--cache", cache]);
     let (code, _, err) = cmd(&a);
     assert_eq!(code, 1);
@@ -116,7 +188,11 @@ fn a_sweep_runs_two_trials_at_once_names_the_best_from_mlflow_and_bandit_cancels
     let trials = doc["trials"].as_array().unwrap();
     assert_eq!(trials.len(), 4, "{out}");
     let record = arm.sweep_record("mnist-sweep");
-    assert_eq!(record.iter().filter(|l| l.starts_with("start ")).count(), 4, "{record:?}");
+    assert_eq!(
+        record.iter().filter(|l| l.starts_with("start ")).count(),
+        4,
+        "{record:?}"
+    );
     assert_eq!(most_at_once(&record), 2, "{record:?}");
     let mut best: Option<(String, f64)> = None;
     for tr in trials {
@@ -126,37 +202,77 @@ fn a_sweep_runs_two_trials_at_once_names_the_best_from_mlflow_and_bandit_cancels
         let h = mlflow.metric_history(&run_id, "test_accuracy");
         assert_eq!(h.iter().map(|m| m.step).collect::<Vec<_>>(), [1, 2], "{id}");
         let last = h.last().unwrap().value;
-        assert!((tr["metric"].as_f64().unwrap() - last).abs() < 1e-9, "{id}: {tr} vs {last}");
+        assert!(
+            (tr["metric"].as_f64().unwrap() - last).abs() < 1e-9,
+            "{id}: {tr} vs {last}"
+        );
         if best.as_ref().is_none_or(|b| last > b.1) {
             best = Some((id.to_owned(), last));
         }
         // The trial ran the values it reports.
         let job = arm.shared.job(id).unwrap();
         let lr = tr["params"]["lr"].to_string();
-        assert!(job["properties"]["command"].as_str().unwrap().ends_with(&format!("--lr {lr} --batch-size {}", tr["params"]["batch_size"])), "{job}");
+        assert!(
+            job["properties"]["command"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!(
+                    "--lr {lr} --batch-size {}",
+                    tr["params"]["batch_size"]
+                )),
+            "{job}"
+        );
     }
     let (best_id, best_value) = best.unwrap();
     assert_eq!(doc["best"]["trial"], best_id.as_str(), "{out}");
     assert!((doc["best"]["metric"].as_f64().unwrap() - best_value).abs() < 1e-9);
-    assert!(err.contains(&format!("best trial {best_id}: test_accuracy")), "{err}");
+    assert!(
+        err.contains(&format!("best trial {best_id}: test_accuracy")),
+        "{err}"
+    );
 
     // The YAML is the body that was sent.
     let sent = arm.shared.job("mnist-sweep").unwrap();
     let p = &sent["properties"];
     assert_eq!(y["type"], "sweep");
     assert_eq!(y["trial"]["command"], p["trial"]["command"]);
-    assert_eq!(y["trial"]["environment"].as_str().unwrap(), format!("azureml:{}", env_id.split("/environments/").nth(1).unwrap().replace("/versions/", ":")));
+    assert_eq!(
+        y["trial"]["environment"].as_str().unwrap(),
+        format!(
+            "azureml:{}",
+            env_id
+                .split("/environments/")
+                .nth(1)
+                .unwrap()
+                .replace("/versions/", ":")
+        )
+    );
     assert_eq!(y["compute"], "azureml:cpu-cluster");
     assert_eq!(p["computeId"], format!("{}/computes/cpu-cluster", ws_id()));
     assert_eq!(y["sampling_algorithm"], "grid");
-    assert_eq!(p["samplingAlgorithm"], json!({"samplingAlgorithmType": "Grid"}));
+    assert_eq!(
+        p["samplingAlgorithm"],
+        json!({"samplingAlgorithmType": "Grid"})
+    );
     for (k, v) in y["search_space"].as_object().unwrap() {
         assert_eq!(json!(["choice", [v["values"]]]), p["searchSpace"][k], "{k}");
     }
-    assert_eq!(y["objective"], json!({"goal": "maximize", "primary_metric": "test_accuracy"}));
-    assert_eq!(p["objective"], json!({"goal": "Maximize", "primaryMetric": "test_accuracy"}));
-    assert_eq!(y["limits"], json!({"max_total_trials": 4, "max_concurrent_trials": 2, "timeout": 7200}));
-    assert_eq!(p["limits"], json!({"jobLimitsType": "Sweep", "maxTotalTrials": 4, "maxConcurrentTrials": 2, "timeout": "PT2H"}));
+    assert_eq!(
+        y["objective"],
+        json!({"goal": "maximize", "primary_metric": "test_accuracy"})
+    );
+    assert_eq!(
+        p["objective"],
+        json!({"goal": "Maximize", "primaryMetric": "test_accuracy"})
+    );
+    assert_eq!(
+        y["limits"],
+        json!({"max_total_trials": 4, "max_concurrent_trials": 2, "timeout": 7200})
+    );
+    assert_eq!(
+        p["limits"],
+        json!({"jobLimitsType": "Sweep", "maxTotalTrials": 4, "maxConcurrentTrials": 2, "timeout": "PT2H"})
+    );
     assert_eq!(y["inputs"]["data"]["path"], p["inputs"]["data"]["uri"]);
 
     // Bandit: a learning rate of 5 wrecks Adam; at the first interval after the delay its
@@ -164,17 +280,46 @@ fn a_sweep_runs_two_trials_at_once_names_the_best_from_mlflow_and_bandit_cancels
     let (code, out, err) = sweep(
         "mnist-bandit",
         &[
-            "--param", "lr=choice(0.001,5)", "--sampling", "grid", "--max-concurrent", "2",
-            "--early-termination", "bandit:slack_factor=0.2,evaluation_interval=1,delay_evaluation=1",
+            "--param",
+            "lr=choice(0.001,5)",
+            "--sampling",
+            "grid",
+            "--max-concurrent",
+            "2",
+            "--early-termination",
+            "bandit:slack_factor=0.2,evaluation_interval=1,delay_evaluation=1",
             "--json",
         ],
-        &["--epochs", "6", "--limit-train", "2000", "--limit-test", "500", "--threads", "1", "--device", "cpu"],
+        &[
+            "--epochs",
+            "6",
+            "--limit-train",
+            "2000",
+            "--limit-test",
+            "500",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+        ],
     );
     assert_eq!(code, 0, "{err}");
     let doc: Value = serde_json::from_str(&out).unwrap();
     let record = arm.sweep_record("mnist-bandit");
-    let bad = doc["trials"].as_array().unwrap().iter().find(|t| t["params"]["lr"] == 5).unwrap().clone();
+    let bad = doc["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["params"]["lr"] == 5)
+        .unwrap()
+        .clone();
     assert_eq!(bad["status"], "Canceled", "{out}\n{record:?}");
-    assert!(record.iter().any(|l| l.starts_with(&format!("bandit {} at interval", bad["id"].as_str().unwrap()))), "{record:?}");
+    assert!(
+        record.iter().any(|l| l.starts_with(&format!(
+            "bandit {} at interval",
+            bad["id"].as_str().unwrap()
+        ))),
+        "{record:?}"
+    );
     assert_eq!(doc["best"]["params"]["lr"], json!(0.001), "{out}");
 }

@@ -222,7 +222,12 @@ impl MlflowServer {
             return None;
         }
         let v = answer("experiments/get-by-name", r);
-        Some(v["experiment"]["experiment_id"].as_str().unwrap().to_owned())
+        Some(
+            v["experiment"]["experiment_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        )
     }
 
     /// Creates an experiment; returns its id.
@@ -249,7 +254,11 @@ impl MlflowServer {
     pub fn metric_history(&self, run_id: &str, key: &str) -> Vec<MetricPoint> {
         let v = self.get(
             "metrics/get-history",
-            &[("run_id", run_id), ("metric_key", key), ("max_results", "25000")],
+            &[
+                ("run_id", run_id),
+                ("metric_key", key),
+                ("max_results", "25000"),
+            ],
         );
         let mut points: Vec<MetricPoint> = v["metrics"]
             .as_array()

@@ -334,7 +334,7 @@ fn check_bounds(d: &Distribution, kind: FlagKind, flag: &str) -> Result<(), Stri
         FlagKind::Whole(min) => match d {
             Distribution::Choice(v) => {
                 for x in v {
-                    if !x.as_i64().is_some_and(|i| i >= min) {
+                    if x.as_i64().is_none_or(|i| i < min) {
                         return Err(format!(
                             "--{flag} takes whole numbers ≥ {min}; {x} is not one"
                         ));

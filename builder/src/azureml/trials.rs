@@ -89,7 +89,13 @@ pub fn metric(
     metric: &str,
 ) -> Result<Option<(f64, i64)>, AzureError> {
     let url = format!("{tracking}/api/2.0/mlflow/runs/get?run_id={run_id}");
-    let run = json_at(client, &url)?;
+    let run = match json_at(client, &url) {
+        // A trial that has not started logging has no run yet.
+        Err(AzureError::GetFailed { status, .. }) if status == reqwest::StatusCode::NOT_FOUND => {
+            return Ok(None)
+        }
+        r => r?,
+    };
     Ok(run["run"]["data"]["metrics"]
         .as_array()
         .into_iter()

@@ -185,10 +185,10 @@ pub(crate) fn check(p: &Value) -> Result<(), String> {
     let trial = object(p, "trial")?;
     only(trial, TRIAL, "TrialComponent")?;
     for req in ["command", "environmentId"] {
-        if !trial
+        if trial
             .get(req)
             .and_then(Value::as_str)
-            .is_some_and(|s| !s.is_empty())
+            .is_none_or(str::is_empty)
         {
             return Err(format!("TrialComponent.{req} is required."));
         }
