@@ -108,67 +108,12 @@ fn a_sweep_runs_two_trials_at_once_names_the_best_from_mlflow_and_bandit_cancels
         "2",
     ];
 
-    // Bad input: one clear error each, and no job PUT.
     let jobs_put = || {
         arm.requests()
             .iter()
             .filter(|(m, p, _)| m == "PUT" && p.contains("/jobs/"))
             .count()
     };
-    for (compute, extra, needle) in [
-        (
-            "cpu-cluster",
-            vec!["--param", "lr=loguniform(1e-4,,1e-1)"],
-            "--param lr=loguniform(1e-4,,1e-1): expected a value (at character 20)",
-        ),
-        (
-            "cpu-cluster",
-            vec!["--param", "lr=uniform(0.001,0.1)", "--sampling", "grid"],
-            "grid sampling takes every value",
-        ),
-        (
-            "cpu-cluster",
-            vec![
-                "--param",
-                "lr=choice(0.1)",
-                "--max-trials",
-                "2",
-                "--max-concurrent",
-                "3",
-            ],
-            "--max-concurrent 3 is above --max-trials 2",
-        ),
-        (
-            "gpu-nowhere",
-            vec!["--param", "lr=choice(0.1)"],
-            "has no compute named `gpu-nowhere`",
-        ),
-        (
-            "serverless",
-            vec!["--param", "lr=choice(0.1)"],
-            "not a cluster name but serverless",
-        ),
-    ] {
-        let (code, _, err) = sweep_on(compute, "mnist-bad", &extra, &trainer);
-        assert_eq!(code, 1, "{err}");
-        assert!(err.contains(needle), "{needle}: {err}");
-    }
-    let mut a: Vec<&str> = vec![
-        "sweep",
-        env_file,
-        "--compute",
-        "cpu-cluster",
-        "--param",
-        "lr=choice(0.1)",
-        "--objective",
-        "accuracy:maximize",
-    ];
-    a.extend(["--cache", cache]);
-    let (code, _, err) = cmd(&a);
-    assert_eq!(code, 1);
-    assert!(err.contains("the trainer never logs `accuracy`"), "{err}");
-    assert_eq!(jobs_put(), 0, "nothing submitted");
-
     // --emit-yaml writes the sweep and submits nothing.
     let yaml = t.path().join("sweep.yml");
     let mut extra = grid.to_vec();
@@ -322,4 +267,115 @@ fn a_sweep_runs_two_trials_at_once_names_the_best_from_mlflow_and_bandit_cancels
         "{record:?}"
     );
     assert_eq!(doc["best"]["params"]["lr"], json!(0.001), "{out}");
+}
+
+/// Each bad input is one clear error before any job request (no Docker, no image needed: the
+/// compute is looked up before the environment).
+#[test]
+fn bad_sweep_input_is_one_clear_error_before_any_request() {
+    let entra = Entra::start();
+    let arm = AzureStandIn::with_entra(&entra);
+    let secret = entra.client_secret.clone();
+    let env_file = root().join("environments/mnist-cpu.toml");
+    let env_file = env_file.to_str().unwrap();
+    let cmd = |args: &[&str]| {
+        go(
+            &entra,
+            &arm,
+            az_cmd(&entra, &arm, Cred::Secret(&secret), args),
+        )
+    };
+    let trainer = ["--epochs", "1"];
+    let sweep_on = |compute: &str, name: &str, extra: &[&str], trainer: &[&str]| {
+        let mut a = vec![
+            "sweep",
+            env_file,
+            "--compute",
+            compute,
+            "--objective",
+            "test_accuracy:maximize",
+            "--job-name",
+            name,
+        ];
+        a.extend_from_slice(extra);
+        a.push("--");
+        a.extend_from_slice(trainer);
+        cmd(&a)
+    };
+    let jobs_put = || {
+        arm.requests()
+            .iter()
+            .filter(|(m, p, _)| m == "PUT" && p.contains("/jobs/"))
+            .count()
+    };
+    for (compute, extra, needle) in [
+        (
+            "cpu-cluster",
+            vec!["--param", "lr=loguniform(1e-4,,1e-1)"],
+            "--param lr=loguniform(1e-4,,1e-1): expected a value (at character 20)",
+        ),
+        (
+            "cpu-cluster",
+            vec!["--param", "lr=uniform(0.001,0.1)", "--sampling", "grid"],
+            "grid sampling takes every value",
+        ),
+        (
+            "cpu-cluster",
+            vec![
+                "--param",
+                "lr=choice(0.1)",
+                "--max-trials",
+                "2",
+                "--max-concurrent",
+                "3",
+            ],
+            "--max-concurrent 3 is above --max-trials 2",
+        ),
+        (
+            "gpu-nowhere",
+            vec!["--param", "lr=choice(0.1)"],
+            "has no compute named `gpu-nowhere`",
+        ),
+        (
+            "serverless",
+            vec!["--param", "lr=choice(0.1)"],
+            "not a cluster name but serverless",
+        ),
+    ] {
+        let (code, _, err) = sweep_on(compute, "mnist-bad", &extra, &trainer);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    let a: Vec<&str> = vec![
+        "sweep",
+        env_file,
+        "--compute",
+        "cpu-cluster",
+        "--param",
+        "lr=choice(0.1)",
+        "--objective",
+        "accuracy:maximize",
+    ];
+    let (code, _, err) = cmd(&a);
+    assert_eq!(code, 1);
+    assert!(err.contains("the trainer never logs `accuracy`"), "{err}");
+    assert_eq!(jobs_put(), 0, "nothing submitted");
+
+    let (code, _, err) = sweep_on(
+        "cpu-cluster",
+        "mnist-bad",
+        &["--param", "batch-size=choice(64)"],
+        &["--batch-size", "32"],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--param batch-size is also among the fixed trainer arguments"),
+        "{err}"
+    );
+    assert!(
+        arm.requests()
+            .iter()
+            .all(|(m, p, _)| !(m == "GET" && p.contains("/environments/"))),
+        "refused before the environment"
+    );
 }
