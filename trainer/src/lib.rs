@@ -5,6 +5,7 @@ pub mod cli;
 pub mod device;
 pub mod dist;
 pub mod idx;
+pub mod mlflow;
 pub mod model;
 pub mod output;
 pub mod train;
@@ -142,9 +143,62 @@ pub fn run(args: &cli::Args, mut log: impl FnMut(&str)) -> Result<output::Summar
         resume: args.resume,
         conv_kind,
     };
-    train::train(&data, &cfg, out.as_ref(), &group, |m| {
-        log(&m.line(args.epochs))
-    })
+    // MLflow tracking when MLFLOW_TRACKING_URI is set (rank 0 only): never fatal.
+    let tracker = if launch.rank == 0 {
+        start_tracker(&cfg, &data, launch.world, &mut log)
+    } else {
+        None
+    };
+    let result = train::train(&data, &cfg, out.as_ref(), &group, |m| {
+        log(&m.line(args.epochs));
+        if let Some(t) = &tracker {
+            t.log_epoch(m);
+            t.notes().iter().for_each(|n| log(&format!("trainer: {n}")));
+        }
+    });
+    if let Some(t) = tracker {
+        for n in t.finish(result.is_ok(), MLFLOW_WAIT) {
+            log(&format!("trainer: {n}"));
+        }
+    }
+    result
+}
+
+/// How long the end of a run waits for MLflow tracking to take the last metrics.
+const MLFLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The MLflow tracker of this run, with its parameters, when `MLFLOW_TRACKING_URI` is set; an
+/// unusable URI is a warning, not an error.
+fn start_tracker(
+    cfg: &train::Config,
+    data: &idx::DataSet,
+    world: usize,
+    log: &mut impl FnMut(&str),
+) -> Option<mlflow::Tracker> {
+    let settings = match mlflow::Settings::from_env(|k| std::env::var(k).ok()) {
+        Ok(s) => s?,
+        Err(e) => {
+            log(&format!(
+                "trainer: warning: {e}; metrics go to metrics.jsonl only"
+            ));
+            return None;
+        }
+    };
+    use mlflow::batch::Param;
+    let params = vec![
+        Param::new("epochs", cfg.epochs),
+        Param::new("batch_size", cfg.batch_size),
+        Param::new("lr", cfg.lr),
+        Param::new("seed", cfg.seed),
+        Param::new("threads", cfg.threads),
+        Param::new("world_size", world),
+        Param::new("device", device::name(cfg.device)),
+        Param::new("precision", train::precision_name(cfg.conv_kind)),
+        Param::new("train_images", data.train.len()),
+        Param::new("test_images", data.test.len()),
+        Param::new("resume", cfg.resume),
+    ];
+    Some(mlflow::Tracker::start(settings, params))
 }
 
 /// Whether this CPU computes bfloat16 natively (AVX512-BF16: Zen 4 and later, Cooper Lake,
