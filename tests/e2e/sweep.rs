@@ -143,7 +143,10 @@ fn a_sweep_runs_two_trials_at_once_names_the_best_from_mlflow_and_bandit_cancels
     for tr in trials {
         assert_eq!(tr["status"], "Completed", "{out}");
         let id = tr["id"].as_str().unwrap();
-        let run_id = arm.mlflow_run_id(id).expect("each trial has an MLflow run");
+        let run_id = arm.mlflow_run_id(id).unwrap_or_else(|| {
+            let log = std::fs::read_to_string(arm.shared.job_dir(id).join("user_logs/std_log.txt"));
+            panic!("trial {id} has no MLflow run: {log:?}\n{out}\n{err}")
+        });
         let h = mlflow.metric_history(&run_id, "test_accuracy");
         assert_eq!(h.len(), 2, "{id}: one value per epoch: {h:?}");
         assert!(h[0].step < h[1].step, "{id}: {h:?}");

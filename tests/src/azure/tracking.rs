@@ -46,27 +46,28 @@ pub(crate) async fn start_run(
     experiment: &str,
 ) -> Result<Vec<String>, String> {
     let api = format!("{base}/api/2.0/mlflow");
-    let exp_id = match call(
-        reqwest::Method::GET,
-        format!("{api}/experiments/get-by-name?experiment_name={experiment}"),
-        None,
-    )
-    .await
-    {
-        Ok(v) => v["experiment"]["experiment_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-        Err(_) => call(
+    let by_name = || {
+        call(
+            reqwest::Method::GET,
+            format!("{api}/experiments/get-by-name?experiment_name={experiment}"),
+            None,
+        )
+    };
+    let exp = match by_name().await {
+        Ok(v) => v["experiment"]["experiment_id"].clone(),
+        // Made here, or by a trial started at the same moment (then it exists: read it).
+        Err(_) => match call(
             reqwest::Method::POST,
             format!("{api}/experiments/create"),
             Some(json!({ "name": experiment })),
         )
-        .await?["experiment_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
+        .await
+        {
+            Ok(v) => v["experiment_id"].clone(),
+            Err(_) => by_name().await?["experiment"]["experiment_id"].clone(),
+        },
     };
+    let exp_id = exp.as_str().unwrap_or_default().to_owned();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
