@@ -130,7 +130,7 @@ pub enum AzureError {
     },
     /// A sweep refused before any request (search space, objective, limits, policy).
     #[error(transparent)]
-    Sweep(#[from] super::sweep::SweepError),
+    Sweep(#[from] super::sweep_settings::SweepError),
 }
 
 fn looked_in(config: Option<&Path>) -> String {

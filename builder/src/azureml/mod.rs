@@ -8,6 +8,7 @@ pub mod job;
 pub mod model;
 pub mod search_space;
 pub mod sweep;
+pub mod sweep_settings;
 pub mod trials;
 pub mod workspace;
 
