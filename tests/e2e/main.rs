@@ -13,3 +13,4 @@ mod mlflow;
 mod ranks;
 mod registry;
 mod run;
+mod sweep;

@@ -143,6 +143,9 @@ pub enum AzureError {
         output: String,
         outputs: Vec<String>,
     },
+    /// A sweep refused before any request (search space, objective, limits, policy).
+    #[error(transparent)]
+    Sweep(#[from] super::sweep_settings::SweepError),
 }
 
 fn looked_in(config: Option<&Path>) -> String {

@@ -8,13 +8,17 @@ pub mod error;
 pub mod job;
 pub mod lro;
 pub mod model;
-pub mod power;
-pub mod status;
-pub mod vmsize;
 pub mod options;
+pub mod power;
+pub mod search_space;
 #[cfg(test)]
 pub mod spec_check;
+pub mod status;
+pub mod sweep;
+pub mod sweep_settings;
 pub mod timeout;
+pub mod trials;
+pub mod vmsize;
 pub mod workspace;
 
 use std::fmt;

@@ -2,6 +2,8 @@
 //! credentials, transfer, workspace, job pacing), and the one place each group turns into the
 //! library's settings.
 
+pub mod azure;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

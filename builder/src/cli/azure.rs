@@ -4,8 +4,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -15,10 +13,8 @@ use envbuild::azureml::{self, environment, job, model, Client};
 use envbuild::error::Hinted;
 use envbuild::registry::Reference;
 
-use super::args::{
-    print_json, CacheArgs, FollowArgs, FormatArgs, PublishArgs, RunArgs, TransportArgs,
-    WorkspaceArgs,
-};
+use super::args::azure::{client, detach_on_ctrl_c, env_name, environment_for_run, source, Source};
+use super::args::{print_json, FollowArgs, FormatArgs, PublishArgs, RunArgs, WorkspaceArgs};
 use super::ui::ui;
 use super::Stderr;
 
@@ -127,25 +123,6 @@ pub struct ModelArgs {
     pub ws: WorkspaceArgs,
 }
 
-/// The workspace and a client for it.
-pub fn client(ws: &WorkspaceArgs) -> anyhow::Result<Client> {
-    ws.client()
-}
-
-/// What a source names: an image by digest, or an environment file.
-enum Source {
-    Image(String),
-    File(PathBuf),
-}
-
-fn source(s: &str) -> Source {
-    if Path::new(s).is_file() || s.ends_with(".toml") {
-        Source::File(s.into())
-    } else {
-        Source::Image(s.to_owned())
-    }
-}
-
 /// An environment file's image: built from the cache, at `repository` (or its publish section),
 /// checked to be in the registry. Returns the pinned reference and the file's metadata.
 fn pushed_image_of(
@@ -242,16 +219,6 @@ fn print_result(format: &FormatArgs, doc: &serde_json::Value) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
-fn env_name(
-    flag: &Option<String>,
-    env: Option<&envbuild::spec::Environment>,
-) -> anyhow::Result<String> {
-    flag.clone()
-        .or_else(|| env.and_then(|e| e.publish.azureml_environment.clone()))
-        .or_else(|| env.map(|e| e.name.clone()))
-        .context("no environment name: pass --name")
-}
-
 pub fn register(a: RegisterArgs) -> anyhow::Result<ExitCode> {
     let (image, env, sbom) = match source(&a.source) {
         Source::Image(i) => (i, None, None),
@@ -330,78 +297,6 @@ pub fn deploy(a: DeployArgs) -> anyhow::Result<ExitCode> {
     let mut doc = register_version(&client, &version, &a.emit_yaml)?;
     doc["push"] = serde_json::to_value(&report)?;
     print_result(&a.format, &doc)
-}
-
-/// The environment version's ARM id and name for a run source.
-fn environment_for_run(
-    client: &Client,
-    src: &str,
-    a: &super::args::AzureRunArgs,
-    cache: &CacheArgs,
-    transport: &TransportArgs,
-) -> anyhow::Result<(String, String)> {
-    let ws = client.workspace.arm_id();
-    if let Some(rest) = src.strip_prefix("azureml:") {
-        let (name, version) = rest
-            .split_once(':')
-            .with_context(|| format!("`{src}`: give azureml:NAME:VERSION (ARM has no @latest)"))?;
-        return Ok((
-            format!("{ws}/environments/{name}/versions/{version}"),
-            name.to_owned(),
-        ));
-    }
-    let (name, version) = match source(src) {
-        Source::File(f) => {
-            let (env, built) = envbuild::build::build_file(
-                &f,
-                &cache.open()?,
-                &transport.build(None, false)?,
-                &mut Stderr,
-            )?;
-            (
-                env_name(&a.environment_name, Some(&env))?,
-                environment::version_for(&built.image.digest),
-            )
-        }
-        Source::Image(i) => {
-            let name = a
-                .environment_name
-                .clone()
-                .context("an image source needs --environment-name (the registered environment)")?;
-            let v = environment::EnvironmentVersion::new(&name, &i, None, None)?;
-            (name, v.version)
-        }
-    };
-    let path = format!("environments/{name}/versions/{version}");
-    if client.get_opt(&path)?.is_none() {
-        return Err(Hinted::new(
-            format!(
-                "environment {name} version {version} is not registered in workspace {}",
-                client.workspace.name
-            ),
-            format!("`envbuild deploy {src}` builds, pushes and registers it"),
-        )
-        .into());
-    }
-    Ok((format!("{ws}/{path}"), name))
-}
-
-/// Sets the flag on the first Ctrl-C (the job keeps running; we only stop following).
-fn detach_on_ctrl_c() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let f = flag.clone();
-    std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        if rt.block_on(tokio::signal::ctrl_c()).is_ok() {
-            f.store(true, Ordering::SeqCst);
-        }
-    });
-    flag
 }
 
 /// A job's document for --json: {id, status, studio}.
@@ -540,8 +435,13 @@ pub fn run(r: RunArgs) -> anyhow::Result<ExitCode> {
             ui().message(&format!("warning: {w}"));
         }
     }
-    let (environment_id, env_name) =
-        environment_for_run(&client, env_or_image, &a, &r.cache, &r.transport)?;
+    let (environment_id, env_name) = environment_for_run(
+        &client,
+        env_or_image,
+        &a.environment_name,
+        &r.cache,
+        &r.transport,
+    )?;
     let inputs: BTreeMap<String, String> = a.input.iter().cloned().collect();
     let id = a
         .job_name

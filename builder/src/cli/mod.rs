@@ -13,6 +13,7 @@ mod run;
 mod sbom;
 mod shell;
 mod status;
+mod sweep;
 pub mod ui;
 
 use std::process::ExitCode;
@@ -73,6 +74,8 @@ pub enum Command {
     Compute(compute::ComputeCommand),
     /// Jobs not ended and computes billing now in the workspace, with their hourly cost
     Status(status::StatusArgs),
+    /// Search the trainer's hyperparameters with an Azure ML sweep job, trial by trial
+    Sweep(Box<sweep::SweepArgs>),
     /// Register Azure ML models from job outputs
     #[command(subcommand)]
     Model(azure::ModelCommand),
@@ -110,6 +113,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Model(a) => azure::model(a),
         Command::Compute(c) => compute::compute(c),
         Command::Status(a) => status::status(a),
+        Command::Sweep(a) => sweep::sweep(*a),
         Command::Doctor(a) => doctor::doctor(a),
         Command::Cache(c) => cache::cache(c),
         Command::Completions(a) => shell::completions(a),

@@ -235,6 +235,9 @@ fn dispatch_inner(
             "The access token is invalid.",
         );
     }
+    if let Some(r) = data_plane(sh, method, path, query) {
+        return r;
+    }
     // 2. api-version.
     let api = query
         .split('&')
@@ -764,13 +767,19 @@ fn job_put(sh: &Arc<Shared>, ws_id: &str, id: &str, b: &Value, url: String) -> R
         return job_reput(sh, &key, id, b);
     }
     let p = &b["properties"];
-    if p["jobType"] != "Command" {
-        return user("The stand-in runs jobType Command only.");
+    let sweep = p["jobType"] == "Sweep";
+    if sweep {
+        if let Err(m) = super::sweep::check(p) {
+            return user(&m);
+        }
+    } else if p["jobType"] != "Command" {
+        return user("The stand-in runs jobType Command and Sweep only.");
     }
-    let Some(command) = p["command"].as_str().filter(|c| !c.trim().is_empty()) else {
+    let c = if sweep { &p["trial"] } else { p };
+    let Some(command) = c["command"].as_str().filter(|c| !c.trim().is_empty()) else {
         return user("The command of a Command job is required.");
     };
-    let Some(env_id) = p["environmentId"].as_str() else {
+    let Some(env_id) = c["environmentId"].as_str() else {
         return user("environmentId is required.");
     };
     // The environment must be a version in this workspace (ARM has no @latest).
@@ -798,7 +807,7 @@ fn job_put(sh: &Arc<Shared>, ws_id: &str, id: &str, b: &Value, url: String) -> R
             return user(&format!("Compute {c} was not found in the workspace."));
         }
     }
-    if let Err(m) = check_resources_and_distribution(p) {
+    if let Err(m) = check_resources_and_distribution(c) {
         return user(&m);
     }
     // Inputs must be uri_folder on a known datastore; ${{…}} must name declared inputs/outputs.
@@ -816,6 +825,7 @@ fn job_put(sh: &Arc<Shared>, ws_id: &str, id: &str, b: &Value, url: String) -> R
         let ok = match r.split_once('.') {
             Some(("inputs", n)) => inputs.contains_key(n),
             Some(("outputs", n)) => outputs.contains_key(n),
+            Some(("search_space", n)) => sweep && p["searchSpace"].get(n).is_some(),
             _ => false,
         };
         if !ok {
@@ -823,6 +833,11 @@ fn job_put(sh: &Arc<Shared>, ws_id: &str, id: &str, b: &Value, url: String) -> R
                 "The command refers to ${{{{{r}}}}}, which is not an input or output of the job."
             ));
         }
+    }
+    if sweep {
+        let mut r = ok(201, super::sweep::start(sh, ws_id, id, p, image));
+        r.location = Some(url);
+        return r;
     }
     let artifacts = format!("azureml://datastores/workspaceartifactstore/ExperimentRun/dcid.{id}");
     for (name, o) in outputs.iter_mut() {
@@ -852,7 +867,7 @@ fn job_put(sh: &Arc<Shared>, ws_id: &str, id: &str, b: &Value, url: String) -> R
     }
     props["resources"] = res;
     props["services"] = json!({
-        "Tracking": {"jobServiceType": "Tracking", "endpoint": format!("azureml://eastus.api.azureml.ms/mlflow/v1.0{ws_id}?")},
+        "Tracking": {"jobServiceType": "Tracking", "endpoint": format!("azureml://{}/mlflow/v1.0{ws_id}?", url.trim_start_matches("https://").split('/').next().unwrap_or_default())},
         "Studio": {"jobServiceType": "Studio", "endpoint": format!("https://ml.azure.com/runs/{id}?wsid={ws_id}")},
     });
     let body = json!({
@@ -897,6 +912,61 @@ pub(crate) fn placeholders(command: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// The workspace's data plane on the stand-in's host: Run History's children of a run
+/// (`GET /history/v1.0{workspace}/runs/{id}/children`) and MLflow's `runs/get` on the tracking
+/// endpoint (`GET /mlflow/v1.0{workspace}/api/2.0/mlflow/runs/get?run_id=JOB`).
+fn data_plane(sh: &Shared, method: &Method, path: &str, query: &str) -> Option<Reply> {
+    let (rest, mlflow) = match (
+        path.strip_prefix("/history/v1.0"),
+        path.strip_prefix("/mlflow/v1.0"),
+    ) {
+        (Some(r), _) => (r, false),
+        (_, Some(r)) => (r, true),
+        _ => return None,
+    };
+    let ws_len = rest
+        .match_indices('/')
+        .nth(8)
+        .map_or(rest.len(), |(i, _)| i);
+    let (ws_id, tail) = rest.split_at(ws_len);
+    if method != Method::GET {
+        return Some(gateway(405, "MethodNotAllowed", "Only GET is served here."));
+    }
+    let reply = |status: u16, body: Value| Reply {
+        error: status >= 400,
+        ..ok(status, body)
+    };
+    if mlflow {
+        if tail != "/api/2.0/mlflow/runs/get" {
+            return Some(gateway(
+                404,
+                "NotFound",
+                "The stand-in serves MLflow runs/get only.",
+            ));
+        }
+        let job = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("run_id="))
+            .unwrap_or("");
+        let (status, body) = super::tracking::runs_get(sh, job);
+        return Some(reply(status, body));
+    }
+    let parent = tail
+        .strip_prefix("/runs/")
+        .and_then(|t| t.strip_suffix("/children"));
+    Some(
+        match parent.and_then(|p| super::sweep::children(sh, ws_id, p)) {
+            Some(list) => ok(200, list),
+            None => rp_error(
+                sh,
+                404,
+                "UserError",
+                &format!("Run {} was not found.", parent.unwrap_or(tail)),
+            ),
+        },
+    )
 }
 
 #[cfg(test)]

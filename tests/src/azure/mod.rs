@@ -6,12 +6,15 @@
 
 mod arm;
 pub mod compute;
+mod job_ops;
 mod listing;
 mod location;
-mod job_ops;
 mod runner;
 mod schema;
 mod storage;
+mod sweep;
+mod sweep_run;
+mod tracking;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -61,6 +64,8 @@ pub struct State {
     pub(crate) job_requests: BTreeMap<String, Value>,
     /// Long-running operations (cancel): operation id → job key.
     pub(crate) operations: BTreeMap<String, String>,
+    /// The MLflow tracking server every job reports to (`http://127.0.0.1:PORT`), if any.
+    pub mlflow: Option<String>,
 }
 
 /// An asset container (environment or model) with its versions, by workspace-relative key.
@@ -126,6 +131,7 @@ impl Shared {
                 spec_violations: Vec::new(),
                 job_requests: BTreeMap::new(),
                 operations: BTreeMap::new(),
+                mlflow: None,
             }),
             check,
             storage_check: Mutex::new(None),
@@ -285,6 +291,27 @@ impl AzureStandIn {
             .unwrap()
             .not_responding
             .insert(name.to_owned());
+    }
+
+    /// Jobs report to this MLflow tracking server (its URL, reached from the host network), as
+    /// Azure ML jobs report to the workspace's tracking service; sweeps read their metrics there.
+    pub fn use_mlflow(&self, url: &str) {
+        self.shared.state.lock().unwrap().mlflow = Some(url.trim_end_matches('/').to_owned());
+    }
+
+    /// A sweep's record: one line per trial started (`start ID active=N`), ended (`end ID
+    /// STATUS`), canceled by the policy (`bandit ID …`) or a timeout, then `done STATUS`.
+    pub fn sweep_record(&self, id: &str) -> Vec<String> {
+        std::fs::read_to_string(self.shared.job_dir(id).join("trials.txt"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The MLflow run id of job `id` (a sweep's trial included), once it started.
+    pub fn mlflow_run_id(&self, id: &str) -> Option<String> {
+        tracking::run_id(&self.shared, id)
     }
 
     /// The next `n` ARM requests get a 500.

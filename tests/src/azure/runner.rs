@@ -188,7 +188,7 @@ async fn run(sh: Arc<Shared>, key: String, image: String) {
         binds.push(format!("{}:{c}", host.display()));
         command = replace_ref(&command, &format!("outputs.{name}"), &c);
     }
-    let env: Vec<String> = p["environmentVariables"]
+    let mut env: Vec<String> = p["environmentVariables"]
         .as_object()
         .map(|o| {
             o.iter()
@@ -196,6 +196,16 @@ async fn run(sh: Arc<Shared>, key: String, image: String) {
                 .collect()
         })
         .unwrap_or_default();
+    // The workspace's tracking service: an MLflow run and its variables; the host's network,
+    // where the tracking server listens on loopback.
+    let mut host_network = false;
+    if let Some(base) = super::tracking::server(&sh) {
+        let experiment = p["experimentName"].as_str().unwrap_or("Default");
+        match super::tracking::start_run(&sh, &base, &id, experiment).await {
+            Ok(vars) => (env, host_network) = ([env, vars].concat(), true),
+            Err(e) => log_line(&dir, &format!("warning: no MLflow run for the job: {e}")),
+        }
+    }
     tokio::time::sleep(step).await;
     if canceled(&sh, &key) {
         return end("Canceled");
@@ -247,7 +257,11 @@ async fn run(sh: Arc<Shared>, key: String, image: String) {
             host_config: Some(HostConfig {
                 binds: Some(binds.clone()),
                 shm_size: Some(2 << 30),
-                network_mode: Some(network.clone().unwrap_or_else(|| "none".into())),
+                network_mode: Some(
+                    network
+                        .clone()
+                        .unwrap_or_else(|| if host_network { "host" } else { "none" }.into()),
+                ),
                 ..Default::default()
             }),
             networking_config: network.as_ref().map(|n| NetworkingConfig {
