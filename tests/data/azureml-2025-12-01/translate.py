@@ -16,7 +16,12 @@ INT32 = {"minimum": -(2**31), "maximum": 2**31 - 1}
 
 def load():
     defs = {}
-    for name in ["common-types-v3.excerpt.json", "mfe.excerpt.json", "machineLearningServices.excerpt.json"]:
+    for name in [
+        "common-types-v3.excerpt.json",
+        "mfe.excerpt.json",
+        "machineLearningServices.excerpt.json",
+        "workspaceRP.excerpt.json",
+    ]:
         path = os.path.join(HERE, name)
         if not os.path.exists(path):
             continue
@@ -99,6 +104,10 @@ class Translator:
                 s["properties"] = {k: self.prop(v) for k, v in p["properties"].items()}
         for k in ("readOnly", "x-ms-mutability", "default"):
             if k in p:
+                s[k] = p[k]
+        for k in p:
+            if k.startswith("x-envbuild-"):
+                # A $ref or items definition not copied: only the JSON type is checked.
                 s[k] = p[k]
         if nullable:
             if "type" in s and "$ref" not in s:
