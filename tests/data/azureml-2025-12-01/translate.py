@@ -137,9 +137,6 @@ class Translator:
         d = self.defs[name]
         if "enum" in d:
             return {"type": "string", "enum": d["enum"]}
-        if "x-envbuild-stub" in d:
-            # A definition referenced but not copied yet: only its JSON type is checked.
-            return {"type": d["type"], "x-envbuild-stub": d["x-envbuild-stub"]}
         props, required = self.flat(name)
         s = {"type": "object"}
         if "discriminator" in d:
