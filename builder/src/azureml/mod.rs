@@ -8,13 +8,13 @@ pub mod error;
 pub mod job;
 pub mod lro;
 pub mod model;
-pub mod power;
-pub mod status;
-pub mod vmsize;
 pub mod options;
+pub mod power;
 #[cfg(test)]
 pub mod spec_check;
+pub mod status;
 pub mod timeout;
+pub mod vmsize;
 pub mod workspace;
 
 use std::fmt;

@@ -6,9 +6,9 @@
 
 mod arm;
 pub mod compute;
+mod job_ops;
 mod listing;
 mod location;
-mod job_ops;
 mod runner;
 mod schema;
 mod storage;
