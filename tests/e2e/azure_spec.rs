@@ -362,3 +362,107 @@ fn job_options_reach_the_body_and_bad_ones_are_refused_before_any_request() {
         "Canceled"
     );
 }
+
+/// Computes (machineLearningServices.json) and the subscription's location: every answer is a
+/// valid ComputeResource, PaginatedComputeResourcesList, AmlComputeNodesInformation,
+/// VirtualMachineSizeListResult, OperationStatusResult (common-types), Workspace or
+/// JobBaseResourceArmPaginatedResult; the idle-shutdown body is held to IdleShutdownSetting; and
+/// a stand-in answer that breaks its definition is a 500 and a recorded violation.
+#[test]
+fn compute_answers_and_the_idle_body_are_held_to_the_definitions() {
+    let entra = Entra::start();
+    let arm = AzureStandIn::with_entra(&entra);
+    arm.add_cluster("cpu-2", "Standard_DS3_v2", "LowPriority", 0, 2, 1);
+    arm.set_nodes("cpu-2", &[("tvm-1", "running", Some("job-a"))]);
+    arm.add_instance("ci-dev", "Standard_DS11_v2", "Stopped", Some("PT30M"));
+    arm.seed_job("seeded-1", "Running", Some("cpu-2"));
+    let tok = arm_token(&entra);
+    let ws = ws_id();
+    let loc = format!(
+        "/subscriptions/{}/providers/Microsoft.MachineLearningServices/locations/eastus",
+        envbuild_e2e::azure::SUBSCRIPTION
+    );
+    let q = |p: String| format!("{p}?api-version=2025-12-01");
+    let call = |m: &str, p: String, body: Option<Value>| arm_raw(&arm, m, &q(p), Some(&tok), body);
+    for (m, p, want) in [
+        ("GET", ws.clone(), 200),
+        ("GET", format!("{ws}/jobs"), 200),
+        ("GET", format!("{ws}/computes"), 200),
+        ("GET", format!("{ws}/computes/ci-dev"), 200),
+        ("POST", format!("{ws}/computes/cpu-2/listNodes"), 200),
+        ("GET", format!("{loc}/vmSizes"), 200),
+    ] {
+        let (s, _, b) = call(m, p.clone(), None);
+        assert_eq!(s, want, "{m} {p}: {b}");
+    }
+    // A start, followed through its Azure-AsyncOperation status to the end.
+    let (s, h, _) = call("POST", format!("{ws}/computes/ci-dev/start"), None);
+    assert_eq!(s, 202);
+    let op = h["azure-asyncoperation"].to_str().unwrap().to_owned();
+    let op = op.strip_prefix(&arm.url).unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (s, _, b) = arm_raw(&arm, "GET", &op, Some(&tok), None);
+        assert_eq!(s, 200, "{b}");
+        if b["status"] != "InProgress" {
+            assert_eq!(b["status"], "Succeeded", "{b}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the start never ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        arm.spec_violations().is_empty(),
+        "{:?}",
+        arm.spec_violations()
+    );
+
+    // The idle-shutdown body: the definition types its field; a number is refused by name.
+    let idle = format!("{ws}/computes/ci-dev/updateIdleShutdownSetting");
+    let (s, _, b) = call(
+        "POST",
+        idle.clone(),
+        Some(json!({"idleTimeBeforeShutdown": 30})),
+    );
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("UserError")),
+        "{b}"
+    );
+    assert!(
+        message(&b).contains("not a valid IdleShutdownSetting: idleTimeBeforeShutdown: "),
+        "{b}"
+    );
+    let (s, _, b) = call(
+        "POST",
+        idle,
+        Some(json!({"idleTimeBeforeShutdown": "PT1H"})),
+    );
+    assert_eq!(s, 200, "{b}");
+
+    // A wrong stand-in fails loudly: a node state off its enum, a price tier off VMTier.
+    arm.set_nodes("cpu-2", &[("tvm-1", "Running", None)]);
+    let (s, _, b) = call("POST", format!("{ws}/computes/cpu-2/listNodes"), None);
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (500, Some("StandInSpecViolation")),
+        "{b}"
+    );
+    arm.shared.state.lock().unwrap().computes.vm_sizes["value"][0]["estimatedVMPrices"]["values"]
+        [0]["vmTier"] = json!("Dedicated");
+    let (s, _, _) = call("GET", format!("{loc}/vmSizes"), None);
+    assert_eq!(s, 500);
+    let v = std::mem::take(&mut arm.shared.state.lock().unwrap().spec_violations);
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert!(
+        v[0].contains("AmlComputeNodesInformation: nodes.0.nodeState: "),
+        "{v:?}"
+    );
+    assert!(
+        v[1].contains("VirtualMachineSizeListResult: value.0.estimatedVMPrices.values.0.vmTier: "),
+        "{v:?}"
+    );
+}

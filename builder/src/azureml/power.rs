@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::compute::{self, link_path, Compute, ComputeError};
 use super::job::{parse_timeout, Poll};
@@ -186,9 +186,14 @@ pub fn set_idle_shutdown(client: &Client, name: &str, iso: &str) -> Result<(), C
     client.ws(
         Method::POST,
         &format!("computes/{name}/updateIdleShutdownSetting"),
-        Some(&json!({ "idleTimeBeforeShutdown": iso })),
+        Some(&idle_body(iso)),
     )?;
     Ok(())
+}
+
+/// The IdleShutdownSetting body of updateIdleShutdownSetting.
+pub(crate) fn idle_body(iso: &str) -> Value {
+    json!({ "idleTimeBeforeShutdown": iso })
 }
 
 /// `PT1H30M` → `1h30m`; `P1DT2H` → `26h`; what does not parse stays as it is.

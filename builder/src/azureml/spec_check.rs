@@ -224,4 +224,199 @@ mod tests {
         b["properties"]["identity"] = json!({"identityType": "Managed", "clientId": "not-a-uuid"});
         assert!(!violations("JobBaseResource", &b).is_empty());
     }
+
+    #[test]
+    fn the_idle_shutdown_body_is_valid() {
+        use crate::azureml::power::{idle_body, parse_idle};
+        for human in ["15m", "30m", "2h", "1h30m", "72h", "PT45M"] {
+            let iso = parse_idle(human).unwrap();
+            assert_valid("IdleShutdownSetting", &idle_body(&iso));
+        }
+        // The definition is open but types its one field: a number is refused.
+        let v = violations(
+            "IdleShutdownSetting",
+            &json!({"idleTimeBeforeShutdown": 30}),
+        );
+        assert!(
+            v.len() == 1 && v[0].starts_with("/idleTimeBeforeShutdown: "),
+            "{v:?}"
+        );
+    }
+
+    /// Whether the definition holds the field at `path` in `body`: an undefined field of an open
+    /// definition takes any value, a defined one refuses an array of arrays (no field envbuild
+    /// reads is an array of arrays).
+    fn defined(definition: &str, body: &Value, path: &[&str]) -> bool {
+        let mut b = body.clone();
+        let mut at = &mut b;
+        for p in path {
+            at = match p.parse::<usize>() {
+                Ok(i) => &mut at[i],
+                Err(_) => &mut at[*p],
+            };
+        }
+        *at = json!([[0]]);
+        assert!(violations(definition, body).is_empty(), "{body}");
+        !violations(definition, &b).is_empty()
+    }
+
+    #[test]
+    fn every_field_envbuild_reads_in_an_answer_is_defined() {
+        let of = |kind: &str| {
+            let mut c = json!({"name": "c", "properties": {"computeType": kind, "properties": {}}});
+            if kind == "AmlCompute" {
+                c["properties"]["properties"]["scaleSettings"] = json!({"maxNodeCount": 4});
+            }
+            c
+        };
+        let reads: &[(&str, Value, &[&str])] = &[
+            // compute.rs: Compute from a ComputeResource.
+            ("ComputeResource", of("AmlCompute"), &["name"]),
+            (
+                "ComputeResource",
+                of("AmlCompute"),
+                &["properties", "provisioningState"],
+            ),
+            (
+                "ComputeResource",
+                of("AmlCompute"),
+                &["properties", "properties", "vmSize"],
+            ),
+            (
+                "ComputeResource",
+                of("AmlCompute"),
+                &["properties", "properties", "vmPriority"],
+            ),
+            (
+                "ComputeResource",
+                of("AmlCompute"),
+                &["properties", "properties", "allocationState"],
+            ),
+            (
+                "ComputeResource",
+                of("AmlCompute"),
+                &["properties", "properties", "currentNodeCount"],
+            ),
+            (
+                "ComputeResource",
+                of("AmlCompute"),
+                &["properties", "properties", "scaleSettings", "minNodeCount"],
+            ),
+            (
+                "ComputeResource",
+                of("AmlCompute"),
+                &["properties", "properties", "scaleSettings", "maxNodeCount"],
+            ),
+            (
+                "ComputeResource",
+                of("AmlCompute"),
+                &[
+                    "properties",
+                    "properties",
+                    "scaleSettings",
+                    "nodeIdleTimeBeforeScaleDown",
+                ],
+            ),
+            (
+                "ComputeResource",
+                of("ComputeInstance"),
+                &["properties", "properties", "vmSize"],
+            ),
+            (
+                "ComputeResource",
+                of("ComputeInstance"),
+                &["properties", "properties", "state"],
+            ),
+            (
+                "PaginatedComputeResourcesList",
+                json!({"value": []}),
+                &["nextLink"],
+            ),
+            // compute.rs: listNodes.
+            (
+                "AmlComputeNodesInformation",
+                json!({"nodes": [{}]}),
+                &["nodes", "0", "nodeId"],
+            ),
+            (
+                "AmlComputeNodesInformation",
+                json!({"nodes": [{}]}),
+                &["nodes", "0", "nodeState"],
+            ),
+            (
+                "AmlComputeNodesInformation",
+                json!({"nodes": [{}]}),
+                &["nodes", "0", "runId"],
+            ),
+            (
+                "AmlComputeNodesInformation",
+                json!({"nodes": []}),
+                &["nextLink"],
+            ),
+            // vmsize.rs: the location's sizes and prices; the workspace's location.
+            (
+                "VirtualMachineSizeListResult",
+                json!({"value": [{}]}),
+                &["value", "0", "name"],
+            ),
+            (
+                "VirtualMachineSizeListResult",
+                json!({"value": [{}]}),
+                &["value", "0", "gpus"],
+            ),
+            (
+                "EstimatedVMPrices",
+                json!({"billingCurrency": "USD", "unitOfMeasure": "OneHour", "values": [{"retailPrice": 1.0, "osType": "Linux", "vmTier": "Standard"}]}),
+                &["values", "0", "retailPrice"],
+            ),
+            (
+                "EstimatedVMPrices",
+                json!({"billingCurrency": "USD", "unitOfMeasure": "OneHour", "values": []}),
+                &["billingCurrency"],
+            ),
+            (
+                "EstimatedVMPrices",
+                json!({"billingCurrency": "USD", "unitOfMeasure": "OneHour", "values": []}),
+                &["unitOfMeasure"],
+            ),
+            ("Workspace", json!({}), &["location"]),
+            // power.rs: the Azure-AsyncOperation status (common-types OperationStatusResult).
+            (
+                "OperationStatusResult",
+                json!({"status": "InProgress", "error": {}}),
+                &["status"],
+            ),
+            (
+                "OperationStatusResult",
+                json!({"status": "Failed", "error": {}}),
+                &["error", "code"],
+            ),
+            (
+                "OperationStatusResult",
+                json!({"status": "Failed", "error": {}}),
+                &["error", "message"],
+            ),
+            // status.rs: the jobs list.
+            (
+                "JobBaseResourceArmPaginatedResult",
+                json!({"value": []}),
+                &["nextLink"],
+            ),
+        ];
+        for (definition, body, path) in reads {
+            assert!(
+                defined(definition, body, path),
+                "{definition} does not define {}",
+                path.join(".")
+            );
+        }
+        // compute.rs also reads a compute instance's `properties.idleTimeBeforeShutdown`, which
+        // ComputeInstanceProperties of 2025-12-01 does not define (the open object lets it
+        // through); `compute show` prints it only where the service sends it.
+        assert!(!defined(
+            "ComputeResource",
+            &of("ComputeInstance"),
+            &["properties", "properties", "idleTimeBeforeShutdown"]
+        ));
+    }
 }

@@ -16,7 +16,12 @@ INT32 = {"minimum": -(2**31), "maximum": 2**31 - 1}
 
 def load():
     defs = {}
-    for name in ["common-types-v3.excerpt.json", "mfe.excerpt.json", "machineLearningServices.excerpt.json"]:
+    for name in [
+        "common-types-v3.excerpt.json",
+        "mfe.excerpt.json",
+        "machineLearningServices.excerpt.json",
+        "workspaceRP.excerpt.json",
+    ]:
         path = os.path.join(HERE, name)
         if not os.path.exists(path):
             continue
@@ -100,6 +105,10 @@ class Translator:
         for k in ("readOnly", "x-ms-mutability", "default"):
             if k in p:
                 s[k] = p[k]
+        for k in p:
+            if k.startswith("x-envbuild-"):
+                # A $ref or items definition not copied: only the JSON type is checked.
+                s[k] = p[k]
         if nullable:
             if "type" in s and "$ref" not in s:
                 s["type"] = [s["type"], "null"]
@@ -128,9 +137,6 @@ class Translator:
         d = self.defs[name]
         if "enum" in d:
             return {"type": "string", "enum": d["enum"]}
-        if "x-envbuild-stub" in d:
-            # A definition referenced but not copied yet: only its JSON type is checked.
-            return {"type": d["type"], "x-envbuild-stub": d["x-envbuild-stub"]}
         props, required = self.flat(name)
         s = {"type": "object"}
         if "discriminator" in d:

@@ -165,16 +165,14 @@ fn dispatch(
     reply
 }
 
-/// Every answer is checked against its REST definition (errors against ErrorResponse); one that
-/// breaks it is recorded and becomes a 500, so the test that met it fails.
+/// Every answer is checked against its REST definition (errors against ErrorResponse), under the
+/// workspace and under the subscription's location; one that breaks it is recorded and becomes
+/// a 500, so the test that met it fails.
 fn check_answer(sh: &Shared, method: &Method, path: &str, reply: Reply) -> Reply {
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let definition = if reply.error {
         Some("ErrorResponse")
-    } else if parts.len() > 8 && parts[6].eq_ignore_ascii_case("workspaces") {
-        schema::answer_definition(method.as_str(), &parts[8..])
     } else {
-        None
+        schema::answer_definition_of_path(method.as_str(), path)
     };
     let (Some(d), Some(b)) = (definition, &reply.body) else {
         return reply;

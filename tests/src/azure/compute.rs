@@ -358,6 +358,15 @@ pub(super) fn handle(
                         drop(st);
                         return instance_only("updateIdleShutdownSetting");
                     }
+                    // The definition first (a 400 UserError naming the field), then the
+                    // range its description gives.
+                    let definition = super::schema::request_definition(&["computes", name, action]);
+                    if let (Some(d), Ok(v)) = (definition, &parsed) {
+                        if let Some(m) = super::schema::refusal(d, v) {
+                            drop(st);
+                            return rp_error(sh, 400, "UserError", &m);
+                        }
+                    }
                     let idle = match check_idle_body(parsed.ok()) {
                         Ok(i) => i,
                         Err(m) => {

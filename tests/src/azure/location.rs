@@ -28,7 +28,8 @@ pub(super) fn workspace_get(sh: &Shared, ws_id: &str, name: &str) -> Reply {
 }
 
 /// Under `/subscriptions/{s}/providers/Microsoft.MachineLearningServices/locations/{loc}/`:
-/// `vmSizes`, and the operations of start and stop. `None` for any other path.
+/// `vmSizes`, and the operations of start and stop. `None` for any other path (a job cancel's
+/// `mfeOperationResults` included).
 pub(super) fn subscription_scope(
     sh: &Shared,
     method: &Method,
@@ -44,6 +45,13 @@ pub(super) fn subscription_scope(
         || !provider.eq_ignore_ascii_case(PROVIDER)
         || !l.eq_ignore_ascii_case("locations")
     {
+        return None;
+    }
+    // Only its own routes: a job cancel's `mfeOperationResults` Location goes on to arm.rs.
+    if !matches!(
+        rest,
+        ["vmSizes"] | ["computeOperationsStatus" | "computeOperationsResults", _]
+    ) {
         return None;
     }
     let mut st = sh.state.lock().unwrap();

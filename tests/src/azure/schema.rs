@@ -66,23 +66,68 @@ pub(crate) fn problems(definition: &str, body: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The definition a request body must satisfy: `PUT {ws}/…` by what it creates.
+/// The definition a request body must satisfy: `PUT {ws}/…` by what it creates, and the one
+/// action envbuild posts a body to (`Compute_UpdateIdleShutdownSetting`).
 pub(crate) fn request_definition(rest: &[&str]) -> Option<&'static str> {
     match rest {
         ["environments", _, "versions", _] => Some("EnvironmentVersionResource"),
         ["models", _, "versions", _] => Some("ModelVersionResource"),
         ["jobs", _] => Some("JobBaseResource"),
+        ["computes", _, "updateIdleShutdownSetting"] => Some("IdleShutdownSetting"),
         _ => None,
     }
 }
 
-/// The definition of a successful answer to `method` on `{ws}/…rest` (None: no body defined).
+/// The definition of a successful answer to `method` on `{ws}/…rest` (None: no body defined:
+/// start and stop answer 202 without one, updateIdleShutdownSetting 200 without one, the
+/// long-running cancel 202/200 without one).
 pub(crate) fn answer_definition(method: &str, rest: &[&str]) -> Option<&'static str> {
     match (method, rest) {
+        ("GET", []) => Some("Workspace"),
         ("GET", ["environments", _]) => Some("EnvironmentContainerResource"),
         ("GET", ["models", _]) => Some("ModelContainerResource"),
-        ("GET" | "PUT", r) => request_definition(r),
+        ("GET", ["jobs"]) => Some("JobBaseResourceArmPaginatedResult"),
+        ("GET", ["computes"]) => Some("PaginatedComputeResourcesList"),
+        ("GET", ["computes", _]) => Some("ComputeResource"),
+        ("POST", ["computes", _, "listNodes"]) => Some("AmlComputeNodesInformation"),
+        ("GET", r @ (["environments" | "models", _, "versions", _] | ["jobs", _])) => {
+            request_definition(r)
+        }
+        ("PUT", r) => request_definition(r),
         _ => None,
+    }
+}
+
+/// The definition of a successful answer under
+/// `/subscriptions/{s}/providers/Microsoft.MachineLearningServices/locations/{loc}/…rest`:
+/// `VirtualMachineSizes_List`, and the `Azure-AsyncOperation` status of a compute start or stop.
+/// machineLearningServices.json names no path or body for that status; common-types v3 defines
+/// its body, `OperationStatusResult`. The `Location` (`computeOperationsResults`,
+/// `mfeOperationResults`) answers carry no body.
+pub(crate) fn location_answer_definition(method: &str, rest: &[&str]) -> Option<&'static str> {
+    match (method, rest) {
+        ("GET", ["vmSizes"]) => Some("VirtualMachineSizeListResult"),
+        ("GET", ["computeOperationsStatus", _]) => Some("OperationStatusResult"),
+        _ => None,
+    }
+}
+
+/// The definition of a successful answer to `method` on `path` (an ARM path, no query).
+pub(crate) fn answer_definition_of_path(method: &str, path: &str) -> Option<&'static str> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let is = |i: usize, w: &str| parts.get(i).is_some_and(|p| p.eq_ignore_ascii_case(w));
+    if parts.len() >= 8 && is(0, "subscriptions") && is(2, "resourceGroups") && is(6, "workspaces")
+    {
+        answer_definition(method, &parts[8..])
+    } else if parts.len() >= 6
+        && is(0, "subscriptions")
+        && is(2, "providers")
+        && is(3, "Microsoft.MachineLearningServices")
+        && is(4, "locations")
+    {
+        location_answer_definition(method, &parts[6..])
+    } else {
+        None
     }
 }
 
@@ -123,5 +168,121 @@ mod tests {
         assert_eq!(refusal("EnvironmentVersionResource", &ok), None);
         assert_eq!(request_definition(&["jobs", "j1"]), Some("JobBaseResource"));
         assert_eq!(answer_definition("POST", &["jobs", "j1", "cancel"]), None);
+    }
+
+    #[test]
+    fn every_compute_route_has_its_definition() {
+        let ws = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/w";
+        let loc = "/subscriptions/s/providers/Microsoft.MachineLearningServices/locations/eastus";
+        for (method, path, want) in [
+            ("GET", ws.to_owned(), Some("Workspace")),
+            (
+                "GET",
+                format!("{ws}/jobs"),
+                Some("JobBaseResourceArmPaginatedResult"),
+            ),
+            ("GET", format!("{ws}/jobs/j1"), Some("JobBaseResource")),
+            (
+                "GET",
+                format!("{ws}/computes"),
+                Some("PaginatedComputeResourcesList"),
+            ),
+            ("GET", format!("{ws}/computes/c"), Some("ComputeResource")),
+            (
+                "POST",
+                format!("{ws}/computes/c/listNodes"),
+                Some("AmlComputeNodesInformation"),
+            ),
+            ("POST", format!("{ws}/computes/c/start"), None),
+            (
+                "POST",
+                format!("{ws}/computes/c/updateIdleShutdownSetting"),
+                None,
+            ),
+            (
+                "GET",
+                format!("{loc}/vmSizes"),
+                Some("VirtualMachineSizeListResult"),
+            ),
+            (
+                "GET",
+                format!("{loc}/computeOperationsStatus/op"),
+                Some("OperationStatusResult"),
+            ),
+            ("GET", format!("{loc}/computeOperationsResults/op"), None),
+        ] {
+            assert_eq!(
+                answer_definition_of_path(method, &path),
+                want,
+                "{method} {path}"
+            );
+        }
+        assert_eq!(
+            request_definition(&["computes", "c", "updateIdleShutdownSetting"]),
+            Some("IdleShutdownSetting")
+        );
+        // The idle-shutdown body: a string; the range (15 minutes to 3 days) is the
+        // description's, checked by compute.rs.
+        let m = refusal(
+            "IdleShutdownSetting",
+            &json!({"idleTimeBeforeShutdown": 30}),
+        )
+        .unwrap();
+        assert!(m.contains("idleTimeBeforeShutdown: "), "{m}");
+        assert_eq!(
+            refusal(
+                "IdleShutdownSetting",
+                &json!({"idleTimeBeforeShutdown": "PT30M"})
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn compute_answers_are_held_to_the_definitions() {
+        let node = |state: &str, port: Value| {
+            json!({"nodes": [{"nodeId": "n1", "privateIpAddress": "10.0.0.4",
+            "publicIpAddress": null, "port": port, "nodeState": state, "runId": null}]})
+        };
+        assert!(problems("AmlComputeNodesInformation", &node("idle", json!(50000))).is_empty());
+        let p = problems("AmlComputeNodesInformation", &node("Idle", json!(50000)));
+        assert!(
+            p.len() == 1 && p[0].starts_with("nodes.0.nodeState: "),
+            "{p:?}"
+        );
+        assert!(!problems("AmlComputeNodesInformation", &node("idle", json!("50000"))).is_empty());
+        let instance = |state: &str| {
+            json!({"name": "ci", "properties": {"computeType": "ComputeInstance",
+            "properties": {"state": state, "lastOperation": {"operationName": "Start",
+                "operationStatus": "StartFailed", "operationTrigger": "User"}}}})
+        };
+        assert!(problems("ComputeResource", &instance("Running")).is_empty());
+        let p = problems("ComputeResource", &instance("running"));
+        assert!(
+            p.len() == 1 && p[0].starts_with("properties.properties.state: "),
+            "{p:?}"
+        );
+        let cluster = json!({"properties": {"computeType": "AmlCompute", "properties": {"scaleSettings": {"minNodeCount": 0}}}});
+        let p = problems("ComputeResource", &cluster);
+        assert!(
+            p.len() == 1 && p[0].starts_with("properties.properties.scaleSettings: "),
+            "{p:?}"
+        );
+        assert!(!problems(
+            "ComputeResource",
+            &json!({"properties": {"computeType": "Cluster"}})
+        )
+        .is_empty());
+        let price = |tier: &str| {
+            json!({"value": [{"name": "Standard_DS3_v2", "gpus": 0, "estimatedVMPrices": {
+            "billingCurrency": "USD", "unitOfMeasure": "OneHour",
+            "values": [{"retailPrice": 0.29, "osType": "Linux", "vmTier": tier}]}}]})
+        };
+        assert!(problems("VirtualMachineSizeListResult", &price("Spot")).is_empty());
+        assert!(!problems("VirtualMachineSizeListResult", &price("Dedicated")).is_empty());
+        assert!(problems("OperationStatusResult", &json!({"status": "InProgress"})).is_empty());
+        assert!(!problems("OperationStatusResult", &json!({"name": "op"})).is_empty());
+        let jobs = json!({"value": [], "nextLink": "https://x", "count": 0});
+        assert!(!problems("JobBaseResourceArmPaginatedResult", &jobs).is_empty());
     }
 }
