@@ -284,7 +284,8 @@ pub(crate) fn arm_raw(
     (s, h, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-pub(crate) fn arm_token(entra: &Entra) -> String {
+/// A token for `scope` from the Entra stand-in (client secret).
+pub(crate) fn token_for(entra: &Entra, scope: &str) -> String {
     let auth = envbuild::auth::entra::EntraChain::new(&envbuild::auth::entra::Settings {
         authority_host: Some(entra.authority.clone()),
         ca_file: Some(tls::ca().pem_file().to_path_buf()),
@@ -296,11 +297,27 @@ pub(crate) fn arm_token(entra: &Entra) -> String {
         probe_imds: false,
     })
     .unwrap();
-    auth.token(envbuild::auth::entra::ARM_SCOPE)
-        .unwrap()
-        .secret
-        .expose()
-        .to_owned()
+    auth.token(scope).unwrap().secret.expose().to_owned()
+}
+
+/// Asserts that `job`'s cancel was answered 202 (Jobs_Cancel is long-running) and returns the
+/// statuses of the polls of its operation's Location, in order.
+pub(crate) fn cancel_polls(arm: &AzureStandIn, job: &str) -> Vec<u16> {
+    let reqs = arm.requests();
+    let cancel = format!("/jobs/{job}/cancel");
+    assert!(
+        reqs.iter()
+            .any(|(m, p, s)| m == "POST" && p.ends_with(&cancel) && *s == 202),
+        "{reqs:?}"
+    );
+    reqs.iter()
+        .filter(|(m, p, _)| m == "GET" && p.contains("/mfeOperationResults/"))
+        .map(|(_, _, s)| *s)
+        .collect()
+}
+
+pub(crate) fn arm_token(entra: &Entra) -> String {
+    token_for(entra, envbuild::auth::entra::ARM_SCOPE)
 }
 
 fn arm_get(arm: &AzureStandIn, entra: &Entra, rel: &str) -> (u16, Value) {
@@ -979,17 +996,7 @@ fn deploy_run_and_register_a_model_end_to_end() {
     assert_eq!(code, 0, "{err}");
     // Jobs_Cancel is long-running: 202 with Location and Retry-After, which envbuild follows
     // until the operation is done, so the job is Canceled when `job cancel` returns.
-    let reqs = arm.requests();
-    assert!(
-        reqs.iter()
-            .any(|(m, p, s)| m == "POST" && p.ends_with("/jobs/mnist-cancel/cancel") && *s == 202),
-        "{reqs:?}"
-    );
-    let polls: Vec<u16> = reqs
-        .iter()
-        .filter(|(m, p, _)| m == "GET" && p.contains("/mfeOperationResults/"))
-        .map(|(_, _, s)| *s)
-        .collect();
+    let polls = cancel_polls(&arm, "mnist-cancel");
     assert_eq!(polls.last(), Some(&200), "{polls:?}");
     assert_eq!(
         arm.shared.job("mnist-cancel").unwrap()["properties"]["status"],

@@ -9,25 +9,9 @@ use envbuild_e2e::entra::Entra;
 use envbuild_e2e::{last_line, tls};
 use serde_json::{json, Value};
 
-use super::azure::{arm_raw, arm_token, az_cmd, go, ws_id, Cred};
+use super::azure::{arm_raw, arm_token, az_cmd, cancel_polls, go, token_for, ws_id, Cred};
 
 const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
-
-/// A token for `scope` from the Entra stand-in (client secret).
-fn token_for(entra: &Entra, scope: &str) -> String {
-    let auth = envbuild::auth::entra::EntraChain::new(&envbuild::auth::entra::Settings {
-        authority_host: Some(entra.authority.clone()),
-        ca_file: Some(tls::ca().pem_file().to_path_buf()),
-        env: entra
-            .client_secret_env()
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect(),
-        probe_imds: false,
-    })
-    .unwrap();
-    auth.token(scope).unwrap().secret.expose().to_owned()
-}
 
 fn message(v: &Value) -> String {
     v["error"]["message"].as_str().unwrap_or("").to_owned()
@@ -345,17 +329,7 @@ fn job_options_reach_the_body_and_bad_ones_are_refused_before_any_request() {
     let (code, _, err) = go(&entra, &arm, c);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("job opts-job canceled"), "{err}");
-    let reqs = arm.requests();
-    assert!(
-        reqs.iter()
-            .any(|(m, p, s)| m == "POST" && p.ends_with("/jobs/opts-job/cancel") && *s == 202),
-        "{reqs:?}"
-    );
-    let polls: Vec<u16> = reqs
-        .iter()
-        .filter(|(m, p, _)| m == "GET" && p.contains("/mfeOperationResults/"))
-        .map(|(_, _, s)| *s)
-        .collect();
+    let polls = cancel_polls(&arm, "opts-job");
     assert!(polls.len() >= 2 && polls.last() == Some(&200), "{polls:?}");
     assert_eq!(
         arm.shared.job("opts-job").unwrap()["properties"]["status"],

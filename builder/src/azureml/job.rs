@@ -48,6 +48,36 @@ pub struct CommandJob {
     pub options: JobOptions,
 }
 
+/// A job's `inputs` (read-only `uri_folder` mounts of the URIs) and `outputs` (read-write
+/// `uri_folder` mounts), as command and sweep jobs send them.
+pub fn io_bodies(
+    inputs: &BTreeMap<String, String>,
+    outputs: &[String],
+) -> (
+    serde_json::Map<String, Value>,
+    serde_json::Map<String, Value>,
+) {
+    let inputs = inputs
+        .iter()
+        .map(|(k, uri)| {
+            (
+                k.clone(),
+                json!({"jobInputType": "uri_folder", "uri": uri, "mode": "ReadOnlyMount"}),
+            )
+        })
+        .collect();
+    let outputs = outputs
+        .iter()
+        .map(|k| {
+            (
+                k.clone(),
+                json!({"jobOutputType": "uri_folder", "mode": "ReadWriteMount"}),
+            )
+        })
+        .collect();
+    (inputs, outputs)
+}
+
 /// Quotes one word for `/bin/sh` when it needs it.
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
@@ -192,26 +222,7 @@ impl JobBody for CommandJob {
     }
 
     fn body(&self) -> Value {
-        let inputs: serde_json::Map<String, Value> = self
-            .inputs
-            .iter()
-            .map(|(k, uri)| {
-                (
-                    k.clone(),
-                    json!({"jobInputType": "uri_folder", "uri": uri, "mode": "ReadOnlyMount"}),
-                )
-            })
-            .collect();
-        let outputs: serde_json::Map<String, Value> = self
-            .outputs
-            .iter()
-            .map(|k| {
-                (
-                    k.clone(),
-                    json!({"jobOutputType": "uri_folder", "mode": "ReadWriteMount"}),
-                )
-            })
-            .collect();
+        let (inputs, outputs) = io_bodies(&self.inputs, &self.outputs);
         let mut resources = json!({"instanceCount": self.instance_count});
         if let Some(t) = &self.instance_type {
             resources["instanceType"] = json!(t);

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::job::JobBody;
+use super::job::{io_bodies, JobBody};
 use super::search_space::Param;
 pub use super::sweep_settings::{
     EarlyTermination, Limits, Objective, Sampling, SweepError, TRAINER_METRICS,
@@ -266,26 +266,7 @@ impl JobBody for SweepJob {
     }
 
     fn body(&self) -> Value {
-        let inputs: serde_json::Map<String, Value> = self
-            .inputs
-            .iter()
-            .map(|(k, uri)| {
-                (
-                    k.clone(),
-                    json!({"jobInputType": "uri_folder", "uri": uri, "mode": "ReadOnlyMount"}),
-                )
-            })
-            .collect();
-        let outputs: serde_json::Map<String, Value> = self
-            .outputs
-            .iter()
-            .map(|k| {
-                (
-                    k.clone(),
-                    json!({"jobOutputType": "uri_folder", "mode": "ReadWriteMount"}),
-                )
-            })
-            .collect();
+        let (inputs, outputs) = io_bodies(&self.inputs, &self.outputs);
         let mut limits = json!({
             "jobLimitsType": "Sweep",
             "maxTotalTrials": self.limits.max_total_trials,

@@ -429,9 +429,9 @@ impl azureml::TokenSource for ChainTokens {
     }
 }
 
-/// Poll pacing of a followed job, and how much log to show when it fails.
+/// Poll pacing of anything followed until it ends (a job, a long-running operation).
 #[derive(Debug, Clone, Args)]
-pub struct FollowArgs {
+pub struct PollArgs {
     /// First poll interval in milliseconds (grows by half each poll)
     #[arg(
         long,
@@ -450,6 +450,24 @@ pub struct FollowArgs {
         hide = true
     )]
     pub poll_max_ms: u64,
+}
+
+impl PollArgs {
+    /// The first and the longest interval (at least 1 ms; the longest never below the first).
+    pub fn bounds(&self) -> (Duration, Duration) {
+        let min = self.poll_min_ms.max(1);
+        (
+            Duration::from_millis(min),
+            Duration::from_millis(self.poll_max_ms.max(min)),
+        )
+    }
+}
+
+/// Poll pacing of a followed job, and how much log to show when it fails.
+#[derive(Debug, Clone, Args)]
+pub struct FollowArgs {
+    #[command(flatten)]
+    pub poll: PollArgs,
     /// Lines of the job's log to show when it fails
     #[arg(long, value_name = "N", default_value_t = 40)]
     pub log_lines: usize,

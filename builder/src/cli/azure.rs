@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -315,10 +314,8 @@ fn follow_job(
     format: &FormatArgs,
 ) -> anyhow::Result<ExitCode> {
     let stop = detach_on_ctrl_c();
-    let poll = job::Poll {
-        min: Duration::from_millis(f.poll_min_ms.max(1)),
-        max: Duration::from_millis(f.poll_max_ms.max(f.poll_min_ms).max(1)),
-    };
+    let (min, max) = f.poll.bounds();
+    let poll = job::Poll { min, max };
     let mut studio: Option<String> = None;
     let mut last = serde_json::Value::Null;
     let wait = ui().spinner(&format!("job {id}"));
@@ -504,9 +501,10 @@ pub fn job(c: JobCommand) -> anyhow::Result<ExitCode> {
         }
         JobCommand::Cancel(a) => {
             let client = client(&a.ws)?;
+            let (min, max) = a.pacing.poll.bounds();
             let pacing = azureml::lro::Pacing {
-                min: Duration::from_millis(a.pacing.poll_min_ms.max(1)),
-                max: Duration::from_millis(a.pacing.poll_max_ms.max(a.pacing.poll_min_ms).max(1)),
+                min,
+                max,
                 ..Default::default()
             };
             if job::cancel_with(&client, &a.id, pacing)? {

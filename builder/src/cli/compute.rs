@@ -3,7 +3,6 @@
 //! one small function each over `envbuild::azureml::{compute, power}`.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -13,7 +12,7 @@ use envbuild::azureml::job::Poll;
 use envbuild::azureml::power::{self, Action};
 use envbuild::azureml::vmsize::VmSizes;
 
-use super::args::{print_json, FormatArgs, WorkspaceArgs};
+use super::args::{print_json, FormatArgs, PollArgs, WorkspaceArgs};
 use super::ui::{table, ui};
 
 #[derive(Debug, Subcommand)]
@@ -55,24 +54,8 @@ pub struct ComputeArgs {
 pub struct PowerArgs {
     /// Compute instance name
     pub name: String,
-    /// First poll interval of the operation in milliseconds (grows by half each poll)
-    #[arg(
-        long,
-        value_name = "MS",
-        env = "ENVBUILD_AZURE_POLL_MIN_MS",
-        default_value_t = 2000,
-        hide = true
-    )]
-    pub poll_min_ms: u64,
-    /// Longest poll interval in milliseconds
-    #[arg(
-        long,
-        value_name = "MS",
-        env = "ENVBUILD_AZURE_POLL_MAX_MS",
-        default_value_t = 60000,
-        hide = true
-    )]
-    pub poll_max_ms: u64,
+    #[command(flatten)]
+    pub poll: PollArgs,
     // With --json: list's document for the instance as it ends
     #[command(flatten)]
     pub format: FormatArgs,
@@ -226,10 +209,8 @@ fn show(a: ComputeArgs) -> anyhow::Result<ExitCode> {
 
 fn power(a: PowerArgs, action: Action) -> anyhow::Result<ExitCode> {
     let client = a.ws.client()?;
-    let poll = Poll {
-        min: Duration::from_millis(a.poll_min_ms.max(1)),
-        max: Duration::from_millis(a.poll_max_ms.max(a.poll_min_ms).max(1)),
-    };
+    let (min, max) = a.poll.bounds();
+    let poll = Poll { min, max };
     let wait = ui().spinner(&format!("{} {}", action.verb(), a.name));
     let name = a.name.clone();
     let end = power::power(&client, &a.name, action, poll, &mut |s| {

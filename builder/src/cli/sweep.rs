@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Args;
 
@@ -222,10 +221,8 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
 
 /// Follows the sweep: its status, each trial's status and metric, then the best trial.
 fn follow(client: &Client, s: &SweepJob, a: &SweepArgs) -> anyhow::Result<ExitCode> {
-    let poll = job::Poll {
-        min: Duration::from_millis(a.follow.poll_min_ms.max(1)),
-        max: Duration::from_millis(a.follow.poll_max_ms.max(a.follow.poll_min_ms).max(1)),
-    };
+    let (min, max) = a.follow.poll.bounds();
+    let poll = job::Poll { min, max };
     let stop = detach_on_ctrl_c();
     let metric = &s.objective.metric;
     let end = trials::follow(client, &s.id, metric, poll, &stop, &mut |e| match e {
