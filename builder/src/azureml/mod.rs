@@ -338,13 +338,33 @@ impl Client {
     /// ([`STORAGE_SCOPE`], never the ARM token) and `x-ms-version`; the body as text.
     pub fn get_text(&self, url: &str) -> Result<String, AzureError> {
         let token = self.bearer_for(STORAGE_SCOPE)?;
-        let resp = http::send_logged(
+        self.get_text_with(
+            url,
             self.http
                 .get(url)
                 .header(AUTHORIZATION, bearer_header(&token))
                 .header("x-ms-version", STORAGE_API_VERSION),
         )
-        .map_err(|source| AzureError::Connect {
+    }
+
+    /// GET on the workspace's data plane (Run History, MLflow tracking), which takes the ARM
+    /// token as Azure ML's own clients send it; the body as text.
+    pub fn get_data_plane(&self, url: &str) -> Result<String, AzureError> {
+        let token = self.bearer_for(ARM_SCOPE)?;
+        self.get_text_with(
+            url,
+            self.http
+                .get(url)
+                .header(AUTHORIZATION, bearer_header(&token)),
+        )
+    }
+
+    fn get_text_with(
+        &self,
+        url: &str,
+        request: reqwest::blocking::RequestBuilder,
+    ) -> Result<String, AzureError> {
+        let resp = http::send_logged(request).map_err(|source| AzureError::Connect {
             method: "GET".into(),
             url: url.to_owned(),
             source,

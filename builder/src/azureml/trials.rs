@@ -43,7 +43,7 @@ pub fn tracking_base(job: &Value) -> Option<String> {
 }
 
 fn json_at(client: &Client, url: &str) -> Result<Value, AzureError> {
-    let text = client.get_text(url)?;
+    let text = client.get_data_plane(url)?;
     serde_json::from_str(&text).map_err(|source| AzureError::NotJson {
         method: "GET".into(),
         path: url.to_owned(),
