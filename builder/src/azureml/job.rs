@@ -78,6 +78,32 @@ pub fn io_bodies(
     (inputs, outputs)
 }
 
+/// The names a job's service checks before anything runs: the job's own, and its inputs' and
+/// outputs' (no `-`: they become `${{inputs.NAME}}`).
+pub fn check_names(
+    id: &str,
+    inputs: &BTreeMap<String, String>,
+    outputs: &[String],
+) -> Result<(), AzureError> {
+    if !valid_name(id) {
+        return Err(AzureError::BadName {
+            what: "job name",
+            name: id.to_owned(),
+            rule: NameRule::Job,
+        });
+    }
+    for name in inputs.keys().chain(outputs.iter()) {
+        if !valid_name(name) || name.contains('-') {
+            return Err(AzureError::BadName {
+                what: "input/output name",
+                name: name.clone(),
+                rule: NameRule::InputOutput,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Quotes one word for `/bin/sh` when it needs it.
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
@@ -202,22 +228,7 @@ impl JobBody for CommandJob {
                 instances: self.instance_count,
             });
         }
-        if !valid_name(&self.id) {
-            return Err(AzureError::BadName {
-                what: "job name",
-                name: self.id.clone(),
-                rule: NameRule::Job,
-            });
-        }
-        for name in self.inputs.keys().chain(self.outputs.iter()) {
-            if !valid_name(name) || name.contains('-') {
-                return Err(AzureError::BadName {
-                    what: "input/output name",
-                    name: name.clone(),
-                    rule: NameRule::InputOutput,
-                });
-            }
-        }
+        check_names(&self.id, &self.inputs, &self.outputs)?;
         Ok(())
     }
 

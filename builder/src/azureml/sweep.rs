@@ -9,12 +9,12 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::job::{io_bodies, JobBody};
+use super::job::{check_names, io_bodies, JobBody};
 use super::search_space::Param;
 pub use super::sweep_settings::{
     EarlyTermination, Limits, Objective, Sampling, SweepError, TRAINER_METRICS,
 };
-use super::{valid_name, AzureError, NameRule};
+use super::AzureError;
 
 /// A sweep job to submit.
 #[derive(Debug, Clone, PartialEq)]
@@ -246,22 +246,7 @@ impl JobBody for SweepJob {
     }
 
     fn check(&self) -> Result<(), AzureError> {
-        if !valid_name(&self.id) {
-            return Err(AzureError::BadName {
-                what: "job name",
-                name: self.id.clone(),
-                rule: NameRule::Job,
-            });
-        }
-        for name in self.inputs.keys().chain(self.outputs.iter()) {
-            if !valid_name(name) || name.contains('-') {
-                return Err(AzureError::BadName {
-                    what: "input/output name",
-                    name: name.clone(),
-                    rule: NameRule::InputOutput,
-                });
-            }
-        }
+        check_names(&self.id, &self.inputs, &self.outputs)?;
         self.validate().map_err(AzureError::from)
     }
 
