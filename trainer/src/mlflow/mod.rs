@@ -231,8 +231,8 @@ mod tests {
         assert_eq!(s.shown, "https://h/x");
     }
 
-    #[test]
-    fn a_dead_server_costs_training_nothing_and_the_summary_says_what_was_lost() {
+    /// Settings aimed at a loopback port nobody listens on (free a moment ago), and the port.
+    fn nobody_listening() -> (u16, Settings) {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -242,13 +242,21 @@ mod tests {
         let s = Settings::from_env(move |k| (k == "MLFLOW_TRACKING_URI").then(|| uri.clone()))
             .unwrap()
             .unwrap();
+        (port, s)
+    }
+
+    #[test]
+    fn a_dead_server_costs_training_nothing_and_the_summary_says_what_was_lost() {
+        let (_, s) = nobody_listening();
         let t = Tracker::start(s, vec![Param::new("lr", 0.001)]);
         let start = Instant::now();
         for e in 1..=3 {
             t.log_epoch(&epoch(e));
         }
+        // A guard that log_epoch hands off rather than sending (one send is bounded at 5 s), not a
+        // speed claim: wide enough for a loaded CI machine.
         assert!(
-            start.elapsed() < Duration::from_millis(100),
+            start.elapsed() < Duration::from_secs(2),
             "log_epoch must not wait"
         );
         let notes = t.finish(true, Duration::from_secs(3));
@@ -317,15 +325,7 @@ mod tests {
 
     #[test]
     fn a_server_that_comes_back_gets_the_held_epochs() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let uri = format!("http://127.0.0.1:{port}");
-        let s = Settings::from_env(move |k| (k == "MLFLOW_TRACKING_URI").then(|| uri.clone()))
-            .unwrap()
-            .unwrap();
+        let (port, s) = nobody_listening();
         let t = Tracker::spawn(s, vec![Param::new("lr", 0.001)], Duration::from_millis(300));
         t.log_epoch(&epoch(1));
         let mut notes = Vec::new();
