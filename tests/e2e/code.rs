@@ -267,6 +267,13 @@ fn bad_code_inputs_outputs_and_references_are_refused_before_the_engine() {
         "{e}"
     );
 
+    // Without --code the trainer runs; an --input it would never read is refused, not dropped.
+    let e = refused(t.path(), &["--input", &data_arg]);
+    assert!(
+        e.contains("--input and --output name what your own command reads and writes"),
+        "{e}"
+    );
+
     let e = refused(t.path(), &["--code", code_s]);
     assert!(
         e.contains("--code needs the command to run after `--`"),
