@@ -614,7 +614,12 @@ fn link_check(
                 format!(
                     " ({} present but not inspected: {})",
                     report.unchecked.len(),
-                    report.unchecked.iter().cloned().collect::<Vec<_>>().join(", ")
+                    report
+                        .unchecked
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             }
         ));

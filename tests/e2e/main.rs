@@ -10,6 +10,7 @@ mod cli;
 mod compute;
 mod hostile;
 mod mlflow;
+mod python;
 mod ranks;
 mod registry;
 mod run;

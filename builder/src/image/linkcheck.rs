@@ -480,7 +480,9 @@ pub fn check_python_extensions(
     for m in &modules {
         match check_as(fs, m, m, ld_library_path, arch) {
             Ok(r) => {
-                report.objects.extend(r.objects.into_iter().filter(|o| o != m));
+                report
+                    .objects
+                    .extend(r.objects.into_iter().filter(|o| o != m));
                 report.unchecked.extend(r.unchecked);
             }
             Err(e) => problems.extend(e.problems),

@@ -150,9 +150,15 @@ fn real_host_binary_links_on_the_host_file_system() {
 
 /// A minimal x86-64 ELF shared object, made byte by byte: a dynamic section with `needed`
 /// (DT_NEEDED), `rpath` (DT_RPATH) or `runpath` (DT_RUNPATH), and the global functions
-/// `exports` in its dynamic symbol table (with the hash table that counts them). One PT_LOAD maps the file at address 0, so virtual
-/// addresses are file offsets; there are no section headers, as in a stripped library.
-fn elf_so(needed: &[&str], rpath: Option<&str>, runpath: Option<&str>, exports: &[&str]) -> Vec<u8> {
+/// `exports` in its dynamic symbol table (with the hash table that counts them). One PT_LOAD
+/// maps the file at address 0, so virtual addresses are file offsets; there are no section
+/// headers, as in a stripped library.
+fn elf_so(
+    needed: &[&str],
+    rpath: Option<&str>,
+    runpath: Option<&str>,
+    exports: &[&str],
+) -> Vec<u8> {
     const EHDR: usize = 64;
     const PHDR: usize = 56;
     const SYM: usize = 24;
@@ -189,12 +195,12 @@ fn elf_so(needed: &[&str], rpath: Option<&str>, runpath: Option<&str>, exports: 
     dynamic.extend(rpath.map(|r| (15, r))); // DT_RPATH
     dynamic.extend(runpath.map(|r| (29, r))); // DT_RUNPATH
     dynamic.extend([
-        (5, strtab_at as u64),    // DT_STRTAB
+        (5, strtab_at as u64),     // DT_STRTAB
         (10, strtab.len() as u64), // DT_STRSZ
-        (6, symtab_at as u64),    // DT_SYMTAB
-        (11, SYM as u64),         // DT_SYMENT
-        (4, hash_at as u64),      // DT_HASH
-        (0, 0),                   // DT_NULL
+        (6, symtab_at as u64),     // DT_SYMTAB
+        (11, SYM as u64),          // DT_SYMENT
+        (4, hash_at as u64),       // DT_HASH
+        (0, 0),                    // DT_NULL
     ]);
     let end = dynamic_at + 16 * dynamic.len();
 
@@ -213,7 +219,14 @@ fn elf_so(needed: &[&str], rpath: Option<&str>, runpath: Option<&str>, exports: 
     let mut phdr = |kind: u32, offset: usize, size: usize, align: u64| {
         b.extend_from_slice(&kind.to_le_bytes());
         b.extend_from_slice(&4u32.to_le_bytes()); // PF_R
-        for v in [offset as u64, offset as u64, offset as u64, size as u64, size as u64, align] {
+        for v in [
+            offset as u64,
+            offset as u64,
+            offset as u64,
+            size as u64,
+            size as u64,
+            align,
+        ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
     };
@@ -246,7 +259,10 @@ fn site(without: &[&str]) -> ImageFs {
     let mut entries: Vec<(String, Entry)> = vec![
         ("lib".into(), Entry::Dir),
         ("lib/x86_64-linux-gnu".into(), Entry::Dir),
-        ("lib/x86_64-linux-gnu/libc.so.6".into(), so(&[], None, None, &["printf"])),
+        (
+            "lib/x86_64-linux-gnu/libc.so.6".into(),
+            so(&[], None, None, &["printf"]),
+        ),
         ("opt".into(), Entry::Dir),
         (site.into(), Entry::Dir),
         ("usr".into(), Entry::Dir),
@@ -257,7 +273,11 @@ fn site(without: &[&str]) -> ImageFs {
         if let Some((dir, _)) = full.rsplit_once('/') {
             let mut at = String::new();
             for c in dir.split('/') {
-                at = if at.is_empty() { c.to_owned() } else { format!("{at}/{c}") };
+                at = if at.is_empty() {
+                    c.to_owned()
+                } else {
+                    format!("{at}/{c}")
+                };
                 if !entries.iter().any(|(p, _)| *p == at) {
                     entries.push((at.clone(), Entry::Dir));
                 }
@@ -278,18 +298,39 @@ fn site(without: &[&str]) -> ImageFs {
     );
     add(
         "num.libs/libopenblas-abc.so",
-        so(&["libgfortran-x.so.5", "libc.so.6"], Some("$ORIGIN"), None, &["dgemm_"]),
+        so(
+            &["libgfortran-x.so.5", "libc.so.6"],
+            Some("$ORIGIN"),
+            None,
+            &["dgemm_"],
+        ),
     );
-    add("num.libs/libgfortran-x.so.5", so(&["libc.so.6"], None, None, &[]));
+    add(
+        "num.libs/libgfortran-x.so.5",
+        so(&["libc.so.6"], None, None, &[]),
+    );
     add(
         "tor/_C.abi3.so",
-        so(&["libtorch_python.so"], None, Some("${ORIGIN}/lib"), &["PyInit__C"]),
+        so(
+            &["libtorch_python.so"],
+            None,
+            Some("${ORIGIN}/lib"),
+            &["PyInit__C"],
+        ),
     );
     add(
         "tor/lib/libtorch_python.so",
-        so(&["libtorch_cpu.so", "libc.so.6"], None, Some("$ORIGIN"), &[]),
+        so(
+            &["libtorch_cpu.so", "libc.so.6"],
+            None,
+            Some("$ORIGIN"),
+            &[],
+        ),
     );
-    add("tor/lib/libtorch_cpu.so", so(&["libc.so.6"], None, None, &[]));
+    add(
+        "tor/lib/libtorch_cpu.so",
+        so(&["libc.so.6"], None, None, &[]),
+    );
     // Not modules: a library that needs what is not there (loaded by nobody here), a module
     // whose init function does not match its file name, an `.so` that is not ELF.
     add(
@@ -304,13 +345,21 @@ fn site(without: &[&str]) -> ImageFs {
         "odd/notes.so",
         Entry::File(Content::Bytes(std::sync::Arc::new(b"not ELF".to_vec()))),
     );
-    let refs: Vec<(&str, Entry)> = entries.iter().map(|(p, e)| (p.as_str(), e.clone())).collect();
+    let refs: Vec<(&str, Entry)> = entries
+        .iter()
+        .map(|(p, e)| (p.as_str(), e.clone()))
+        .collect();
     fs_with(&refs)
 }
 
 #[test]
 fn the_fixture_elf_parses_as_the_check_reads_it() {
-    let bytes = elf_so(&["libx.so.1"], Some("$ORIGIN/a"), None, &["PyInit_m", "other"]);
+    let bytes = elf_so(
+        &["libx.so.1"],
+        Some("$ORIGIN/a"),
+        None,
+        &["PyInit_m", "other"],
+    );
     let o = parse(&bytes).expect("parses");
     assert_eq!(o.needed, ["libx.so.1"]);
     assert_eq!(o.rpath, ["$ORIGIN/a"]);
@@ -418,7 +467,8 @@ fn a_missing_library_names_the_module_and_the_library() {
     )
     .unwrap_err();
     assert!(
-        e.to_string().contains("searched /opt/site/num.libs:/opt/site/tor/lib:"),
+        e.to_string()
+            .contains("searched /opt/site/num.libs:/opt/site/tor/lib:"),
         "{e}"
     );
 }
@@ -433,5 +483,9 @@ fn a_python_extensions_directory_that_is_not_there_is_named_with_a_hint() {
             .contains("/opt/site-packages is not a directory in the image"),
         "{e}"
     );
-    assert!(e.hint().unwrap().contains("python-extensions"), "{:?}", e.hint());
+    assert!(
+        e.hint().unwrap().contains("python-extensions"),
+        "{:?}",
+        e.hint()
+    );
 }

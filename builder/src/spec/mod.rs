@@ -475,8 +475,10 @@ pub fn parse(path: &Path, text: &str, vars: &Vars) -> Result<Environment, SpecEr
         Ok(out)
     };
     let dlopen = image_paths(&raw.link_check.dlopen, "link-check.dlopen")?;
-    let python_extensions =
-        image_paths(&raw.link_check.python_extensions, "link-check.python-extensions")?;
+    let python_extensions = image_paths(
+        &raw.link_check.python_extensions,
+        "link-check.python-extensions",
+    )?;
     Ok(Environment {
         file: path.to_path_buf(),
         // The text is the file's bytes (checked to be UTF-8, not changed).
