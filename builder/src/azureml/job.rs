@@ -104,17 +104,8 @@ pub fn check_names(
     Ok(())
 }
 
-/// Quotes one word for `/bin/sh` when it needs it.
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-    {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
+/// Quotes one word for `/bin/sh` when it needs it (one quoting for both modes: `jobio`'s).
+pub use crate::jobio::shell_quote;
 
 /// The trainer's command line: `--data ${{inputs.data}}` when there is a `data` input,
 /// `--output ${{outputs.<output>}}`, then the user's arguments, quoted.

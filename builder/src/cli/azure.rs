@@ -423,6 +423,25 @@ pub fn run(r: RunArgs) -> anyhow::Result<ExitCode> {
         a.env_vars.push(super::args::env_pair(kv)?);
     }
     let (env_or_image, trainer_args, ws) = (&r.source, &r.args, &r.ws);
+    anyhow::ensure!(
+        r.code.is_none(),
+        "--code runs with --local for now; --azure runs the image's trainer"
+    );
+    let outputs = r.outputs();
+    anyhow::ensure!(
+        outputs.len() == 1,
+        "without --code, --azure takes one --output: the trainer's --output (given: {})",
+        outputs.join(", ")
+    );
+    let mut inputs = BTreeMap::new();
+    for (name, value) in r.inputs()? {
+        let envbuild::jobio::InputValue::Uri(uri) = value else {
+            anyhow::bail!(
+                "--input {name}: --azure takes a URI (azureml://…, https://…) for an input of the trainer"
+            );
+        };
+        inputs.insert(name, uri);
+    }
     let timeout = job::parse_timeout(&a.timeout)?;
     let options = job_options(&a, r.shm_size)?;
     let client = client(ws)?;
@@ -439,13 +458,12 @@ pub fn run(r: RunArgs) -> anyhow::Result<ExitCode> {
         &r.cache,
         &r.transport,
     )?;
-    let inputs: BTreeMap<String, String> = a.input.iter().cloned().collect();
     let id = a
         .job_name
         .clone()
         .unwrap_or_else(|| job::new_job_id(&env_name));
     let spec = job::CommandJob {
-        command: job::trainer_command(inputs.contains_key("data"), &a.output, trainer_args),
+        command: job::trainer_command(inputs.contains_key("data"), &outputs[0], trainer_args),
         environment_id,
         compute_id: a
             .compute
@@ -455,7 +473,7 @@ pub fn run(r: RunArgs) -> anyhow::Result<ExitCode> {
         experiment_name: a.experiment.clone().unwrap_or_else(|| env_name.clone()),
         environment_variables: a.env_vars.iter().cloned().collect(),
         inputs,
-        outputs: vec![a.output.clone()],
+        outputs,
         instance_type: a.instance_type.clone(),
         instance_count: a.instance_count,
         processes_per_instance: a
