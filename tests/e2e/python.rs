@@ -1,13 +1,16 @@
-//! The Python environments: python-cpu is the same image twice, its link check covers every
-//! Python extension module (a CUDA library that torch/_C links, or a wheel's bundled library,
-//! missing is named with the module), and the image runs python3 with torch and numpy on the
-//! Docker engine.
+//! The Python environments and your own script: python-cpu is the same image twice, its link
+//! check covers every Python extension module (a CUDA library that torch/_C links, or a wheel's
+//! bundled library, missing is named with the module), and examples/mnist.py trains in it with
+//! `run --local --code`, as root and as an unnamed uid, writing the same model bytes.
 
 use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
-use envbuild_e2e::{engine_lock, last_line, python_base_layout, root, run, site_packages};
+use envbuild_e2e::{bins, engine_lock, last_line, python_base_layout, root, run, site_packages};
+use serde_json::Value;
 
 use super::build::{envbuild, manifest};
 use super::run::{run_local, DATA};
@@ -47,57 +50,134 @@ fn build(env: &Path, out: &Path) -> (String, String) {
     (last_line(&stdout), stderr.into_owned())
 }
 
+/// python-cpu, built once for these tests (cold, it compresses 2.9 GB: the CUDA libraries that
+/// `import torch` loads; about 90 s on two busy cores): its layout, digest and build messages.
+fn image() -> &'static (PathBuf, String, String) {
+    static IMAGE: OnceLock<(PathBuf, String, String)> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let out = root().join("target/e2e/python-cpu");
+        let _ = fs::remove_dir_all(&out);
+        let (digest, said) = build(&python_cpu(), &out);
+        (out, digest, said)
+    })
+}
+
 #[test]
-fn python_cpu_is_the_same_image_twice_and_imports_torch_in_the_engine() {
-    let t = tempfile::tempdir().unwrap();
-    let (a, b) = (t.path().join("a"), t.path().join("b"));
-    let (first, said) = build(&python_cpu(), &a);
+fn python_cpu_is_the_same_image_twice_and_its_link_check_covers_python() {
+    let (layout, first, said) = image();
     assert!(first.starts_with("sha256:"), "{first}");
     // The link check went through the standard library's and the wheels' extension modules.
-    for dir in [
-        "/usr/lib/python3.11/lib-dynload",
-        "/opt/envbuild/site-packages",
-    ] {
+    for dir in ["/usr/lib/python3.11/lib-dynload", "/opt/envbuild/site-packages"] {
         assert!(
-            said.contains(&format!(
-                "Python extension modules under {dir} resolve with"
-            )),
+            said.contains(&format!("Python extension modules under {dir} resolve with")),
             "{said}"
         );
     }
     // Again, from the files as they are now: the same tree, the same layers, the same digest.
-    let (second, _) = build(&python_cpu(), &b);
-    assert_eq!(first, second, "two builds of python-cpu gave two digests");
-    let m = manifest(&a);
+    let t = tempfile::tempdir().unwrap();
+    let (second, _) = build(&python_cpu(), &t.path().join("again"));
+    assert_eq!(*first, second, "two builds of python-cpu gave two digests");
+    let m = manifest(layout);
     assert_eq!(
         m["layers"].as_array().unwrap().len(),
         10,
         "the debian-python base and nine layers: {m}"
     );
+}
 
+/// `summary.json` and the `model.pt` bytes of one run's `model` output.
+fn model_of(outputs: &Path) -> (Value, Vec<u8>) {
+    let dir = outputs.join("model");
+    let summary = fs::read(dir.join("summary.json"))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.join("summary.json").display()));
+    (
+        serde_json::from_slice(&summary).unwrap(),
+        fs::read(dir.join("model.pt")).unwrap(),
+    )
+}
+
+#[test]
+fn the_example_script_trains_in_python_cpu_the_same_as_root_and_as_an_unnamed_uid() {
+    let (layout, _, _) = image();
+    let source = format!("oci:{}", layout.display());
+    let command = [
+        "python3",
+        "mnist.py",
+        "--data",
+        "${{inputs.data}}",
+        "--output",
+        "${{outputs.model}}",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "5000",
+        "--limit-test",
+        "1000",
+    ];
+    let examples = root().join("examples");
+    let code = [
+        "--code",
+        examples.to_str().unwrap(),
+        "--input",
+        &format!("data={DATA}"),
+        "--output",
+        "model",
+    ];
     let _engine = engine_lock();
-    let outputs = t.path().join("outputs");
-    let mut c = run_local(
-        &format!("oci:{}", a.display()),
-        &outputs,
-        &["--data", DATA],
-        &[
-            "python3",
-            "-c",
-            "import sys, torch, numpy; x = torch.arange(6.0).reshape(2, 3); \
-             print('torch', torch.__version__, 'numpy', numpy.__version__, 'sum', float(x.sum()), \
-             'cuda', torch.cuda.is_available(), sys.executable)",
-        ],
-    );
-    let o = run(&mut c);
+    let t = tempfile::tempdir().unwrap();
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o777)).unwrap();
+
+    // As root, the image's user (Azure ML's too).
+    let as_root = t.path().join("as-root");
+    let o = run(&mut run_local(&source, &as_root, &code, &command));
     let (stdout, stderr) = (
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr),
     );
     assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(
-        stdout.contains("torch 2.11.0") && stdout.contains("sum 15.0 cuda False /usr/bin/python3"),
+        stdout.contains("torch 2.11.0") && stdout.contains("epoch 1/1  train_loss"),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let (summary, model) = model_of(&as_root);
+    let accuracy = summary["test_accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.5, "test accuracy {accuracy} after 5000 images");
+    assert_eq!(summary["train_images"], 5000);
+
+    // As a caller with no name in the image's /etc/passwd (uid 4321, in the docker group for
+    // the socket): the outputs are theirs, and the model is the same bytes.
+    let as_user = t.path().join("as-user");
+    let docker_gid = fs::metadata("/var/run/docker.sock").unwrap().gid();
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid=4321",
+        "--regid=4321",
+        &format!("--groups={docker_gid}"),
+    ])
+    .arg(&bins().envbuild)
+    .args(["run", "--local", &source, "--cache"])
+    .arg(t.path().join("cache"))
+    .arg("--outputs")
+    .arg(&as_user)
+    .args(code)
+    .arg("--")
+    .args(command)
+    .env("HOME", t.path());
+    let o = run(&mut c);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let (again, model_again) = model_of(&as_user);
+    assert_eq!(
+        fs::metadata(as_user.join("model/model.pt")).unwrap().uid(),
+        4321
+    );
+    assert_eq!(again["test_accuracy"], summary["test_accuracy"]);
+    assert!(
+        model_again == model,
+        "two seeded runs of the example wrote different model.pt bytes"
     );
 }
 
