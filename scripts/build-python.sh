@@ -12,7 +12,9 @@ out=${2:-out/python-$variant}
 [ -x target/release/envbuild ] || scripts/build-release.sh
 base=${ENVBUILD_PYTHON_BASE:-out/base/debian-python}
 [ -f "$base/index.json" ] || docker/base/make-base.sh "$base" debian-python >/dev/null
-export ENVBUILD_PYTHON_BASE=$base
+# Relative paths in an environment file are relative to the file: pass the base absolute.
+ENVBUILD_PYTHON_BASE=$(realpath "$base")
+export ENVBUILD_PYTHON_BASE
 start=$SECONDS
 json=$(target/release/envbuild build "environments/python-$variant.toml" --output "oci:$out" --json)
 took=$((SECONDS - start))

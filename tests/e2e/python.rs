@@ -67,9 +67,14 @@ fn python_cpu_is_the_same_image_twice_and_its_link_check_covers_python() {
     let (layout, first, said) = image();
     assert!(first.starts_with("sha256:"), "{first}");
     // The link check went through the standard library's and the wheels' extension modules.
-    for dir in ["/usr/lib/python3.11/lib-dynload", "/opt/envbuild/site-packages"] {
+    for dir in [
+        "/usr/lib/python3.11/lib-dynload",
+        "/opt/envbuild/site-packages",
+    ] {
         assert!(
-            said.contains(&format!("Python extension modules under {dir} resolve with")),
+            said.contains(&format!(
+                "Python extension modules under {dir} resolve with"
+            )),
             "{said}"
         );
     }
