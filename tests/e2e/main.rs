@@ -11,6 +11,7 @@ mod code;
 mod compute;
 mod hostile;
 mod mlflow;
+mod python;
 mod ranks;
 mod registry;
 mod run;

@@ -135,6 +135,28 @@ pub fn base_layout() -> &'static Path {
     })
 }
 
+/// The locally made Python base image (docker/base/make-base.sh DIR debian-python): the
+/// runtime base's packages plus Debian's python3.11, made once.
+pub fn python_base_layout() -> &'static Path {
+    static BASE: OnceLock<PathBuf> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let dir = root().join("target/e2e/base-python");
+        let out = Command::new(root().join("docker/base/make-base.sh"))
+            .arg(&dir)
+            .arg("debian-python")
+            .env("ENVBUILD", &bins().envbuild)
+            .env("ENVBUILD_CACHE", root().join("target/e2e/base-cache"))
+            .output()
+            .expect("make-base runs");
+        assert!(
+            out.status.success(),
+            "make-base debian-python failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
 /// Tests that load the CPU image into the engine and remove it again hold this, one at a time.
 pub fn engine_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
