@@ -95,10 +95,14 @@ pub fn envbuild_debug() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // With the targets `cargo test --workspace` builds (its tests bring the dev-dependencies'
+        // features), so that the dependencies and the library are the test build's and only the
+        // binary is new; `-p envbuild` alone resolved other features and compiled some 55 crates
+        // and the library again inside the test run (about a minute of CI's two cores).
         let out = Command::new("bash")
             .arg("-c")
             .arg(format!(
-                ". scripts/env.sh && exec \"{cargo}\" build --locked -p envbuild"
+                ". scripts/env.sh && exec \"{cargo}\" build --locked --workspace --bins --tests --examples"
             ))
             .current_dir(root())
             .output()
