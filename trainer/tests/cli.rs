@@ -82,7 +82,9 @@ fn sigkill_mid_epoch_then_resume_matches_uninterrupted() {
     let t = tempfile::tempdir().unwrap();
     let data = t.path().join("data");
     fs::create_dir(&data).unwrap();
-    synthetic(&data, 4000, 300, 16);
+    // 2000 images: epochs long enough that the kill lands mid-epoch (it waits 0.4 of a measured
+    // epoch after the first checkpoint), short enough not to dominate the suite.
+    synthetic(&data, 2000, 300, 16);
     let (full, killed) = (t.path().join("full"), t.path().join("killed"));
     assert!(run(&common(&data, &full, "3")).status.success());
 
