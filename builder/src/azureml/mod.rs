@@ -2,13 +2,16 @@
 //! retries and typed errors (`error`), and the three things envbuild does there — environment
 //! versions, command jobs, model versions (one submodule each); computes and what they cost.
 
+pub mod code;
 pub mod compute;
+pub mod datastore;
 pub mod environment;
 pub mod error;
 pub mod job;
 pub mod lro;
 pub mod model;
 pub mod options;
+pub mod outputs;
 pub mod power;
 pub mod search_space;
 #[cfg(test)]

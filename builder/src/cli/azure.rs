@@ -439,7 +439,11 @@ pub fn run(r: RunArgs) -> anyhow::Result<ExitCode> {
         &r.cache,
         &r.transport,
     )?;
-    let inputs: BTreeMap<String, String> = a.input.iter().cloned().collect();
+    let inputs: BTreeMap<String, job::Input> = a
+        .input
+        .iter()
+        .map(|(k, uri)| (k.clone(), job::Input::Folder(uri.clone())))
+        .collect();
     let id = a
         .job_name
         .clone()
@@ -454,6 +458,7 @@ pub fn run(r: RunArgs) -> anyhow::Result<ExitCode> {
         display_name: a.display_name.clone(),
         experiment_name: a.experiment.clone().unwrap_or_else(|| env_name.clone()),
         environment_variables: a.env_vars.iter().cloned().collect(),
+        code_id: None,
         inputs,
         outputs: vec![a.output.clone()],
         instance_type: a.instance_type.clone(),
