@@ -7,6 +7,7 @@ mod azure;
 mod azure_spec;
 mod build;
 mod cli;
+mod code_azure;
 mod compute;
 mod hostile;
 mod mlflow;

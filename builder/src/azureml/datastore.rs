@@ -250,7 +250,10 @@ mod tests {
         let d = Datastore::from_resource(&resource("AccountKey")).unwrap();
         assert_eq!(d.name, "workspaceblobstore");
         assert!(d.is_default && d.credentials.is_key_based());
-        assert_eq!(d.account_url(), "https://stenvbuild01.blob.core.windows.net");
+        assert_eq!(
+            d.account_url(),
+            "https://stenvbuild01.blob.core.windows.net"
+        );
         assert_eq!(
             d.url_of("LocalUpload/abc/src/"),
             "https://stenvbuild01.blob.core.windows.net/azureml-blobstore-0123/LocalUpload/abc/src"
@@ -265,7 +268,10 @@ mod tests {
         let d = Datastore::from_resource(&none).unwrap();
         assert_eq!(d.credentials, Credentials::None);
         assert!(!d.credentials.is_key_based());
-        assert_eq!(d.account_url(), "https://stenvbuild01.blob.core.chinacloudapi.cn");
+        assert_eq!(
+            d.account_url(),
+            "https://stenvbuild01.blob.core.chinacloudapi.cn"
+        );
     }
 
     #[test]
@@ -273,7 +279,10 @@ mod tests {
         let mut file = resource("AccountKey");
         file["properties"]["datastoreType"] = json!("AzureFile");
         let e = Datastore::from_resource(&file).unwrap_err().to_string();
-        assert!(e.contains("workspaceblobstore") && e.contains("AzureFile"), "{e}");
+        assert!(
+            e.contains("workspaceblobstore") && e.contains("AzureFile"),
+            "{e}"
+        );
         for (field, bad) in [
             ("accountName", json!("evil.example.com/x")),
             ("accountName", Value::Null),

@@ -170,7 +170,9 @@ pub enum AzureError {
     #[error("input {name}: the literal value `{value}` has no letter, digit or _, which Azure ML requires of a literal input")]
     BadLiteral { name: String, value: String },
     /// An output whose URI names no datastore path (nothing envbuild can fetch).
-    #[error("job {job}'s output {output} is at {uri}, not on a datastore (azureml://datastores/…)")]
+    #[error(
+        "job {job}'s output {output} is at {uri}, not on a datastore (azureml://datastores/…)"
+    )]
     OutputNotOnDatastore {
         job: String,
         output: String,

@@ -102,10 +102,7 @@ pub fn typed_io_bodies(
     serde_json::Map<String, Value>,
     serde_json::Map<String, Value>,
 ) {
-    let inputs = inputs
-        .iter()
-        .map(|(k, i)| (k.clone(), i.body()))
-        .collect();
+    let inputs = inputs.iter().map(|(k, i)| (k.clone(), i.body())).collect();
     let outputs = outputs
         .iter()
         .map(|k| {
@@ -123,7 +120,7 @@ pub fn typed_io_bodies(
 pub fn check_names<'a>(
     id: &str,
     inputs: impl IntoIterator<Item = &'a String>,
-    outputs: &[String],
+    outputs: &'a [String],
 ) -> Result<(), AzureError> {
     if !valid_name(id) {
         return Err(AzureError::BadName {
@@ -528,7 +525,8 @@ mod tests {
             "one process: no distribution"
         );
         let mut bad = j.clone();
-        bad.inputs.insert("my-data".into(), Input::Literal("x".into()));
+        bad.inputs
+            .insert("my-data".into(), Input::Literal("x".into()));
         assert!(bad.check().unwrap_err().to_string().contains("`my-data`"));
         // Two nodes of two processes: the PyTorch distribution, as the REST definition spells it.
         let mut ddp = j.clone();
@@ -592,7 +590,13 @@ mod tests {
             "python train.py --lr ${{inputs.lr}} --data=${{inputs.data}} --out ${{ outputs.model }}'/x y'"
         );
         assert_eq!(
-            service_command(&words(&["sh", "-c", "echo $HOME ${{inputs.n}}", "", "it's"])),
+            service_command(&words(&[
+                "sh",
+                "-c",
+                "echo $HOME ${{inputs.n}}",
+                "",
+                "it's"
+            ])),
             "sh -c 'echo $HOME '${{inputs.n}} '' 'it'\\''s'"
         );
         // An unclosed reference is text like any other.
@@ -603,13 +607,26 @@ mod tests {
     fn code_and_every_input_kind_have_the_recorded_shape() {
         let mut j = job();
         j.code_id = Some("/subscriptions/s/resourceGroups/r/providers/Microsoft.MachineLearningServices/workspaces/w/codes/src/versions/0123".into());
-        j.command = service_command(&["python".into(), "train.py".into(), "--lr".into(), "${{inputs.lr}}".into()]);
+        j.command = service_command(&[
+            "python".into(),
+            "train.py".into(),
+            "--lr".into(),
+            "${{inputs.lr}}".into(),
+        ]);
         j.inputs.insert("lr".into(), Input::Literal("0.01".into()));
-        j.inputs.insert("labels".into(), Input::File("azureml://datastores/workspaceblobstore/paths/LocalUpload/ab/labels.csv".into()));
+        j.inputs.insert(
+            "labels".into(),
+            Input::File(
+                "azureml://datastores/workspaceblobstore/paths/LocalUpload/ab/labels.csv".into(),
+            ),
+        );
         j.check().unwrap();
         let p = j.body()["properties"].clone();
         assert_eq!(p["codeId"], j.code_id.as_deref().unwrap());
-        assert_eq!(p["inputs"]["lr"], json!({"jobInputType": "literal", "value": "0.01"}));
+        assert_eq!(
+            p["inputs"]["lr"],
+            json!({"jobInputType": "literal", "value": "0.01"})
+        );
         assert_eq!(
             p["inputs"]["labels"],
             json!({"jobInputType": "uri_file", "uri": "azureml://datastores/workspaceblobstore/paths/LocalUpload/ab/labels.csv", "mode": "ReadOnlyMount"})

@@ -162,7 +162,13 @@ pub(crate) fn blob_path(sh: &Shared, uri: &str) -> Option<PathBuf> {
         return None;
     }
     let d = st.blob_datastores.get(ds)?;
-    Some(st.blob_root.as_ref()?.join(&d.account).join(&d.container).join(p))
+    Some(
+        st.blob_root
+            .as_ref()?
+            .join(&d.account)
+            .join(&d.container)
+            .join(p),
+    )
 }
 
 /// `https://{account}.blob.core.windows.net/{container}/{path}` of one of the workspace's Blob

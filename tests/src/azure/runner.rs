@@ -91,7 +91,11 @@ fn log_line(dir: &std::path::Path, line: &str) {
 /// An input's mount: (host path, container path, what `${{inputs.NAME}}` becomes). A folder
 /// is mounted at `/mnt/azureml/inputs/NAME`; a file as `/mnt/azureml/inputs/NAME/<file name>`,
 /// which the reference names.
-fn input_mount(sh: &Shared, name: &str, i: &serde_json::Value) -> Result<(PathBuf, String, String), String> {
+fn input_mount(
+    sh: &Shared,
+    name: &str,
+    i: &serde_json::Value,
+) -> Result<(PathBuf, String, String), String> {
     let uri = i["uri"].as_str().unwrap_or("");
     let host = super::data::azureml_path(sh, uri)?;
     let at = format!("/mnt/azureml/inputs/{name}");
@@ -136,14 +140,18 @@ fn publish_outputs(sh: &Shared, id: &str, p: &serde_json::Value, dir: &std::path
         if name == "default" {
             continue;
         }
-        if let Some(to) = o["uri"].as_str().and_then(|u| super::data::blob_path(sh, u)) {
+        if let Some(to) = o["uri"]
+            .as_str()
+            .and_then(|u| super::data::blob_path(sh, u))
+        {
             let from = dir.join("outputs").join(&name);
             if let Err(e) = copy_tree(&from, &to) {
                 log_line(dir, &format!("warning: output {name} not uploaded: {e}"));
             }
         }
     }
-    let store = format!("azureml://datastores/workspaceartifactstore/paths/ExperimentRun/dcid.{id}");
+    let store =
+        format!("azureml://datastores/workspaceartifactstore/paths/ExperimentRun/dcid.{id}");
     if let Some(to) = super::data::blob_path(sh, &store) {
         let _ = copy_tree(&dir.join("user_logs"), &to.join("user_logs"));
     }
@@ -213,12 +221,18 @@ async fn run(sh: Arc<Shared>, key: String, image: String) {
             Ok(host) => {
                 log_line(
                     &dir,
-                    &format!("AzureMLCompute job failed.\nDataAccessError: code folder {} is gone", host.display()),
+                    &format!(
+                        "AzureMLCompute job failed.\nDataAccessError: code folder {} is gone",
+                        host.display()
+                    ),
                 );
                 return end("Failed");
             }
             Err(e) => {
-                log_line(&dir, &format!("AzureMLCompute job failed.\nDataAccessError: {e}"));
+                log_line(
+                    &dir,
+                    &format!("AzureMLCompute job failed.\nDataAccessError: {e}"),
+                );
                 return end("Failed");
             }
         }
