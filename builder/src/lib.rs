@@ -13,11 +13,13 @@ pub mod error;
 pub mod hosts;
 pub mod http;
 pub mod image;
+pub mod jobio;
 pub mod layer;
 pub mod progress;
 pub mod publish;
 pub mod registry;
 pub mod sbom;
+pub mod snapshot;
 pub mod spec;
 
 /// The hint of `e` when its type is one of the library's errors that carry one
@@ -39,6 +41,8 @@ pub fn hint_of(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         .or_else(|| h::<azureml::AzureError>(e))
         .or_else(|| h::<azureml::ArmFailure>(e))
         .or_else(|| h::<azureml::compute::ComputeError>(e))
+        .or_else(|| h::<snapshot::SnapshotError>(e))
+        .or_else(|| h::<jobio::JobIoError>(e))
         // Errors that wrap another transparently (its Display, its source): the wrapped
         // error is not in the chain, so they pass its hint on.
         .or_else(|| h::<build::BuildError>(e))

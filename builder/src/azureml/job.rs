@@ -141,17 +141,8 @@ pub fn check_names<'a>(
     Ok(())
 }
 
-/// Quotes one word for `/bin/sh` when it needs it.
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-    {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
+/// Quotes one word for `/bin/sh` when it needs it (one quoting for both modes: `jobio`'s).
+pub use crate::jobio::shell_quote;
 
 /// The command the service runs for the user's words (`-- python train.py --lr ${{inputs.lr}}`):
 /// each word quoted for `/bin/sh` where it needs it, but every `${{…}}` left as it is, outside
