@@ -144,35 +144,6 @@ pub fn check_names<'a>(
 /// Quotes one word for `/bin/sh` when it needs it (one quoting for both modes: `jobio`'s).
 pub use crate::jobio::shell_quote;
 
-/// The command the service runs for the user's words (`-- python train.py --lr ${{inputs.lr}}`):
-/// each word quoted for `/bin/sh` where it needs it, but every `${{…}}` left as it is, outside
-/// quotes, for the service to replace with the input's mount path or value (as `az ml` sends a
-/// YAML `command:`).
-pub fn service_command(words: &[String]) -> String {
-    words
-        .iter()
-        .map(|w| {
-            let mut out = String::new();
-            let mut rest = w.as_str();
-            while let Some(i) = rest.find("${{") {
-                let Some(j) = rest[i..].find("}}") else {
-                    break;
-                };
-                if i > 0 {
-                    out += &shell_quote(&rest[..i]);
-                }
-                out += &rest[i..i + j + 2];
-                rest = &rest[i + j + 2..];
-            }
-            if !rest.is_empty() || out.is_empty() {
-                out += &shell_quote(rest);
-            }
-            out
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// The trainer's command line: `--data ${{inputs.data}}` when there is a `data` input,
 /// `--output ${{outputs.<output>}}`, then the user's arguments, quoted.
 pub fn trainer_command(has_data_input: bool, output: &str, args: &[String]) -> String {
@@ -574,31 +545,10 @@ mod tests {
     }
 
     #[test]
-    fn a_command_in_code_keeps_its_references_for_the_service() {
-        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            service_command(&words(&["python", "train.py", "--lr", "${{inputs.lr}}", "--data=${{inputs.data}}", "--out", "${{ outputs.model }}/x y"])),
-            "python train.py --lr ${{inputs.lr}} --data=${{inputs.data}} --out ${{ outputs.model }}'/x y'"
-        );
-        assert_eq!(
-            service_command(&words(&[
-                "sh",
-                "-c",
-                "echo $HOME ${{inputs.n}}",
-                "",
-                "it's"
-            ])),
-            "sh -c 'echo $HOME '${{inputs.n}} '' 'it'\\''s'"
-        );
-        // An unclosed reference is text like any other.
-        assert_eq!(service_command(&words(&["${{inputs.x"])), "'${{inputs.x'");
-    }
-
-    #[test]
     fn code_and_every_input_kind_have_the_recorded_shape() {
         let mut j = job();
         j.code_id = Some("/subscriptions/s/resourceGroups/r/providers/Microsoft.MachineLearningServices/workspaces/w/codes/src/versions/0123".into());
-        j.command = service_command(&[
+        j.command = crate::jobio::command_line(&[
             "python".into(),
             "train.py".into(),
             "--lr".into(),
