@@ -41,6 +41,8 @@ pub fn hint_of(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         .or_else(|| h::<azureml::AzureError>(e))
         .or_else(|| h::<azureml::ArmFailure>(e))
         .or_else(|| h::<azureml::compute::ComputeError>(e))
+        .or_else(|| h::<azureml::stage::StageError>(e))
+        .or_else(|| h::<azureml::outputs::DownloadError>(e))
         .or_else(|| h::<snapshot::SnapshotError>(e))
         .or_else(|| h::<jobio::JobIoError>(e))
         // Errors that wrap another transparently (its Display, its source): the wrapped

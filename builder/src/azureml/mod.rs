@@ -16,6 +16,7 @@ pub mod power;
 pub mod search_space;
 #[cfg(test)]
 pub mod spec_check;
+pub mod stage;
 pub mod status;
 pub mod sweep;
 pub mod sweep_settings;
@@ -26,6 +27,7 @@ pub mod workspace;
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::blocking::Client as Http;
@@ -105,7 +107,7 @@ pub struct Response {
 pub struct Client {
     http: Http,
     settings: Settings,
-    tokens: Box<dyn TokenSource>,
+    tokens: Arc<dyn TokenSource>,
     pub workspace: Workspace,
 }
 
@@ -155,13 +157,19 @@ impl Client {
         Ok(Client {
             http,
             settings,
-            tokens,
+            tokens: Arc::from(tokens),
             workspace,
         })
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Where this client's tokens come from (the storage client asks the same source, for its
+    /// own scope).
+    pub fn tokens(&self) -> Arc<dyn TokenSource> {
+        self.tokens.clone()
     }
 
     /// The access token for ARM.

@@ -1,12 +1,20 @@
 //! A job's outputs as `job download` fetches them: which outputs (one by name, or every named
 //! one and the default artifacts), where each lies (the `azureml://datastores/…` URI the service
 //! filled in) and where it goes locally, laid out as `az ml job download` lays them out:
-//! `named-outputs/NAME/` for a named output, `artifacts/` for the default one.
+//! `named-outputs/NAME/` for a named output, `artifacts/` for the default one. Each comes
+//! through the Blob client: verified, into a temporary folder renamed into place.
+
+use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde_json::Value;
+use thiserror::Error;
 
+use super::datastore::{self, Datastore};
 use super::job::{status, TERMINAL};
-use super::AzureError;
+use super::{AzureError, Client};
+use crate::blob::{self, BlobError, BlobSettings, BlobStore, DownloadReport};
+use crate::progress::Progress;
 
 /// The output every job has: the artifact store's run folder (logs, files the job wrote to
 /// `./outputs`).
@@ -71,6 +79,91 @@ pub fn plan(job: &Value, only: Option<&str>) -> Result<Vec<Fetch>, AzureError> {
             datastore,
             local,
         });
+    }
+    Ok(out)
+}
+
+/// Why `job download` failed.
+#[derive(Debug, Error)]
+pub enum DownloadError {
+    #[error(transparent)]
+    Azure(#[from] AzureError),
+    #[error("output {output} of job {job} (datastore {datastore}, {path})")]
+    Blob {
+        job: String,
+        output: String,
+        datastore: String,
+        path: String,
+        #[source]
+        source: BlobError,
+    },
+}
+
+impl crate::error::Hint for DownloadError {
+    fn hint(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            // Transparent: the wrapped error is not in the chain, so its hint is passed on.
+            DownloadError::Azure(e) => e.hint(),
+            DownloadError::Blob { .. } => None,
+        }
+    }
+}
+
+/// One output as fetched: where it went, and what it took (None: nothing there, which only an
+/// output not asked for by name may be).
+#[derive(Debug)]
+pub struct Fetched {
+    pub fetch: Fetch,
+    pub report: Option<DownloadReport>,
+}
+
+/// `job download`: GET the job, then each output of [`plan`] from its datastore into
+/// `to/{named-outputs/NAME | artifacts}`, verified, complete or absent.
+pub fn download(
+    client: &Client,
+    id: &str,
+    only: Option<&str>,
+    to: &Path,
+    settings: &BlobSettings,
+    progress: &dyn Progress,
+) -> Result<Vec<Fetched>, DownloadError> {
+    let Some(job) = client.get_opt(&format!("jobs/{id}"))? else {
+        return Err(AzureError::NoJob {
+            job: id.to_owned(),
+            workspace: client.workspace.name.clone(),
+        }
+        .into());
+    };
+    let mut stores: BTreeMap<String, Datastore> = BTreeMap::new();
+    let mut out = Vec::new();
+    for f in plan(&job, only)? {
+        if !stores.contains_key(&f.datastore) {
+            stores.insert(f.datastore.clone(), datastore::get(client, &f.datastore)?);
+        }
+        let ds = &stores[&f.datastore];
+        let failed = |source| DownloadError::Blob {
+            job: id.to_owned(),
+            output: f.name.clone(),
+            datastore: f.datastore.clone(),
+            path: f.path.clone(),
+            source,
+        };
+        let store = blob::account_url_from_env(&ds.account, &ds.endpoint)
+            .and_then(|url| BlobStore::new(&url, &ds.container, client.tokens(), settings))
+            .map_err(failed)?;
+        let dest = to.join(&f.local);
+        match store.download_prefix(f.path.trim_end_matches('/'), &dest, progress) {
+            Ok(r) => out.push(Fetched {
+                fetch: f,
+                report: Some(r),
+            }),
+            // Every output asked for at once: one that holds nothing is skipped, as az ml does.
+            Err(BlobError::NothingThere { .. }) if only.is_none() => out.push(Fetched {
+                fetch: f,
+                report: None,
+            }),
+            Err(e) => return Err(failed(e)),
+        }
     }
     Ok(out)
 }

@@ -12,7 +12,9 @@ use envbuild::azureml::{self, environment, job, model, Client};
 use envbuild::error::Hinted;
 use envbuild::registry::Reference;
 
-use super::args::azure::{client, detach_on_ctrl_c, env_name, environment_for_run, source, Source};
+use super::args::azure::{
+    blob_settings, client, detach_on_ctrl_c, env_name, environment_for_run, source, Source,
+};
 use super::args::{print_json, FollowArgs, FormatArgs, PublishArgs, RunArgs, WorkspaceArgs};
 use super::ui::ui;
 use super::Stderr;
@@ -74,6 +76,26 @@ pub enum JobCommand {
     Show(JobArgs),
     /// Cancel a job
     Cancel(JobArgs),
+    /// Fetch a job's outputs from its datastore, verified, as `az ml job download` lays them
+    /// out: DIR/named-outputs/NAME/ for a named output, DIR/artifacts/ for the default one
+    Download(JobDownloadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JobDownloadArgs {
+    /// Job name
+    pub id: String,
+    /// Only this output (`default` is the job's artifacts) [default: every output]
+    #[arg(long, value_name = "NAME")]
+    pub output: Option<String>,
+    /// The folder the outputs go into; each output's folder must not exist yet or be empty
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub to: PathBuf,
+    // With --json: {id, outputs: [{name, path, files, bytes}]}
+    #[command(flatten)]
+    pub format: FormatArgs,
+    #[command(flatten)]
+    pub ws: WorkspaceArgs,
 }
 
 #[derive(Debug, Args)]
@@ -504,6 +526,7 @@ pub fn job(c: JobCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        JobCommand::Download(a) => download(a),
         JobCommand::Cancel(a) => {
             let client = client(&a.ws)?;
             let (min, max) = a.pacing.poll.bounds();
@@ -523,6 +546,47 @@ pub fn job(c: JobCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `envbuild job download`: each output into its folder, complete or not at all.
+fn download(a: JobDownloadArgs) -> anyhow::Result<ExitCode> {
+    let client = client(&a.ws)?;
+    let fetched = azureml::outputs::download(
+        &client,
+        &a.id,
+        a.output.as_deref(),
+        &a.to,
+        &blob_settings(&a.ws),
+        ui(),
+    )?;
+    let mut docs = Vec::new();
+    for f in &fetched {
+        let path = a.to.join(&f.fetch.local);
+        match &f.report {
+            Some(r) => {
+                ui().message(&format!(
+                    "output {}: {} files, {} bytes into {} ({} checked against their sha256, the others by size)",
+                    f.fetch.name,
+                    r.files,
+                    r.bytes,
+                    path.display(),
+                    r.verified
+                ));
+                docs.push(serde_json::json!({
+                    "name": f.fetch.name, "path": path.display().to_string(),
+                    "files": r.files, "bytes": r.bytes,
+                }));
+                if !a.format.json() {
+                    println!("{}", path.display());
+                }
+            }
+            None => ui().message(&format!("output {}: nothing there", f.fetch.name)),
+        }
+    }
+    if a.format.json() {
+        print_json(&serde_json::json!({ "id": a.id, "outputs": docs }))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn model(c: ModelCommand) -> anyhow::Result<ExitCode> {
