@@ -516,6 +516,20 @@ pub struct RunArgs {
     /// Keep the container after it exits (it is removed by default)
     #[arg(long)]
     pub keep: bool,
+    /// Run your own command (after `--`) in DIR's snapshot: DIR's files minus its .amlignore
+    /// (else .gitignore) rules, read-only at /mnt/azureml/code, the working directory
+    #[arg(long, value_name = "DIR")]
+    pub code: Option<PathBuf>,
+    /// An input: NAME=DIR or NAME=FILE (read-only at /mnt/azureml/inputs/NAME), NAME=URI
+    /// (azureml://, https://; --azure), or NAME=VALUE (a literal); the command names it
+    /// ${{inputs.NAME}}; repeatable. Without --code, --azure's `data` is the trainer's --data
+    #[arg(long, value_name = "NAME=VALUE", value_parser = parse_input_arg)]
+    pub input: Vec<String>,
+    /// An output: read-write at /mnt/azureml/outputs/NAME (--local: --outputs DIR/NAME), named
+    /// ${{outputs.NAME}} in the command; repeatable [default without --code: model, the
+    /// trainer's --output]
+    #[arg(long, value_name = "NAME")]
+    pub output: Vec<String>,
     /// Data-parallel ranks (--local): N containers on one engine network, each given the
     /// variables Azure ML sets (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK,
     /// NODE_RANK) and its share of the cores; rank R takes GPU R
@@ -529,9 +543,40 @@ pub struct RunArgs {
     pub azure_args: AzureRunArgs,
     #[command(flatten, next_help_heading = "Azure ML workspace (--azure)")]
     pub ws: WorkspaceArgs,
-    /// Arguments for the trainer, after `--` (e.g. -- --epochs 1 --resume)
-    #[arg(last = true, value_name = "TRAINER ARGS")]
+    /// After `--`: the trainer's arguments (e.g. -- --epochs 1 --resume); with --code, the
+    /// command (e.g. -- python train.py --data ${{inputs.data}})
+    #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<String>,
+}
+
+impl RunArgs {
+    /// The outputs: those given; without any and without --code, `model` (the trainer's).
+    pub fn outputs(&self) -> Vec<String> {
+        if self.output.is_empty() && self.code.is_none() {
+            vec!["model".to_owned()]
+        } else {
+            self.output.clone()
+        }
+    }
+
+    /// The inputs, each value told apart (folder, file, URI, literal; a path that is not there
+    /// is an error naming it).
+    pub fn inputs(&self) -> anyhow::Result<Vec<(String, envbuild::jobio::InputValue)>> {
+        Ok(self
+            .input
+            .iter()
+            .map(|a| envbuild::jobio::parse_input(a))
+            .collect::<Result<_, _>>()?)
+    }
+}
+
+/// `--input NAME=VALUE`, its shape only: paths are looked at by [`RunArgs::inputs`], whose errors
+/// carry their hints.
+fn parse_input_arg(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok(s.to_owned()),
+        _ => Err(format!("`{s}` is not NAME=VALUE")),
+    }
 }
 
 /// `envbuild run --azure`: the command job's settings.
@@ -543,12 +588,6 @@ pub struct AzureRunArgs {
     /// Compute cluster name [default: serverless, with --instance-type]
     #[arg(long, value_name = "NAME")]
     pub compute: Option<String>,
-    /// A folder input: NAME=URI (azureml://datastores/…/paths/…); `data` becomes the trainer's --data
-    #[arg(long, value_name = "NAME=URI", value_parser = parse_kv)]
-    pub input: Vec<(String, String)>,
-    /// Name of the output that receives the model (the trainer's --output)
-    #[arg(long, value_name = "NAME", default_value = "model")]
-    pub output: String,
     /// Experiment name [default: the environment name]
     #[arg(long, value_name = "NAME")]
     pub experiment: Option<String>,

@@ -438,17 +438,64 @@ fn job_options(
     Ok(o)
 }
 
-/// `envbuild run --azure`: PUT the command job, then follow it unless detached.
+/// `envbuild run --azure`: with `--code` or local inputs, the snapshot and the files uploaded to
+/// the default datastore (what is there already is not sent again), verified, the code version
+/// registered; then PUT the command job and follow it unless detached. Every local check (code,
+/// inputs, the command's references) comes before any request.
 pub fn run(r: RunArgs) -> anyhow::Result<ExitCode> {
     let mut a = r.azure_args.clone();
     for kv in &r.env {
         a.env_vars.push(super::args::env_pair(kv)?);
     }
-    let (env_or_image, trainer_args, ws) = (&r.source, &r.args, &r.ws);
+    let (env_or_image, ws) = (&r.source, &r.ws);
+    let outputs = envbuild::jobio::outputs_checked(&r.outputs())?;
+    let inputs = envbuild::jobio::inputs_by_name(&r.inputs()?)?;
+    let code = match &r.code {
+        Some(dir) => {
+            anyhow::ensure!(
+                !r.args.is_empty(),
+                "--code {}: give the command to run after `--` (e.g. -- python train.py --data ${{{{inputs.data}}}})",
+                dir.display()
+            );
+            let snap = envbuild::snapshot::Snapshot::of(dir)?;
+            for w in snap.warnings() {
+                ui().message(&format!("warning: {w}"));
+            }
+            let name = snap
+                .root
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "code".into());
+            Some((snap, name))
+        }
+        None => {
+            anyhow::ensure!(
+                outputs.len() == 1,
+                "without --code, --azure takes one --output: the trainer's --output (given: {})",
+                outputs.join(", ")
+            );
+            None
+        }
+    };
+    let command = if code.is_some() {
+        // The user's words; the service replaces the references, which must name what is given.
+        let line = envbuild::jobio::command_line(&r.args);
+        let names = |it: Vec<&String>| -> BTreeMap<String, String> {
+            it.into_iter().map(|n| (n.clone(), n.clone())).collect()
+        };
+        envbuild::jobio::expand(
+            &line,
+            &names(inputs.keys().collect()),
+            &names(outputs.iter().collect()),
+        )?;
+        line
+    } else {
+        job::trainer_command(inputs.contains_key("data"), &outputs[0], &r.args)
+    };
     let timeout = job::parse_timeout(&a.timeout)?;
     let options = job_options(&a, r.shm_size)?;
     let client = client(ws)?;
-    // An unknown compute stops here, before anything is built or submitted.
+    // An unknown compute stops here, before anything is built, uploaded or submitted.
     if let Some(c) = &a.compute {
         for w in azureml::compute::cost_warnings(&client, c)? {
             ui().message(&format!("warning: {w}"));
@@ -461,17 +508,41 @@ pub fn run(r: RunArgs) -> anyhow::Result<ExitCode> {
         &r.cache,
         &r.transport,
     )?;
-    let inputs: BTreeMap<String, job::Input> = a
-        .input
-        .iter()
-        .map(|(k, uri)| (k.clone(), job::Input::Folder(uri.clone())))
-        .collect();
+    let local = azureml::stage::Local {
+        code: code.as_ref().map(|(s, n)| (s, n.clone())),
+        inputs: &inputs,
+    };
+    let staged = azureml::stage::stage(&client, &local, &blob_settings(ws), ui())?;
+    for u in &staged.uploads {
+        let ds = staged.datastore.as_ref().map_or("", |d| d.name.as_str());
+        ui().message(&format!(
+            "{}: {} files, {} bytes in {ds}/{}: {} bytes sent, {} files uploaded, {} already there",
+            u.what,
+            u.files,
+            u.bytes,
+            u.prefix,
+            u.report.bytes_sent,
+            u.report.blobs_uploaded,
+            u.report.blobs_skipped
+        ));
+    }
+    if let Some((c, outcome)) = &staged.code {
+        ui().message(&format!(
+            "code {}:{} {}",
+            c.name,
+            c.version,
+            match outcome {
+                azureml::code::Outcome::Created => "registered",
+                azureml::code::Outcome::Unchanged => "already registered with these files",
+            }
+        ));
+    }
     let id = a
         .job_name
         .clone()
         .unwrap_or_else(|| job::new_job_id(&env_name));
     let spec = job::CommandJob {
-        command: job::trainer_command(inputs.contains_key("data"), &a.output, trainer_args),
+        command,
         environment_id,
         compute_id: a
             .compute
@@ -480,9 +551,12 @@ pub fn run(r: RunArgs) -> anyhow::Result<ExitCode> {
         display_name: a.display_name.clone(),
         experiment_name: a.experiment.clone().unwrap_or_else(|| env_name.clone()),
         environment_variables: a.env_vars.iter().cloned().collect(),
-        code_id: None,
-        inputs,
-        outputs: vec![a.output.clone()],
+        code_id: staged
+            .code
+            .as_ref()
+            .map(|(c, _)| c.arm_id(&client.workspace)),
+        inputs: staged.inputs,
+        outputs,
         instance_type: a.instance_type.clone(),
         instance_count: a.instance_count,
         processes_per_instance: a

@@ -186,11 +186,8 @@ mod tests {
         assert!(r.azure);
         assert_eq!(r.azure_args.compute.as_deref(), Some("gpu"));
         assert_eq!(
-            r.azure_args.input,
-            vec![(
-                "data".to_owned(),
-                "azureml://datastores/workspaceblobstore/paths/mnist".to_owned()
-            )]
+            r.input,
+            vec!["data=azureml://datastores/workspaceblobstore/paths/mnist"]
         );
         assert_eq!(r.env, vec!["A=1"]);
         assert_eq!(r.args, vec!["--epochs", "3"]);
@@ -199,8 +196,69 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("cannot be used with"));
-        assert_eq!(r.azure_args.output, "model");
+        assert_eq!(r.outputs(), vec!["model"]);
         let bad = Cli::try_parse_from(["envbuild", "run", "--azure", "e", "--input", "novalue"]);
         assert!(bad.unwrap_err().to_string().contains("is not NAME=VALUE"));
+    }
+
+    #[test]
+    fn run_code_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "envbuild",
+            "run",
+            "--local",
+            "environments/python-cpu.toml",
+            "--code",
+            "src",
+            "--input",
+            "lr=0.01",
+            "--output",
+            "model",
+            "--output",
+            "logs",
+            "--",
+            "python",
+            "train.py",
+            "--lr",
+            "${{inputs.lr}}",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(r.code.as_deref(), Some(std::path::Path::new("src")));
+        assert_eq!(r.outputs(), vec!["model", "logs"]);
+        assert_eq!(
+            r.inputs().unwrap(),
+            vec![(
+                "lr".to_owned(),
+                envbuild::jobio::InputValue::Literal("0.01".into())
+            )]
+        );
+        assert_eq!(r.args, vec!["python", "train.py", "--lr", "${{inputs.lr}}"]);
+        // With --code and no --output there is none: `model` is the trainer's.
+        let cli =
+            Cli::try_parse_from(["envbuild", "run", "--local", "e", "--code", "src"]).unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        assert!(r.outputs().is_empty());
+        let missing = Cli::try_parse_from([
+            "envbuild",
+            "run",
+            "--local",
+            "e",
+            "--input",
+            "data=./surely/not/here",
+        ])
+        .unwrap();
+        let Command::Run(r) = missing.command else {
+            panic!("not run")
+        };
+        let e = r.inputs().unwrap_err().to_string();
+        assert!(
+            e.contains("./surely/not/here") && e.contains("does not exist"),
+            "{e}"
+        );
     }
 }

@@ -1,11 +1,11 @@
-//! `envbuild run --local`: flags into an [`envbuild::engine::local::LocalRun`], the run, and its
-//! end as our exit code. (`run --azure` is in `azure.rs`: the same flags, another place.)
+//! `envbuild run --local`: flags into an [`envbuild::engine::local::LocalRun`] (with `--code`, a
+//! [`CodeRun`]), the run, and its end as our exit code. (`run --azure` is in `azure.rs`: the same flags, another place.)
 
 use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use envbuild::engine::local::{run_local, LocalRun};
+use envbuild::engine::local::{run_local, CodeRun, LocalRun};
 use envbuild::engine::run::{Outcome, Sink, Stream};
 
 use super::args::{env_pair, RunArgs};
@@ -53,6 +53,20 @@ pub fn local(a: RunArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|kv| env_pair(kv).map(|(k, v)| format!("{k}={v}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let code = match &a.code {
+        Some(dir) => Some(CodeRun {
+            dir: dir.clone(),
+            inputs: a.inputs()?,
+            outputs: a.outputs(),
+            command: a.args.clone(),
+        }),
+        None => None,
+    };
+    let what = if code.is_some() {
+        "the command"
+    } else {
+        "the trainer"
+    };
     let run = LocalRun {
         source: a.source.clone(),
         data: a.data.clone(),
@@ -66,10 +80,17 @@ pub fn local(a: RunArgs) -> anyhow::Result<ExitCode> {
         stop_timeout: a.stop_timeout,
         keep: a.keep,
         ranks: usize::from(a.ranks),
+        code,
     };
     let settings = a.transport.build(None, false)?;
     let finished = run_local(&run, &a.cache.open()?, &settings, Arc::new(Terminal))?;
     Ok(match finished.outcome {
+        Outcome::Exited { code: 0, .. } if run.code.is_some() => {
+            for o in a.outputs() {
+                println!("output {o}: {}", finished.outputs.join(&o).display());
+            }
+            ExitCode::SUCCESS
+        }
         Outcome::Exited { code: 0, .. } => {
             if let Some(acc) = finished.test_accuracy() {
                 println!(
@@ -81,11 +102,15 @@ pub fn local(a: RunArgs) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         }
         Outcome::Exited { code, oom_killed } => {
-            eprintln!("envbuild: the trainer exited with code {code}");
+            eprintln!("envbuild: {what} exited with code {code}");
             if oom_killed {
                 eprintln!("envbuild: the container ran out of memory; raise --memory");
             }
             ExitCode::from(u8::try_from(code).ok().filter(|c| *c != 0).unwrap_or(1))
+        }
+        Outcome::Interrupted { signal } if run.code.is_some() => {
+            eprintln!("envbuild: stopped");
+            ExitCode::from(128 + signal as u8)
         }
         Outcome::Interrupted { signal } => {
             eprintln!(

@@ -16,6 +16,7 @@ use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, Mount, Mou
 
 use crate::auth::Credentials;
 use crate::error::BadValue;
+use crate::jobio::CODE_MOUNT;
 
 /// Where the data and the outputs appear inside the container.
 pub const DATA_MOUNT: &str = "/data";
@@ -128,16 +129,38 @@ pub struct RunSpec {
     pub stop_timeout: u32,
     /// Keep the container after it exits.
     pub keep: bool,
+    /// `run --code`: a command job's container instead of the trainer's (`data` and `outputs`
+    /// are then not mounted).
+    pub job: Option<JobLayout>,
+}
+
+/// A command job's container, laid out as Azure ML lays it out: the code snapshot read-only at
+/// [`CODE_MOUNT`] and the working directory, each input read-only and each output read-write
+/// at its path under `/mnt/azureml`, and the command run by `/bin/sh -c` in place of the
+/// image's entrypoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobLayout {
+    /// Host directory holding the code snapshot (its files only).
+    pub code: PathBuf,
+    /// Host path (a folder or a file) and where it appears in the container, read-only.
+    pub inputs: Vec<(PathBuf, String)>,
+    /// Host folder and where it appears in the container, read-write.
+    pub outputs: Vec<(PathBuf, String)>,
+    /// The command line, references expanded.
+    pub command: String,
 }
 
 /// The container as the engine API receives it.
 pub fn container_body(spec: &RunSpec) -> ContainerCreateBody {
-    let mut env = vec![
-        format!("TRAINER_DATA={DATA_MOUNT}"),
-        format!("TRAINER_OUTPUT={OUTPUTS_MOUNT}"),
-        // An arbitrary uid has no home in the image; libraries that write caches want one.
-        "HOME=/tmp".to_owned(),
-    ];
+    let mut env = match spec.job {
+        None => vec![
+            format!("TRAINER_DATA={DATA_MOUNT}"),
+            format!("TRAINER_OUTPUT={OUTPUTS_MOUNT}"),
+        ],
+        Some(_) => vec![],
+    };
+    // An arbitrary uid has no home in the image; libraries that write caches want one.
+    env.push("HOME=/tmp".to_owned());
     env.extend(spec.env.iter().cloned());
     let bind = |source: &PathBuf, target: &str, read_only: bool| Mount {
         target: Some(target.into()),
@@ -146,9 +169,33 @@ pub fn container_body(spec: &RunSpec) -> ContainerCreateBody {
         read_only: Some(read_only),
         ..Default::default()
     };
+    let (mounts, entrypoint, cmd, working_dir) = match &spec.job {
+        None => (
+            vec![
+                bind(&spec.data, DATA_MOUNT, true),
+                bind(&spec.outputs, OUTPUTS_MOUNT, false),
+            ],
+            None,
+            spec.args.clone(),
+            None,
+        ),
+        Some(job) => {
+            let mut mounts = vec![bind(&job.code, CODE_MOUNT, true)];
+            mounts.extend(job.inputs.iter().map(|(h, c)| bind(h, c, true)));
+            mounts.extend(job.outputs.iter().map(|(h, c)| bind(h, c, false)));
+            (
+                mounts,
+                Some(vec!["/bin/sh".to_owned(), "-c".to_owned()]),
+                vec![job.command.clone()],
+                Some(CODE_MOUNT.to_owned()),
+            )
+        }
+    };
     ContainerCreateBody {
         image: Some(spec.image.clone()),
-        cmd: Some(spec.args.clone()),
+        entrypoint,
+        cmd: Some(cmd),
+        working_dir,
         env: Some(env),
         user: Some(spec.user.clone()),
         attach_stdout: Some(true),
@@ -160,10 +207,7 @@ pub fn container_body(spec: &RunSpec) -> ContainerCreateBody {
         )])),
         stop_timeout: Some(i64::from(spec.stop_timeout)),
         host_config: Some(HostConfig {
-            mounts: Some(vec![
-                bind(&spec.data, DATA_MOUNT, true),
-                bind(&spec.outputs, OUTPUTS_MOUNT, false),
-            ]),
+            mounts: Some(mounts),
             shm_size: spec.shm_size,
             memory: spec.memory,
             device_requests: spec.gpus.clone().map(|g| vec![g]),
@@ -240,6 +284,7 @@ mod tests {
             user: "1000:1000".into(),
             stop_timeout: 10,
             keep: false,
+            job: None,
         }
     }
 
@@ -291,6 +336,53 @@ mod tests {
             .collect();
         assert!(env.contains(&"TRAINER_DATA=/data") && env.contains(&"A=1"));
         assert_eq!(env.last(), Some(&"A=1"), "user variables come last and win");
+    }
+
+    #[test]
+    fn a_command_job_gets_azure_mls_layout_and_its_command_in_place_of_the_entrypoint() {
+        let mut s = spec(None);
+        s.job = Some(JobLayout {
+            code: "/cache/tmp/code-1".into(),
+            inputs: vec![
+                ("/srv/data".into(), "/mnt/azureml/inputs/data".into()),
+                (
+                    "/srv/c/conf.yaml".into(),
+                    "/mnt/azureml/inputs/cfg/conf.yaml".into(),
+                ),
+            ],
+            outputs: vec![(
+                "/home/u/outputs/model".into(),
+                "/mnt/azureml/outputs/model".into(),
+            )],
+            command: "python train.py --data /mnt/azureml/inputs/data".into(),
+        });
+        let json = serde_json::to_value(container_body(&s)).unwrap();
+        assert_eq!(
+            json["HostConfig"]["Mounts"],
+            serde_json::json!([
+                {"Target": "/mnt/azureml/code", "Source": "/cache/tmp/code-1", "Type": "bind", "ReadOnly": true},
+                {"Target": "/mnt/azureml/inputs/data", "Source": "/srv/data", "Type": "bind", "ReadOnly": true},
+                {"Target": "/mnt/azureml/inputs/cfg/conf.yaml", "Source": "/srv/c/conf.yaml", "Type": "bind", "ReadOnly": true},
+                {"Target": "/mnt/azureml/outputs/model", "Source": "/home/u/outputs/model", "Type": "bind", "ReadOnly": false}
+            ])
+        );
+        assert_eq!(json["Entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
+        assert_eq!(
+            json["Cmd"],
+            serde_json::json!(["python train.py --data /mnt/azureml/inputs/data"])
+        );
+        assert_eq!(json["WorkingDir"], "/mnt/azureml/code");
+        assert_eq!(json["User"], "1000:1000");
+        assert_eq!(json["HostConfig"]["Init"], true);
+        let env = json["Env"].as_array().unwrap();
+        assert!(
+            !env.iter()
+                .any(|v| v.as_str().unwrap().starts_with("TRAINER_")),
+            "{env:?}"
+        );
+        // The trainer's container keeps the image's entrypoint and working directory.
+        let trainer = serde_json::to_value(container_body(&spec(None))).unwrap();
+        assert!(trainer.get("Entrypoint").is_none() && trainer.get("WorkingDir").is_none());
     }
 
     #[test]
