@@ -88,15 +88,20 @@ pub fn plan(job: &Value, only: Option<&str>) -> Result<Vec<Fetch>, AzureError> {
 pub enum DownloadError {
     #[error(transparent)]
     Azure(#[from] AzureError),
-    #[error("output {output} of job {job} (datastore {datastore}, {path})")]
-    Blob {
-        job: String,
-        output: String,
-        datastore: String,
-        path: String,
-        #[source]
-        source: BlobError,
-    },
+    #[error(transparent)]
+    Blob(Box<OutputFailure>),
+}
+
+/// An output the storage would not give, or that could not be written here.
+#[derive(Debug, Error)]
+#[error("output {output} of job {job} (datastore {datastore}, {path})")]
+pub struct OutputFailure {
+    pub job: String,
+    pub output: String,
+    pub datastore: String,
+    pub path: String,
+    #[source]
+    pub source: BlobError,
 }
 
 impl crate::error::Hint for DownloadError {
@@ -104,7 +109,7 @@ impl crate::error::Hint for DownloadError {
         match self {
             // Transparent: the wrapped error is not in the chain, so its hint is passed on.
             DownloadError::Azure(e) => e.hint(),
-            DownloadError::Blob { .. } => None,
+            DownloadError::Blob(_) => None,
         }
     }
 }
@@ -141,12 +146,14 @@ pub fn download(
             stores.insert(f.datastore.clone(), datastore::get(client, &f.datastore)?);
         }
         let ds = &stores[&f.datastore];
-        let failed = |source| DownloadError::Blob {
-            job: id.to_owned(),
-            output: f.name.clone(),
-            datastore: f.datastore.clone(),
-            path: f.path.clone(),
-            source,
+        let failed = |source| {
+            DownloadError::Blob(Box::new(OutputFailure {
+                job: id.to_owned(),
+                output: f.name.clone(),
+                datastore: f.datastore.clone(),
+                path: f.path.clone(),
+                source,
+            }))
         };
         let store = blob::account_url_from_env(&ds.account, &ds.endpoint)
             .and_then(|url| BlobStore::new(&url, &ds.container, client.tokens(), settings))

@@ -83,13 +83,8 @@ pub enum StageError {
         credentials: String,
         code: String,
     },
-    #[error("uploading {what} to datastore {datastore}")]
-    Upload {
-        what: String,
-        datastore: String,
-        #[source]
-        source: BlobError,
-    },
+    #[error(transparent)]
+    Upload(Box<UploadFailure>),
     /// After the upload, the datastore does not hold exactly the local files.
     #[error("after the upload of {what}, blob {blob} in datastore {datastore} {found}; nothing was registered")]
     Unverified {
@@ -104,6 +99,24 @@ pub enum StageError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// An upload the storage refused for another reason, or that could not be made.
+#[derive(Debug, Error)]
+#[error("uploading {what} to datastore {datastore}")]
+pub struct UploadFailure {
+    pub what: String,
+    pub datastore: String,
+    #[source]
+    pub source: BlobError,
+}
+
+fn upload_failure(what: &str, datastore: &str, source: BlobError) -> StageError {
+    StageError::Upload(Box::new(UploadFailure {
+        what: what.to_owned(),
+        datastore: datastore.to_owned(),
+        source,
+    }))
 }
 
 impl Hint for StageError {
@@ -179,11 +192,7 @@ impl Target<'_> {
                 credentials: ds.credentials.as_str().to_owned(),
                 code: code.to_owned(),
             },
-            _ => StageError::Upload {
-                what: what.to_owned(),
-                datastore: ds.name.clone(),
-                source: e,
-            },
+            _ => upload_failure(what, &ds.name, e),
         }
     }
 
@@ -255,7 +264,7 @@ impl Target<'_> {
                 rel: f.rel.clone(),
                 path: f.path.clone(),
                 size: f.size,
-                sha256: f.sha256.clone(),
+                sha256: f.sha256,
             })
             .collect();
         self.upload(what, &prefix, &files, progress)
@@ -298,20 +307,9 @@ pub fn stage(
         });
     }
     let ds = datastore::default(client)?;
-    let url = blob::account_url_from_env(&ds.account, &ds.endpoint).map_err(|e| {
-        StageError::Upload {
-            what: "the workspace's files".into(),
-            datastore: ds.name.clone(),
-            source: e,
-        }
-    })?;
-    let store = BlobStore::new(&url, &ds.container, client.tokens(), settings).map_err(|e| {
-        StageError::Upload {
-            what: "the workspace's files".into(),
-            datastore: ds.name.clone(),
-            source: e,
-        }
-    })?;
+    let store = blob::account_url_from_env(&ds.account, &ds.endpoint)
+        .and_then(|url| BlobStore::new(&url, &ds.container, client.tokens(), settings))
+        .map_err(|e| upload_failure("local files", &ds.name, e))?;
     let target = Target {
         datastore: &ds,
         store,
