@@ -9,8 +9,11 @@
 # into hashing, which content addressing needs and a plain PUT does not, and uploading), MB/s,
 # the requests and bytes the stand-in received, peak RSS (/usr/bin/time -v), and the ratio; then
 # envbuild's second upload of the same folder (what it sends when everything is there).
-# The stand-in is the debug build of the tests crate: its speed bounds both tools alike.
-# Usage: scripts/bench-upload.sh [SIZE_MB] [NFILES]
+# The stand-in is the debug build of the tests crate: its speed bounds both tools alike, and on
+# loopback one stream is as fast as several. With WAN=RTT_MS[:MB_PER_S] (e.g. WAN=40:50) both
+# tools go through a shaping proxy (tests/src/bin/wan-proxy.rs): every round trip pays RTT_MS and
+# every connection is capped at MB_PER_S, as an upload to a storage account over the internet is.
+# Usage: [WAN=40:50] scripts/bench-upload.sh [SIZE_MB] [NFILES]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -21,10 +24,16 @@ command -v curl >/dev/null || { echo "bench-upload: needs curl" >&2; exit 1; }
 echo "# building the driver (release) and the stand-in" >&2
 cargo build --release --locked -q -p envbuild --example blob-upload
 cargo build --locked -q -p envbuild-e2e --bin blob-server
+if [ -n "${WAN:-}" ]; then
+  case $WAN in
+    *[!0-9:.]* | "" | :* ) echo "WAN=$WAN: want RTT_MS[:MB_PER_S], e.g. 40:50" >&2; exit 2 ;;
+  esac
+  cargo build --locked -q -p envbuild-e2e --bin wan-proxy
+fi
 target=${CARGO_TARGET_DIR:-target}
 work=$(mktemp -d)
-server_pid=""
-trap '[ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"' EXIT
+server_pid="" wan_pid=""
+trap 'for p in $wan_pid $server_pid; do kill "$p" 2>/dev/null; done; rm -rf "$work"' EXIT
 
 echo "# data: $nfiles files of $size_mb MB in all, and one file of $size_mb MB" >&2
 mkdir -p "$work/folder" "$work/file"
@@ -43,6 +52,16 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 print(d["url"], d["account_url"], d["ca"], d["token"])' "$work/server.json")
 stats() { curl -sS --cacert "$ca" "$url/__envbuild/stats"; }
+if [ -n "${WAN:-}" ]; then
+  rtt=${WAN%%:*} rate=""
+  [ "$rtt" = "$WAN" ] || rate=${WAN#*:}
+  # shellcheck disable=SC2086 # rate is one word or none
+  "$target/debug/wan-proxy" "${url#https://}" "$rtt" $rate >"$work/wan.addr" &
+  wan_pid=$!
+  for _ in $(seq 100); do [ -s "$work/wan.addr" ] && break; sleep 0.05; done
+  account_url="https://$(head -1 "$work/wan.addr")/${account_url##*/}"
+  echo "# through WAN=$WAN: round trip $rtt ms, ${rate:-no} MB/s cap per connection" >&2
+fi
 delta() { # before-json after-json → "requests bytes"
   python3 -c '
 import json, sys
@@ -63,7 +82,7 @@ envbuild_up() { # case dir prefix → "seconds hash_s upload_s requests bytes rs
   python3 -c '
 import json, sys
 d = json.loads(sys.argv[1])
-print(sys.argv[2], f"{d[\"hash_s\"]:.2f}", f"{d[\"upload_s\"]:.2f}", end=" ")' "$out" "$(wall "$t0" "$t1")"
+print(sys.argv[2], "%.2f" % d["hash_s"], "%.2f" % d["upload_s"], end=" ")' "$out" "$(wall "$t0" "$t1")"
   echo "$(delta "$before" "$after") $(peak "$work/time.txt")"
 }
 
