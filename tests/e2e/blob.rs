@@ -464,3 +464,287 @@ fn a_file_that_changed_since_it_was_hashed_is_never_committed() {
         .join("changed/big.bin")
         .exists());
 }
+
+/// One raw request to the stand-in: status, headers, body as text.
+fn raw(
+    w: &World,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let http = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(tls::ca().pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let mut rb = http
+        .request(
+            method.parse().unwrap(),
+            format!("{}/{ACCOUNT}/{CONTAINER}{path_and_query}", w.server.url()),
+        )
+        .body(body);
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    let r = rb.send().unwrap();
+    let (s, h) = (r.status().as_u16(), r.headers().clone());
+    (s, h, r.text().unwrap())
+}
+
+fn xml_code(body: &str) -> &str {
+    body.split("<Code>")
+        .nth(1)
+        .and_then(|r| r.split("</Code>").next())
+        .unwrap_or("")
+}
+
+#[test]
+fn the_stand_in_answers_as_the_service_does() {
+    let w = world();
+    let token = token_for(&w.entra, STORAGE_SCOPE);
+    let bearer = format!("Bearer {token}");
+    let auth = [
+        ("authorization", bearer.as_str()),
+        ("x-ms-version", "2025-01-05"),
+    ];
+    // A bearer token needs x-ms-version 2017-11-09 or later.
+    let (s, h, b) = raw(
+        &w,
+        "GET",
+        "?restype=container&comp=list",
+        &[("authorization", &bearer)],
+        vec![],
+    );
+    assert_eq!((s, xml_code(&b)), (403, "AuthenticationFailed"), "{b}");
+    assert_eq!(h["x-ms-error-code"], "AuthenticationFailed");
+    assert!(
+        b.contains("Authentication scheme Bearer is not supported in this version."),
+        "{b}"
+    );
+    let (s, _, b) = raw(&w, "GET", "?restype=container&comp=list", &[], vec![]);
+    assert_eq!((s, xml_code(&b)), (401, "NoAuthenticationInformation"));
+    // Put Blob needs its blob type; then it is a plain file with its metadata.
+    let (s, _, b) = raw(&w, "PUT", "/a/b.txt", &auth, b"hello".to_vec());
+    assert_eq!((s, xml_code(&b)), (400, "MissingRequiredHeader"));
+    let mut put = auth.to_vec();
+    put.extend([
+        ("x-ms-blob-type", "BlockBlob"),
+        ("x-ms-meta-envbuild_sha256", "abc"),
+    ]);
+    assert_eq!(raw(&w, "PUT", "/a/b.txt", &put, b"hello".to_vec()).0, 201);
+    assert_eq!(
+        std::fs::read(w.server.container_dir(ACCOUNT, CONTAINER).join("a/b.txt")).unwrap(),
+        b"hello"
+    );
+    // Properties: metadata as x-ms-meta-*; a missing blob is a bodiless 404 with its code.
+    let (s, h, _) = raw(&w, "HEAD", "/a/b.txt", &auth, vec![]);
+    assert_eq!(
+        (s, &h["x-ms-meta-envbuild_sha256"], &h["content-length"]),
+        (200, &"abc".parse().unwrap(), &"5".parse().unwrap())
+    );
+    let (s, h, b) = raw(&w, "HEAD", "/a/none", &auth, vec![]);
+    assert_eq!(
+        (s, &h["x-ms-error-code"], b.as_str()),
+        (404, &"BlobNotFound".parse().unwrap(), "")
+    );
+    // Ranges: 206 with Content-Range; past the end, 416 InvalidRange.
+    let mut range = auth.to_vec();
+    range.push(("x-ms-range", "bytes=1-3"));
+    let (s, h, b) = raw(&w, "GET", "/a/b.txt", &range, vec![]);
+    assert_eq!(
+        (s, h["content-range"].to_str().unwrap(), b.as_str()),
+        (206, "bytes 1-3/5", "ell")
+    );
+    range[2] = ("x-ms-range", "bytes=9-");
+    let (s, _, b) = raw(&w, "GET", "/a/b.txt", &range, vec![]);
+    assert_eq!((s, xml_code(&b)), (416, "InvalidRange"));
+    // Blocks: ids of one length, a block list naming only blocks that exist.
+    assert_eq!(
+        raw(
+            &w,
+            "PUT",
+            "/c?comp=block&blockid=QUFB",
+            &auth,
+            b"xy".to_vec()
+        )
+        .0,
+        201
+    );
+    let (s, _, b) = raw(
+        &w,
+        "PUT",
+        "/c?comp=block&blockid=QkJCQg%3D%3D",
+        &auth,
+        b"z".to_vec(),
+    );
+    assert_eq!((s, xml_code(&b)), (400, "InvalidBlockId"));
+    let (s, _, b) = raw(
+        &w,
+        "GET",
+        "/c?comp=blocklist&blocklisttype=uncommitted",
+        &auth,
+        vec![],
+    );
+    assert_eq!(s, 200);
+    assert!(
+        b.contains(
+            "<UncommittedBlocks><Block><Name>QUFB</Name><Size>2</Size></Block></UncommittedBlocks>"
+        ),
+        "{b}"
+    );
+    let list = |ids: &str| {
+        format!("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>{ids}</BlockList>")
+            .into_bytes()
+    };
+    let (s, _, b) = raw(
+        &w,
+        "PUT",
+        "/c?comp=blocklist",
+        &auth,
+        list("<Latest>QUFB</Latest><Latest>Q0ND</Latest>"),
+    );
+    assert_eq!((s, xml_code(&b)), (400, "InvalidBlockList"));
+    assert_eq!(
+        raw(
+            &w,
+            "PUT",
+            "/c?comp=blocklist",
+            &auth,
+            list("<Uncommitted>QUFB</Uncommitted>")
+        )
+        .0,
+        201
+    );
+    // Committed now; the block can be named again as Committed.
+    assert_eq!(
+        raw(
+            &w,
+            "PUT",
+            "/c?comp=blocklist",
+            &auth,
+            list("<Committed>QUFB</Committed><Latest>QUFB</Latest>")
+        )
+        .0,
+        201
+    );
+    assert_eq!(
+        std::fs::read(w.server.container_dir(ACCOUNT, CONTAINER).join("c")).unwrap(),
+        b"xyxy"
+    );
+    let (s, _, b) = raw(
+        &w,
+        "GET",
+        "/none?comp=blocklist&blocklisttype=all",
+        &auth,
+        vec![],
+    );
+    assert_eq!((s, xml_code(&b)), (404, "BlobNotFound"));
+    // Listing: names in order, metadata when asked, paging by an opaque marker.
+    let (s, _, b) = raw(
+        &w,
+        "GET",
+        "?restype=container&comp=list&maxresults=1&include=metadata",
+        &auth,
+        vec![],
+    );
+    assert_eq!(s, 200);
+    assert!(
+        b.contains("<Name>a/b.txt</Name>")
+            && b.contains("<Metadata><envbuild_sha256>abc</envbuild_sha256></Metadata>"),
+        "{b}"
+    );
+    let marker = b
+        .split("<NextMarker>")
+        .nth(1)
+        .unwrap()
+        .split("</NextMarker>")
+        .next()
+        .unwrap()
+        .to_owned();
+    let (_, _, b) = raw(
+        &w,
+        "GET",
+        &format!(
+            "?restype=container&comp=list&maxresults=1&marker={}",
+            envbuild::http::percent_encode(&marker)
+        ),
+        &auth,
+        vec![],
+    );
+    assert!(
+        b.contains("<Name>c</Name>") && b.contains("<NextMarker />") && !b.contains("<Metadata>"),
+        "{b}"
+    );
+    let (s, _, b) = raw(
+        &w,
+        "GET",
+        "?restype=container&comp=list&maxresults=0",
+        &auth,
+        vec![],
+    );
+    assert_eq!((s, xml_code(&b)), (400, "OutOfRangeQueryParameterValue"));
+}
+
+/// Records what the upload reports.
+#[derive(Default)]
+struct Seen(std::sync::Mutex<Vec<String>>);
+
+impl envbuild::progress::TaskSink for Seen {
+    fn set(&self, b: u64) {
+        self.0.lock().unwrap().push(format!("set {b}"));
+    }
+    fn note(&self, t: &str) {
+        self.0.lock().unwrap().push(format!("note {t}"));
+    }
+    fn finish(&self, o: &str) {
+        self.0.lock().unwrap().push(format!("finish {o}"));
+    }
+}
+
+struct Shown(Arc<Seen>, std::sync::Mutex<Vec<String>>);
+
+impl envbuild::progress::Progress for Shown {
+    fn task(
+        &self,
+        kind: envbuild::progress::Kind,
+        label: &str,
+        total: Option<u64>,
+    ) -> envbuild::progress::Task {
+        self.1
+            .lock()
+            .unwrap()
+            .push(format!("{kind:?} {label} {total:?}"));
+        envbuild::progress::Task::new(self.0.clone())
+    }
+}
+
+#[test]
+fn an_upload_reports_its_bytes_and_what_it_sent() {
+    let w = world();
+    let files = folder(&w.dir.join("src"), 4, 2 * MIB);
+    let seen = Arc::new(Seen::default());
+    let shown = Shown(seen.clone(), Default::default());
+    store(&w)
+        .upload_files("LocalUpload/h/src", &files, &shown)
+        .unwrap();
+    let tasks = shown.1.lock().unwrap().clone();
+    assert_eq!(
+        tasks,
+        vec![format!(
+            "Upload LocalUpload/h/src (5 files) Some({})",
+            total(&files)
+        )]
+    );
+    let events = seen.0.lock().unwrap().clone();
+    assert!(
+        events.contains(&format!("set {}", total(&files))),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .last()
+            .unwrap()
+            .starts_with("finish sent 2.0 MiB in 9 requests; 5 blobs written, 0 already there"),
+        "{events:?}"
+    );
+}
