@@ -138,23 +138,18 @@ pub(super) fn download_prefix(
     let task = progress.task(Kind::Download, p, Some(total));
     let (req0, _) = store.sent();
     let ctx = store.ctx();
-    let clients = files
-        .iter()
-        .map(|(name, _, _)| store.blob_client(name))
-        .collect::<Result<Vec<_>, _>>()?;
     let report = store.runtime.block_on(async {
         let mut report = DownloadReport::default();
         let mut done = 0u64;
-        let mut fetches = futures_util::stream::iter(files.iter().zip(&clients).map(
-            |((name, rel, props), client)| {
-                let ctx = ctx.clone();
-                let dest = tmp.path().join(rel);
-                async move {
-                    fetch(&ctx, client, name, props, &dest, to).await?;
-                    Ok::<_, BlobError>(props)
-                }
-            },
-        ))
+        let mut fetches = futures_util::stream::iter(files.iter().map(|(name, rel, props)| {
+            let ctx = ctx.clone();
+            let dest = tmp.path().join(rel);
+            let client = store.blob_client(name);
+            async move {
+                fetch(&ctx, &client?, name, props, &dest, to).await?;
+                Ok::<_, BlobError>(props)
+            }
+        }))
         .buffer_unordered(store.settings.parallel);
         while let Some(r) = fetches.next().await {
             let props = r?;

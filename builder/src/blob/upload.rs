@@ -9,7 +9,6 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
-use std::sync::Arc;
 
 use azure_core::http::RequestContent;
 use azure_core::Bytes;
@@ -71,10 +70,8 @@ pub(super) fn upload_files(
     let ctx = store.ctx();
     let container = store.container_client()?;
     let names: Vec<String> = files.iter().map(|f| blocks::join(prefix, &f.rel)).collect();
-    let clients = names
-        .iter()
-        .map(|n| store.block_client(n).map(Arc::new))
-        .collect::<Result<Vec<_>, _>>()?;
+    // A client (its pipeline) per request site, made when needed: not 10,000 held at once.
+    let client_of = |i: usize| store.block_client(&names[i]);
     let total: u64 = files.iter().map(|f| f.size).sum();
     let task = progress.task(
         Kind::Upload,
@@ -116,9 +113,9 @@ pub(super) fn upload_files(
             .collect();
         let mut staged = futures_util::stream::iter(wanted.into_iter().map(|i| {
             let ctx = ctx.clone();
-            let client = clients[i].clone();
+            let client = client_of(i);
             let name = names[i].clone();
-            async move { staged_blocks(&ctx, &client, &name).await.map(|s| (i, s)) }
+            async move { staged_blocks(&ctx, &client?, &name).await.map(|s| (i, s)) }
         }))
         .buffer_unordered(store.settings.parallel);
         while let Some(r) = staged.next().await {
@@ -144,11 +141,11 @@ pub(super) fn upload_files(
         let mut verified = vec![false; files.len()];
         let commit = |i: usize, block: u64| {
             let ctx = ctx.clone();
-            let client = clients[i].clone();
+            let client = client_of(i);
             let name = names[i].clone();
             let f = files[i].clone();
             tokio::spawn(async move {
-                commit_blocks(&ctx, &client, &name, &f, block).await?;
+                commit_blocks(&ctx, &client?, &name, &f, block).await?;
                 Ok((Done::Committed, 0))
             })
         };
@@ -210,7 +207,7 @@ pub(super) fn upload_files(
                         });
                     }
                     let ctx = ctx.clone();
-                    let client = clients[i].clone();
+                    let client = client_of(i)?;
                     let name = names[i].clone();
                     let sha = f.sha256;
                     inflight.0.push(tokio::spawn(async move {
@@ -248,7 +245,7 @@ pub(super) fn upload_files(
                         }
                         pending[i] += 1;
                         let ctx = ctx.clone();
-                        let client = clients[i].clone();
+                        let client = client_of(i)?;
                         let name = names[i].clone();
                         inflight.0.push(tokio::spawn(async move {
                             stage(&ctx, &client, &name, &id, Bytes::from(buf)).await?;
