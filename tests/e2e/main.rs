@@ -5,6 +5,7 @@
 mod auth;
 mod azure;
 mod azure_spec;
+mod blob;
 mod build;
 mod cli;
 mod code_azure;

@@ -35,7 +35,7 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::auth::entra::{EntraError, ARM_SCOPE};
+use crate::auth::entra::ARM_SCOPE;
 use crate::auth::Secret;
 use crate::http::{self, RetryPolicy};
 pub use error::{ArmFailure, AssetKind, AzureError, NameRule};
@@ -50,21 +50,8 @@ pub const STORAGE_SCOPE: &str = "https://storage.azure.com/.default";
 /// The Blob service version sent with storage-scoped tokens (bearer tokens need 2017-11-09 or later).
 pub const STORAGE_API_VERSION: &str = "2021-08-06";
 
-/// Where tokens come from: the credential chain in the CLI, a fixed source in tests.
-pub trait TokenSource: Send + Sync {
-    /// An access token for `scope`, or why none could be had (listing what was tried).
-    fn token(&self, scope: &str) -> Result<Secret, EntraError>;
-}
-
-/// A token source that always answers with one token (tests, and callers that hold a token).
-#[derive(Debug, Clone)]
-pub struct StaticToken(pub Secret);
-
-impl TokenSource for StaticToken {
-    fn token(&self, _scope: &str) -> Result<Secret, EntraError> {
-        Ok(self.0.clone())
-    }
-}
+/// Where tokens come from (in `auth`, so that the storage client shares it).
+pub use crate::auth::{StaticToken, TokenSource};
 
 /// How to reach ARM.
 #[derive(Debug, Clone)]
