@@ -318,8 +318,9 @@ fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-/// The code folder: a script that checks where it runs and what it was given, then copies its
-/// data into its output.
+/// The code folder: a script that checks where it runs and what it was given (shell builtins
+/// only: the image has no coreutils), writes two files of its own into its output, then runs the
+/// image's trainer on its data input.
 fn code_dir(at: &Path) -> PathBuf {
     let code = at.join("src");
     std::fs::create_dir_all(code.join("lib")).unwrap();
@@ -328,14 +329,15 @@ fn code_dir(at: &Path) -> PathBuf {
         r#"set -eu
 data=$1; lr=$2; labels=$3; out=$4
 [ "$(pwd)" = /mnt/azureml/code ] || { echo "not in the code folder: $(pwd)"; exit 3; }
-if touch ./probe 2>/dev/null; then echo "the code folder is writable"; exit 4; fi
+if ( : > ./probe ) 2>/dev/null; then echo "the code folder is writable"; exit 4; fi
 [ -f lib/helper.txt ] || { echo "no lib/helper.txt"; exit 5; }
 [ ! -e notes.log ] || { echo "an ignored file was uploaded"; exit 6; }
-mkdir -p "$out/copy"
-cp -R "$data/." "$out/copy/"
-cp "$labels" "$out/labels.csv"
+read -r first < "$labels"
+echo "$first" > "$out/labels-first.txt"
 echo "lr=$lr" > "$out/params.txt"
-echo "trained with lr $lr"
+echo "training with lr $lr"
+exec /opt/envbuild/bin/trainer --data "$data" --output "$out" --lr "$lr" --epochs 1 \
+  --limit-train 2000 --limit-test 500 --seed 7 --threads 1 --device cpu
 "#,
     )
     .unwrap();
@@ -345,13 +347,18 @@ echo "trained with lr $lr"
     code
 }
 
+/// The data folder: a copy of Fashion-MNIST (the four IDX files, 30 MB).
 fn data_dir(at: &Path) -> PathBuf {
-    let data = at.join("mnist-data");
-    std::fs::create_dir_all(data.join("raw")).unwrap();
-    std::fs::write(data.join("train.bin"), vec![7u8; 300_000]).unwrap();
-    std::fs::write(data.join("raw/t10k.bin"), b"0123456789".repeat(1000)).unwrap();
+    let data = at.join("fashion-data");
+    std::fs::create_dir_all(&data).unwrap();
+    for e in std::fs::read_dir(DATASET).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), data.join(e.file_name())).unwrap();
+    }
     data
 }
+
+const DATASET: &str = "/usr/share/datasets/fashion-mnist";
 
 const COMMAND: [&str; 6] = [
     "sh",
@@ -389,9 +396,10 @@ fn run_azure_uploads_code_and_data_once_and_job_download_brings_the_outputs_back
     assert_eq!(c, 0, "{err}");
     assert_eq!(last_line(&out), "code-1");
     let (_, sent) = w.blob.counters();
+    let data_bytes: u64 = files(&data).values().map(|b| b.len() as u64).sum();
     assert!(
-        sent - before_bytes >= 300_000 + 10_000,
-        "the data went up: {} bytes",
+        sent - before_bytes >= data_bytes,
+        "the data went up: {} bytes of {data_bytes}",
         sent - before_bytes
     );
     let _ = before_requests;
@@ -404,10 +412,16 @@ fn run_azure_uploads_code_and_data_once_and_job_download_brings_the_outputs_back
     let rel = data_uri
         .strip_prefix("azureml://datastores/workspaceblobstore/paths/")
         .unwrap();
-    assert!(rel.starts_with("LocalUpload/") && rel.ends_with("/mnist-data/"), "{rel}");
+    assert!(
+        rel.starts_with("LocalUpload/") && rel.ends_with("/fashion-data/"),
+        "{rel}"
+    );
     assert_eq!(files(&store.join(rel)), files(&data));
     assert_eq!(p["inputs"]["data"]["jobInputType"], "uri_folder");
-    assert_eq!(p["inputs"]["lr"], json!({"jobInputType": "literal", "value": "0.01"}));
+    assert_eq!(
+        p["inputs"]["lr"],
+        json!({"jobInputType": "literal", "value": "0.01"})
+    );
     assert_eq!(p["inputs"]["labels"]["jobInputType"], "uri_file");
     assert!(
         p["inputs"]["labels"]["uri"]
@@ -421,7 +435,10 @@ fn run_azure_uploads_code_and_data_once_and_job_download_brings_the_outputs_back
         "sh train.sh ${{inputs.data}} ${{inputs.lr}} ${{inputs.labels}} ${{outputs.model}}"
     );
     let code_id = p["codeId"].as_str().unwrap();
-    assert!(code_id.starts_with(&format!("{}/codes/src/versions/", ws_id())), "{code_id}");
+    assert!(
+        code_id.starts_with(&format!("{}/codes/src/versions/", ws_id())),
+        "{code_id}"
+    );
     let versions = w.arm.code_versions();
     assert_eq!(versions.len(), 1, "{versions:?}");
     let (s, _, cv) = arm_raw(
@@ -435,7 +452,10 @@ fn run_azure_uploads_code_and_data_once_and_job_download_brings_the_outputs_back
     let code_uri = cv["properties"]["codeUri"].as_str().unwrap();
     let prefix = format!("https://{account}.blob.core.windows.net/{container}/");
     let code_rel = code_uri.strip_prefix(&prefix).unwrap();
-    assert!(code_rel.starts_with("LocalUpload/") && code_rel.ends_with("/src"), "{code_uri}");
+    assert!(
+        code_rel.starts_with("LocalUpload/") && code_rel.ends_with("/src"),
+        "{code_uri}"
+    );
     let uploaded = files(&store.join(code_rel));
     assert_eq!(
         uploaded.keys().collect::<Vec<_>>(),
@@ -449,7 +469,10 @@ fn run_azure_uploads_code_and_data_once_and_job_download_brings_the_outputs_back
     let (c, _, err2) = w.run("code-2", &args, &COMMAND);
     assert_eq!(c, 0, "{err2}");
     let (_, after_bytes) = w.blob.counters();
-    assert_eq!(after_bytes, before_bytes, "a second run uploads 0 bytes:\n{err2}");
+    assert_eq!(
+        after_bytes, before_bytes,
+        "a second run uploads 0 bytes:\n{err2}"
+    );
     assert!(err2.contains("0 bytes sent"), "{err2}");
     assert_eq!(w.arm.code_versions(), versions, "the same code version");
     let j2 = w.arm.shared.job("code-2").unwrap();
@@ -470,28 +493,58 @@ fn run_azure_uploads_code_and_data_once_and_job_download_brings_the_outputs_back
     let got = to.join("named-outputs/model");
     assert_eq!(last_line(&out), got.display().to_string());
     let written = w.arm.shared.job_dir("code-1").join("outputs/model");
-    assert_eq!(files(&got), files(&written));
-    assert_eq!(files(&got.join("copy")), files(&data));
-    assert_eq!(std::fs::read_to_string(got.join("params.txt")).unwrap(), "lr=0.01\n");
-    assert_eq!(std::fs::read(got.join("labels.csv")).unwrap(), std::fs::read(&labels).unwrap());
+    assert_eq!(
+        files(&got),
+        files(&written),
+        "what the job wrote, byte for byte"
+    );
+    assert_eq!(
+        std::fs::read_to_string(got.join("params.txt")).unwrap(),
+        "lr=0.01\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(got.join("labels-first.txt")).unwrap(),
+        "0,t-shirt\n"
+    );
+    // The model loads (its tensors parse) and is the job's.
+    assert_eq!(envbuild_e2e::max_weight_difference(&got, &written), 0.0);
+    let (c, _, err) = w.cmd(&["model", "register", "mnist-code", "--job", "code-1"]);
+    assert_eq!(c, 0, "{err}");
     // Every output: the default artifacts (the log) beside the named ones.
     let all = here.join("all");
     let (c, _, err) = w.cmd(&["job", "download", "code-1", "--to", all.to_str().unwrap()]);
     assert_eq!(c, 0, "{err}");
     assert_eq!(files(&all.join("named-outputs/model")), files(&written));
     let log = std::fs::read_to_string(all.join("artifacts/user_logs/std_log.txt")).unwrap();
-    assert!(log.contains("trained with lr 0.01"), "{log}");
+    assert!(log.contains("training with lr 0.01"), "{log}");
     // Again into the same place: refused, nothing changed.
     let (c, _, err) = w.cmd(&[
-        "job", "download", "code-1", "--output", "model", "--to", to.to_str().unwrap(),
+        "job",
+        "download",
+        "code-1",
+        "--output",
+        "model",
+        "--to",
+        to.to_str().unwrap(),
     ]);
     assert_eq!(c, 1, "{err}");
     assert!(err.contains("exists"), "{err}");
     assert_eq!(files(&got), files(&written));
     // An output the job lacks; a job that does not exist.
-    let (c, _, err) = w.cmd(&["job", "download", "code-1", "--output", "weights", "--to", to.to_str().unwrap()]);
+    let (c, _, err) = w.cmd(&[
+        "job",
+        "download",
+        "code-1",
+        "--output",
+        "weights",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
     assert_eq!(c, 1);
-    assert!(err.contains("no output `weights`") && err.contains("model"), "{err}");
+    assert!(
+        err.contains("no output `weights`") && err.contains("model"),
+        "{err}"
+    );
     let (c, _, err) = w.cmd(&["job", "download", "nope", "--to", to.to_str().unwrap()]);
     assert_eq!(c, 1);
     assert!(err.contains("job nope does not exist"), "{err}");
@@ -534,7 +587,10 @@ fn bad_code_inputs_and_storage_refusals_register_nothing() {
     a[3] = format!("data={}", here.join("no-such-data").display());
     let (c, _, err) = run("bad-2", &a, &COMMAND);
     assert_eq!(c, 1, "{err}");
-    assert!(err.contains("no-such-data") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("no-such-data") && err.contains("does not exist"),
+        "{err}"
+    );
     nothing_registered("missing input");
     // A reference to an input that is not given.
     let (c, _, err) = run(
@@ -543,9 +599,16 @@ fn bad_code_inputs_and_storage_refusals_register_nothing() {
         &["sh", "train.sh", "${{inputs.dataset}}"],
     );
     assert_eq!(c, 1, "{err}");
-    assert!(err.contains("inputs.dataset") && err.contains("data, labels, lr"), "{err}");
+    assert!(
+        err.contains("inputs.dataset") && err.contains("data, labels, lr"),
+        "{err}"
+    );
     nothing_registered("unknown ${{inputs.X}}");
-    assert_eq!(w.blob.counters().1, bytes0, "nothing was uploaded for bad input");
+    assert_eq!(
+        w.blob.counters().1,
+        bytes0,
+        "nothing was uploaded for bad input"
+    );
 
     // The identity may not write blobs: 403, the role named with the account.
     let (account, _) = w.arm.blob_location("workspaceblobstore").unwrap();
@@ -564,7 +627,8 @@ fn bad_code_inputs_and_storage_refusals_register_nothing() {
         std::sync::Arc::new(|_: &str| Access::Unknown),
         here.join("keyonly"),
     );
-    w.arm.blob_datastore("keystore", "stkeyonly01", "data", "AccountKey", true);
+    w.arm
+        .blob_datastore("keystore", "stkeyonly01", "data", "AccountKey", true);
     refusing.create_container("stkeyonly01", "data");
     let secret = w.entra.client_secret.clone();
     let env_file = root().join("environments/mnist-cpu.toml");
@@ -596,7 +660,11 @@ fn bad_code_inputs_and_storage_refusals_register_nothing() {
             && err.contains("identity-based"),
         "{err}"
     );
-    assert_eq!(err.matches("datastore keystore").count(), 1, "one message: {err}");
+    assert_eq!(
+        err.matches("datastore keystore").count(),
+        1,
+        "one message: {err}"
+    );
     nothing_registered("key-only storage");
     assert!(w.arm.spec_violations().is_empty());
 }

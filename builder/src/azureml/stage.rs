@@ -168,15 +168,16 @@ impl Target<'_> {
     fn classify(&self, what: &str, e: BlobError) -> StageError {
         let ds = self.datastore;
         match (e.status(), e.code()) {
-            (Some(403), Some(code @ ("AuthorizationPermissionMismatch" | "AuthorizationFailure"))) => {
-                StageError::Denied {
-                    what: what.to_owned(),
-                    datastore: ds.name.clone(),
-                    account: ds.account.clone(),
-                    container: ds.container.clone(),
-                    code: code.to_owned(),
-                }
-            }
+            (
+                Some(403),
+                Some(code @ ("AuthorizationPermissionMismatch" | "AuthorizationFailure")),
+            ) => StageError::Denied {
+                what: what.to_owned(),
+                datastore: ds.name.clone(),
+                account: ds.account.clone(),
+                container: ds.container.clone(),
+                code: code.to_owned(),
+            },
             (
                 Some(401 | 403),
                 Some(
@@ -373,7 +374,11 @@ pub fn stage(
                 snap.files.len(),
                 snap.total_bytes
             ),
-            tags: [("envbuild.snapshot.digest".to_owned(), snap.digest.to_string())].into(),
+            tags: [(
+                "envbuild.snapshot.digest".to_owned(),
+                snap.digest.to_string(),
+            )]
+            .into(),
         };
         uploads.push(up);
         // Uploaded and verified: now, and only now, the version that points at it.
