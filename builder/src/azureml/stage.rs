@@ -164,9 +164,10 @@ struct Target<'a> {
     store: BlobStore,
 }
 
-impl Target<'_> {
-    fn classify(&self, what: &str, e: BlobError) -> StageError {
-        let ds = self.datastore;
+/// What a refused upload to `ds` means: no data role (403 AuthorizationPermissionMismatch), a
+/// key-based datastore whose storage refuses the Entra token itself, or another failure.
+fn classify(ds: &Datastore, what: &str, e: BlobError) -> StageError {
+    {
         match (e.status(), e.code()) {
             (
                 Some(403),
@@ -183,8 +184,7 @@ impl Target<'_> {
                 Some(
                     code @ ("InvalidAuthenticationInfo"
                     | "AuthenticationFailed"
-                    | "NoAuthenticationInformation"
-                    | "KeyBasedAuthenticationNotPermitted"),
+                    | "NoAuthenticationInformation"),
                 ),
             ) if ds.credentials.is_key_based() => StageError::KeyOnly {
                 what: what.to_owned(),
@@ -195,6 +195,12 @@ impl Target<'_> {
             },
             _ => upload_failure(what, &ds.name, e),
         }
+    }
+}
+
+impl Target<'_> {
+    fn classify(&self, what: &str, e: BlobError) -> StageError {
+        classify(self.datastore, what, e)
     }
 
     /// Uploads `files` under `prefix`, then checks that every blob is there with the size (and,
@@ -405,6 +411,7 @@ fn passed(v: &InputValue) -> Input {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::azureml::datastore::Credentials;
 
     #[test]
     fn local_names_and_hashes() {
@@ -417,6 +424,69 @@ mod tests {
         assert_eq!((d, n), (Digest::of(b"a,b\n"), 4));
         let e = sha256_of(&t.path().join("nope")).unwrap_err().to_string();
         assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn refusals_are_told_apart_by_code_and_datastore() {
+        let ds = |creds: Credentials| Datastore {
+            name: "workspaceblobstore".into(),
+            account: "stenvbuild01".into(),
+            container: "azureml-blobstore-1".into(),
+            endpoint: "core.windows.net".into(),
+            protocol: "https".into(),
+            credentials: creds,
+            is_default: true,
+        };
+        let refused = |status: u16, code: &str| {
+            BlobError::Service(Box::new(crate::blob::ServiceFailure {
+                op: "Put Block",
+                what: "azureml-blobstore-1/LocalUpload/x/src/a".into(),
+                account: "stenvbuild01".into(),
+                container: "azureml-blobstore-1".into(),
+                status,
+                code: code.into(),
+                message: "refused".into(),
+                detail: None,
+            }))
+        };
+        let report =
+            |e: &StageError| crate::error::report(crate::error::chain(e), crate::hint_of, None);
+        // No data role: the role and the account, whatever the datastore's credentials.
+        for creds in [Credentials::None, Credentials::AccountKey] {
+            let e = classify(
+                &ds(creds),
+                "code src",
+                refused(403, "AuthorizationPermissionMismatch"),
+            );
+            assert!(matches!(e, StageError::Denied { .. }), "{e:?}");
+            let r = report(&e);
+            assert!(
+                r.contains("Storage Blob Data Contributor") && r.contains("stenvbuild01"),
+                "{r}"
+            );
+        }
+        // A key-based datastore whose storage takes no token of ours: one message, its fix.
+        let e = classify(
+            &ds(Credentials::AccountKey),
+            "code src",
+            refused(401, "InvalidAuthenticationInfo"),
+        );
+        let r = report(&e);
+        assert!(
+            matches!(e, StageError::KeyOnly { .. })
+                && r.contains("datastore workspaceblobstore")
+                && r.contains("AccountKey")
+                && r.contains("identity-based"),
+            "{r}"
+        );
+        // The same on an identity-based datastore is the storage error itself, with its hint.
+        let e = classify(
+            &ds(Credentials::None),
+            "code src",
+            refused(401, "InvalidAuthenticationInfo"),
+        );
+        assert!(matches!(e, StageError::Upload(_)), "{e:?}");
+        assert!(report(&e).contains("sign in again"), "{}", report(&e));
     }
 
     #[test]
