@@ -8,6 +8,7 @@ mod azure_spec;
 mod blob;
 mod build;
 mod cli;
+mod code;
 mod code_azure;
 mod compute;
 mod hostile;

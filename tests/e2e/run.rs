@@ -345,6 +345,7 @@ fn run_local_is_a_library_call_whose_output_goes_to_the_callers_sink() {
         stop_timeout: 10,
         keep: false,
         ranks: 1,
+        code: None,
     };
     let cache = envbuild::cache::Cache::open(&cache()).unwrap();
     let settings = envbuild::build::Settings {
@@ -390,7 +391,7 @@ fn run_local_is_a_library_call_whose_output_goes_to_the_callers_sink() {
 
 /// An environment file in `dir` on the local base: a layer with `dir/note.txt` (written unless
 /// there) at /note.txt plus `more_files` (TOML `[[layer.files]]` entries), and `entrypoint`.
-fn note_env(dir: &Path, name: &str, more_files: &str, entrypoint: &str) -> PathBuf {
+pub(crate) fn note_env(dir: &Path, name: &str, more_files: &str, entrypoint: &str) -> PathBuf {
     if !dir.join("note.txt").exists() {
         fs::write(dir.join("note.txt"), format!("{name}\n")).unwrap();
     }

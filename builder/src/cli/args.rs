@@ -485,7 +485,7 @@ pub struct RunArgs {
     /// Run as an Azure ML command job in the workspace (see the Azure options below)
     #[arg(long)]
     pub azure: bool,
-    /// Host directory with the data set, mounted read-only at /data
+    /// Host directory with the data set, mounted read-only at /data (not with --code: use --input)
     #[arg(
         long,
         value_name = "DIR",
@@ -493,6 +493,7 @@ pub struct RunArgs {
     )]
     pub data: PathBuf,
     /// Host directory for checkpoints, metrics and the model, mounted read-write at /outputs
+    /// (with --code, each --output NAME is DIR/NAME)
     #[arg(long, value_name = "DIR", default_value = "outputs")]
     pub outputs: PathBuf,
     /// Environment variable for the trainer (both modes): KEY=VALUE, or KEY to pass this shell's value; repeatable

@@ -53,6 +53,13 @@ pub fn local(a: RunArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|kv| env_pair(kv).map(|(k, v)| format!("{k}={v}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // Without --code the trainer runs: it reads --data and writes --outputs, so an --input or
+    // --output would be silently unused.
+    anyhow::ensure!(
+        a.code.is_some() || (a.input.is_empty() && a.output.is_empty()),
+        "--input and --output name what your own command reads and writes: add `--code DIR -- COMMAND` \
+         (the trainer of `run --local` without --code reads --data DIR and writes --outputs DIR)"
+    );
     let code = match &a.code {
         Some(dir) => Some(CodeRun {
             dir: dir.clone(),
