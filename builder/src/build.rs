@@ -537,15 +537,15 @@ fn link_check(
     for t in trees {
         fs.add_tree(t);
     }
-    let Some(entrypoint) = env
+    let entrypoint = env
         .config
         .entrypoint
         .first()
-        .or_else(|| env.config.cmd.first())
-    else {
+        .or_else(|| env.config.cmd.first());
+    if entrypoint.is_none() && env.dlopen.is_empty() && env.python_extensions.is_empty() {
         rep.message("link check: no entrypoint or cmd in the environment file; nothing to check");
         return Ok(());
-    };
+    }
     let base_env = base_run_config(base)?
         .and_then(|c| c.env().clone())
         .unwrap_or_default();
@@ -559,10 +559,6 @@ fn link_check(
         .env
         .get("LD_LIBRARY_PATH")
         .map_or(base_ld, String::as_str);
-    let report = linkcheck::check(&fs, entrypoint, ld, &env.architecture)?;
-    for w in &report.warnings {
-        rep.message(&format!("warning: {w}"));
-    }
     let say = |rep: &mut dyn Reporter, what: &str, report: &linkcheck::LinkReport| {
         rep.message(&format!(
             "link check: {what} resolves with {} shared objects{}",
@@ -578,7 +574,15 @@ fn link_check(
             }
         ))
     };
-    say(rep, entrypoint, &report);
+    if let Some(entrypoint) = entrypoint {
+        let report = linkcheck::check(&fs, entrypoint, ld, &env.architecture)?;
+        for w in &report.warnings {
+            rep.message(&format!("warning: {w}"));
+        }
+        say(rep, entrypoint, &report);
+    } else {
+        rep.message("link check: no entrypoint or cmd in the environment file");
+    }
     // What the program dlopens (libtorch_cuda.so, and through it NCCL and the CUDA libraries)
     // is not in the entrypoint's DT_NEEDED: each is a root of its own.
     for lib in &env.dlopen {
@@ -586,10 +590,39 @@ fn link_check(
             if e.entrypoint_missing {
                 e.problems = vec![format!("{lib} is not in the image")];
             }
-            e.dlopen = Some(lib.clone());
+            e.root = linkcheck::Root::Dlopen(lib.clone());
             e
         })?;
         say(rep, &format!("{lib} (dlopen)"), &report);
+    }
+    // What Python imports: every extension module under each directory, and all it needs.
+    for dir in &env.python_extensions {
+        let report = linkcheck::check_python_extensions(&fs, dir, ld, &env.architecture)?;
+        if report.modules.is_empty() {
+            rep.message(&format!(
+                "warning: link check: no Python extension modules (*.so exporting PyInit_*) under {dir} ([link-check] python-extensions)"
+            ));
+            continue;
+        }
+        rep.message(&format!(
+            "link check: {} Python extension modules under {dir} resolve with {} shared objects{}",
+            report.modules.len(),
+            report.objects.len(),
+            if report.unchecked.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} present but not inspected: {})",
+                    report.unchecked.len(),
+                    report
+                        .unchecked
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        ));
     }
     Ok(())
 }

@@ -336,7 +336,9 @@ pub fn references(command: &str) -> Vec<(Kind, String)> {
         .collect()
 }
 
-/// `command` with each reference replaced by its value, shell-quoted ([`shell_quote`]): `inputs`
+/// `command` with each reference replaced by its value as it is, the way Azure ML substitutes
+/// them (textually, unquoted: a literal `a b` becomes two words there, so here too — the same
+/// command line gives the same argv in both places): `inputs`
 /// and `outputs` map names to what they expand to (container paths, a literal's value). A
 /// reference to a name in neither map is an error naming it and those given; text outside
 /// references is left as it is.
@@ -355,7 +357,7 @@ pub fn expand(
                     Kind::Outputs => outputs,
                 };
                 match map.get(name) {
-                    Some(v) => out.push_str(&shell_quote(v)),
+                    Some(v) => out.push_str(v),
                     None => {
                         return Err(JobIoError::Unknown {
                             kind,
@@ -577,7 +579,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             got,
-            "python t.py --data /mnt/azureml/inputs/data --msg 'hello world' -o=/mnt/azureml/outputs/model"
+            "python t.py --data /mnt/azureml/inputs/data --msg hello world -o=/mnt/azureml/outputs/model"
         );
         let e = expand("x ${{inputs.lr}}", &inputs, &outputs).unwrap_err();
         assert_eq!(

@@ -694,6 +694,16 @@ fn manifest_config_digest(cache: &Path, digest: &str) -> String {
 /// The whole chain from source to digest is reproducible only if the trainer binary is: built
 /// from a second checkout at another path (own target directory, own `.venv` path), it must be
 /// the same bytes. scripts/env.sh remaps the checkout and cargo home in Rust and C++ paths.
+///
+/// The other target directory starts with a copy of this checkout's release build, so that the
+/// registry crates no checkout path reaches are not compiled a second time (minutes of CI's two
+/// cores; their fingerprints hold no checkout path). All that a checkout path reaches is rebuilt
+/// there, and `-v` shows it: the trainer crate and its build script (the C++ shim, compiled
+/// against the other checkout's `.venv` headers), torch-sys's build script (its C++ against the
+/// same headers, rerun because scripts/env.sh puts the checkout path into CFLAGS and CXXFLAGS),
+/// and the crates above them. A crate taken from the copy could carry a path of this checkout
+/// (an OUT_DIR in a panic location) into both binaries alike, which equal bytes would not show;
+/// so neither binary may hold either checkout's path.
 #[test]
 fn trainer_binary_is_identical_from_two_checkout_paths() {
     let root = envbuild_e2e::root();
@@ -715,18 +725,52 @@ fn trainer_binary_is_identical_from_two_checkout_paths() {
     assert!(copied > 20, "copied {copied} files");
     // The same venv contents, seen under the other checkout's path.
     symlink(root.join(".venv"), other.join(".venv")).unwrap();
-    let o = envbuild_e2e::release_build(&other, &["-p", "trainer"], Some(&other.join("target")));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let release = bins().trainer.parent().expect("target/release").to_owned();
+    fs::create_dir_all(other.join("target/release")).unwrap();
+    ok(Command::new("cp")
+        .arg("-a")
+        .args(["deps", "build", ".fingerprint"].map(|d| release.join(d)))
+        .arg(other.join("target/release")));
+    let o = envbuild_e2e::release_build(
+        &other,
+        &["-p", "trainer", "-v"],
+        Some(&other.join("target")),
+    );
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{log}");
+    // `Running `…`` lines: rustc with its arguments, or a build script's path.
+    let ran = |what: &str, needle: &str, tail: &str| {
+        assert!(
+            log.lines().any(|l| {
+                let l = l.trim();
+                l.starts_with("Running `") && l.contains(needle) && l.ends_with(tail)
+            }),
+            "{what} was not rebuilt in the other checkout:\n{log}"
+        );
+    };
+    ran("the trainer crate", " --crate-name trainer ", "");
+    ran("tch", " --crate-name tch ", "");
+    ran(
+        "the trainer's build script",
+        "/build/trainer-",
+        "/build-script-build`",
+    );
+    ran(
+        "torch-sys's build script",
+        "/build/torch-sys-",
+        "/build-script-build`",
+    );
     let a = fs::read(&bins().trainer).unwrap();
     let b = fs::read(other.join("target/release/trainer")).unwrap();
     let leaked = |bin: &[u8], p: &Path| {
         bin.windows(p.as_os_str().len())
             .any(|w| w == p.as_os_str().as_encoded_bytes())
     };
-    assert!(
-        !leaked(&b, &other),
-        "the other checkout's path is inside its binary"
-    );
+    for (bin, which) in [(&a, "this checkout's"), (&b, "the other checkout's")] {
+        for p in [&root, &other, &release] {
+            assert!(!leaked(bin, p), "{} is inside {which} binary", p.display());
+        }
+    }
     assert!(
         a == b,
         "trainer differs between checkouts ({} vs {} bytes)",

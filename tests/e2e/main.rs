@@ -13,6 +13,7 @@ mod code_azure;
 mod compute;
 mod hostile;
 mod mlflow;
+mod python;
 mod ranks;
 mod registry;
 mod run;

@@ -2,7 +2,8 @@
 //! project venv): parameters and each epoch's metrics arrive at the right steps with the values
 //! of metrics.jsonl; rank 0 alone logs; a run named by MLFLOW_RUN_ID is used and left open;
 //! faults on the way are retried; a server killed mid-run or never there costs a warning, never
-//! the training.
+//! the training. The tests that leave the server running share one (`MlflowServer::shared`),
+//! each in an experiment of its own; the two that kill and restart it start their own.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -112,7 +113,7 @@ fn run_id(run: &Value) -> String {
 
 #[test]
 fn params_and_each_epochs_metrics_arrive_at_their_steps_with_the_values_of_metrics_jsonl() {
-    let server = MlflowServer::start();
+    let server = MlflowServer::shared();
     let t = tempfile::tempdir().unwrap();
     let out = t.path().join("out");
     let token = "tok-e2e-never-printed";
@@ -136,10 +137,10 @@ fn params_and_each_epochs_metrics_arrive_at_their_steps_with_the_values_of_metri
     let experiment = server
         .experiment_id("mnist-e2e")
         .expect("experiment created");
-    let run = only_run(&server, &experiment);
+    let run = only_run(server, &experiment);
     assert_eq!(run["info"]["status"], "FINISHED", "{run:#}");
     let id = run_id(&run);
-    assert_metrics(&server, &id, &out, &[1, 2]);
+    assert_metrics(server, &id, &out, &[1, 2]);
     let params = server.params(&id);
     for (k, v) in [
         ("epochs", "2"),
@@ -165,7 +166,7 @@ fn params_and_each_epochs_metrics_arrive_at_their_steps_with_the_values_of_metri
 
 #[test]
 fn of_two_data_parallel_ranks_only_rank_0_logs() {
-    let server = MlflowServer::start();
+    let server = MlflowServer::shared();
     let t = tempfile::tempdir().unwrap();
     let out = t.path().join("out");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -212,14 +213,14 @@ fn of_two_data_parallel_ranks_only_rank_0_logs() {
     );
     assert!(!said[1].contains("MLflow"), "{}", said[1]);
     let experiment = server.experiment_id("ranks").expect("experiment created");
-    let run = only_run(&server, &experiment);
-    assert_metrics(&server, &run_id(&run), &out, &[1, 2]);
+    let run = only_run(server, &experiment);
+    assert_metrics(server, &run_id(&run), &out, &[1, 2]);
     assert_eq!(server.params(&run_id(&run))["world_size"], "2");
 }
 
 #[test]
 fn with_mlflow_run_id_the_metrics_land_in_that_run_which_stays_open() {
-    let server = MlflowServer::start();
+    let server = MlflowServer::shared();
     // As Azure ML does before the job's process starts.
     let experiment = server.create_experiment("azureml-job");
     let id = server.create_run(&experiment);
@@ -239,9 +240,9 @@ fn with_mlflow_run_id_the_metrics_land_in_that_run_which_stays_open() {
         said.contains(&format!("MLflow: logging to run {id} (MLFLOW_RUN_ID)")),
         "{said}"
     );
-    let run = only_run(&server, &experiment);
+    let run = only_run(server, &experiment);
     assert_eq!(run_id(&run), id);
-    assert_metrics(&server, &id, &out, &[1, 2]);
+    assert_metrics(server, &id, &out, &[1, 2]);
     assert_eq!(server.params(&id)["epochs"], "2");
     // The trainer did not create it, so it does not end it (the service does).
     assert_eq!(server.run(&id)["info"]["status"], "RUNNING");
@@ -249,7 +250,7 @@ fn with_mlflow_run_id_the_metrics_land_in_that_run_which_stays_open() {
 
 #[test]
 fn faults_between_trainer_and_server_are_retried_and_lose_nothing() {
-    let server = MlflowServer::start();
+    let server = MlflowServer::shared();
     // Every second request: 503, 429 (Retry-After 1), a reset mid-body, an answer lost after
     // the server acted, 502, a 1.5 s stall.
     let proxy = FaultProxy::start(&server.url()["http://".len()..], false);
@@ -265,9 +266,9 @@ fn faults_between_trainer_and_server_are_retried_and_lose_nothing() {
     let faults = proxy.faults.load(std::sync::atomic::Ordering::SeqCst);
     assert!(faults >= 3, "only {faults} faults");
     // The default experiment "0"; a batch re-sent after a lost answer is not counted twice.
-    let run = only_run(&server, "0");
+    let run = only_run(server, "0");
     assert_eq!(run["info"]["status"], "FINISHED", "{run:#}");
-    assert_metrics(&server, &run_id(&run), &out, &[1, 2, 3]);
+    assert_metrics(server, &run_id(&run), &out, &[1, 2, 3]);
 }
 
 #[test]

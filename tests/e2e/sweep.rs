@@ -38,7 +38,8 @@ fn most_at_once(record: &[String]) -> usize {
 
 #[test]
 fn a_sweep_runs_two_trials_at_once_names_the_best_from_mlflow_and_bandit_cancels_a_bad_one() {
-    let mlflow = MlflowServer::start();
+    // The process's shared server (its experiment is the environment's name, mnist-cpu).
+    let mlflow = MlflowServer::shared();
     let entra = Entra::start();
     let arm = AzureStandIn::with_entra(&entra);
     arm.datastore("workspaceblobstore", Path::new("/usr/share/datasets"));

@@ -96,10 +96,14 @@ pub fn envbuild_debug() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // With the targets `cargo test --workspace` builds (its tests bring the dev-dependencies'
+        // features), so that the dependencies and the library are the test build's and only the
+        // binary is new; `-p envbuild` alone resolved other features and compiled some 55 crates
+        // and the library again inside the test run (about a minute of CI's two cores).
         let out = Command::new("bash")
             .arg("-c")
             .arg(format!(
-                ". scripts/env.sh && exec \"{cargo}\" build --locked -p envbuild"
+                ". scripts/env.sh && exec \"{cargo}\" build --locked --workspace --bins --tests --examples"
             ))
             .current_dir(root())
             .output()
@@ -130,6 +134,28 @@ pub fn base_layout() -> &'static Path {
         assert!(
             out.status.success(),
             "make-base failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+/// The locally made Python base image (docker/base/make-base.sh DIR debian-python): the
+/// runtime base's packages plus Debian's python3.11, made once.
+pub fn python_base_layout() -> &'static Path {
+    static BASE: OnceLock<PathBuf> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let dir = root().join("target/e2e/base-python");
+        let out = Command::new(root().join("docker/base/make-base.sh"))
+            .arg(&dir)
+            .arg("debian-python")
+            .env("ENVBUILD", &bins().envbuild)
+            .env("ENVBUILD_CACHE", root().join("target/e2e/base-cache"))
+            .output()
+            .expect("make-base runs");
+        assert!(
+            out.status.success(),
+            "make-base debian-python failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         dir

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -59,6 +61,45 @@ impl MlflowServer {
         };
         s.launch();
         s
+    }
+
+    /// One server on 127.0.0.1 for all the tests of this process that never kill, stop or
+    /// restart it (a `&'static` gives them no `&mut` to do so): a start costs ~14 s of a busy
+    /// two-core machine. They stay apart by experiment: each names its own, and the default
+    /// experiment "0" belongs to `faults_between_trainer_and_server_are_retried_and_lose_nothing`
+    /// alone. Started on first use; statics are never dropped, so an `atexit` handler kills its
+    /// process group and removes its store when the test process exits (passed or failed).
+    pub fn shared() -> &'static MlflowServer {
+        static SHARED: OnceLock<MlflowServer> = OnceLock::new();
+        static GROUP: AtomicI32 = AtomicI32::new(0);
+        static DIR: OnceLock<PathBuf> = OnceLock::new();
+        extern "C" fn at_exit() {
+            let pgid = GROUP.load(Ordering::SeqCst);
+            if pgid > 0 {
+                // SAFETY: kill(2) on the shared server's own process group (see launch), then
+                // waitpid(2) on its leader, our child (SIGKILL ends it: the wait is short).
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                    libc::waitpid(pgid, std::ptr::null_mut(), 0);
+                }
+            }
+            if let Some(dir) = DIR.get() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+        SHARED.get_or_init(|| {
+            let s = MlflowServer::start();
+            let pgid = s.child.as_ref().expect("started").id() as i32;
+            GROUP.store(pgid, Ordering::SeqCst);
+            let _ = DIR.set(s.dir.path().to_owned());
+            // SAFETY: registers a plain extern "C" function with no arguments.
+            let registered = unsafe { libc::atexit(at_exit) } == 0;
+            assert!(
+                registered,
+                "atexit refused the shared MLflow server's clean-up"
+            );
+            s
+        })
     }
 
     /// `http://127.0.0.1:PORT` (loopback even when bound to all interfaces).

@@ -2,6 +2,8 @@
 //! library it needs (DT_NEEDED, recursively, through RPATH/RUNPATH with `$ORIGIN`, the image's
 //! LD_LIBRARY_PATH and the loader's default directories) resolve inside the image's file system,
 //! and that the symbol versions they require (GLIBC_2.34, GLIBCXX_3.4.30, …) are provided there.
+//! The same proof covers what the program loads later: `[link-check] dlopen` libraries and the
+//! Python extension modules under `[link-check] python-extensions` ([`ImageFs::python_extensions`]).
 //! A failure here costs seconds; the same failure on Azure ML costs a queued GPU job.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -197,6 +199,43 @@ impl ImageFs {
         self.resolve(path).is_some()
     }
 
+    /// The Python extension modules under the image directory `dir` (its whole tree), by their
+    /// real image paths, sorted: every `NAME….so` file that exports `PyInit_NAME`, the function
+    /// Python's import calls (so a plain library such as `libtorch_cpu.so` is not one). `None`
+    /// when `dir` is not a directory in the image.
+    pub fn python_extensions(&self, dir: &str) -> Option<Vec<String>> {
+        let (real, entry) = self.resolve(dir)?;
+        if !matches!(entry, Entry::Dir) {
+            return None;
+        }
+        let prefix = match real.trim_start_matches('/') {
+            "" => String::new(),
+            r => format!("{r}/"),
+        };
+        let mut found = BTreeSet::new();
+        for path in self
+            .entries
+            .range(prefix.clone()..)
+            .map(|(p, _)| p)
+            .take_while(|p| p.starts_with(&prefix))
+        {
+            let file = path.rsplit('/').next().unwrap_or(path);
+            let module = file.split('.').next().unwrap_or("");
+            if !file.ends_with(".so") || module.is_empty() {
+                continue;
+            }
+            let Some((real, Entry::File(_))) = self.resolve(path) else {
+                continue;
+            };
+            if let Some(Ok(bytes)) = self.read(&real) {
+                if exports((*bytes).as_ref(), &format!("PyInit_{module}")) {
+                    found.insert(real);
+                }
+            }
+        }
+        Some(found.into_iter().collect())
+    }
+
     fn read(&self, path: &str) -> Option<io::Result<Blob>> {
         match self.resolve(path)?.1 {
             Entry::File(Content::Host(p)) => Some(map_file(p)),
@@ -240,27 +279,43 @@ fn map_file(p: &std::path::Path) -> io::Result<Blob> {
     Ok(std::sync::Arc::new(m))
 }
 
+/// What a failed check started from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Root {
+    /// The entrypoint (or the first word of `cmd`).
+    #[default]
+    Entrypoint,
+    /// A library the program loads at run time (`[link-check] dlopen`).
+    Dlopen(String),
+    /// The extension modules under a directory of `[link-check] python-extensions`.
+    PythonExtensions(String),
+}
+
 /// What the check found wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkError {
     pub problems: Vec<String>,
-    /// The entrypoint itself is not in the image (no library is to blame).
+    /// The root itself is not in the image (no library is to blame): the entrypoint, the
+    /// dlopen library, or the python-extensions directory.
     pub entrypoint_missing: bool,
-    /// A library the program loads at run time (`[link-check] dlopen`) that was checked in the
-    /// entrypoint's place; `None`: the entrypoint.
-    pub dlopen: Option<String>,
+    /// What was checked.
+    pub root: Root,
 }
 
 impl fmt::Display for LinkError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.dlopen {
-            None => writeln!(
+        match &self.root {
+            Root::Entrypoint => writeln!(
                 f,
                 "link check failed: the entrypoint would not start in this image"
             )?,
-            Some(lib) => writeln!(
+            Root::Dlopen(lib) => writeln!(
                 f,
                 "link check failed: {lib}, which the program loads at run time ([link-check] dlopen), would not load in this image"
+            )?,
+            Root::PythonExtensions(dir) => writeln!(
+                f,
+                "link check failed: Python extension modules under {dir} ([link-check] python-extensions) would not import in this image"
             )?,
         }
         let n = self.problems.len();
@@ -276,12 +331,12 @@ impl fmt::Display for LinkError {
 
 impl crate::error::Hint for LinkError {
     fn hint(&self) -> Option<std::borrow::Cow<'_, str>> {
-        Some(if self.entrypoint_missing && self.dlopen.is_some() {
-            "check `dlopen` under [link-check] in the environment file: absolute paths in the image that a [[layer]] or the base puts there".into()
-        } else if self.entrypoint_missing {
-            "check `entrypoint` in the environment file: an absolute path in the image (or a name on its PATH) that one of the [[layer]] entries or the base puts there".into()
-        } else {
-            "add the missing libraries to a layer (or LD_LIBRARY_PATH), or use a base with a newer glibc/libstdc++".into()
+        Some(match (&self.root, self.entrypoint_missing) {
+            (Root::Dlopen(_), true) => "check `dlopen` under [link-check] in the environment file: absolute paths in the image that a [[layer]] or the base puts there".into(),
+            (Root::PythonExtensions(_), true) => "check `python-extensions` under [link-check] in the environment file: directories in the image (a site-packages, Python's lib-dynload) that a [[layer]] or the base puts there".into(),
+            (Root::Entrypoint, true) => "check `entrypoint` in the environment file: an absolute path in the image (or a name on its PATH) that one of the [[layer]] entries or the base puts there".into(),
+            (Root::PythonExtensions(_), false) => "add the missing libraries to a layer where the module looks (its RPATH, e.g. `$ORIGIN/../numpy.libs` for a wheel's bundled libraries, LD_LIBRARY_PATH or the base), or leave out the package that needs them".into(),
+            _ => "add the missing libraries to a layer (or LD_LIBRARY_PATH), or use a base with a newer glibc/libstdc++".into(),
         })
     }
 }
@@ -351,6 +406,18 @@ fn parse(bytes: &[u8]) -> Option<Object> {
     })
 }
 
+/// Whether the ELF object in `bytes` defines the global dynamic symbol `name`.
+fn exports(bytes: &[u8], name: &str) -> bool {
+    let Ok(elf) = Elf::parse(bytes) else {
+        return false;
+    };
+    elf.dynsyms.iter().any(|s| {
+        s.st_shndx != goblin::elf::section_header::SHN_UNDEF as usize
+            && s.st_bind() != goblin::elf::sym::STB_LOCAL
+            && elf.dynstrtab.get_at(s.st_name) == Some(name)
+    })
+}
+
 /// Orders versions like `GLIBC_2.9` < `GLIBC_2.34` by their numeric parts.
 fn version_key(v: &str) -> (String, Vec<u64>) {
     let (prefix, nums) = v.split_once('_').unwrap_or((v, ""));
@@ -387,6 +454,76 @@ pub fn check(
     ld_library_path: &str,
     arch: &str,
 ) -> Result<LinkReport, LinkError> {
+    let short = entrypoint.rsplit('/').next().unwrap_or(entrypoint);
+    check_as(fs, entrypoint, short, ld_library_path, arch)
+}
+
+/// Checks that every Python extension module under the image directory `dir` would import:
+/// each is a root of its own, as Python loads it with `dlopen`, and each problem names the
+/// module by its image path. All modules are checked before the error is returned.
+pub fn check_python_extensions(
+    fs: &ImageFs,
+    dir: &str,
+    ld_library_path: &str,
+    arch: &str,
+) -> Result<PythonReport, LinkError> {
+    let root = Root::PythonExtensions(dir.to_owned());
+    let Some(modules) = fs.python_extensions(dir) else {
+        return Err(LinkError {
+            problems: vec![format!("{dir} is not a directory in the image")],
+            entrypoint_missing: true,
+            root,
+        });
+    };
+    let mut report = PythonReport::default();
+    let mut problems = Vec::new();
+    for m in &modules {
+        match check_as(fs, m, m, ld_library_path, arch) {
+            Ok(r) => {
+                report
+                    .objects
+                    .extend(r.objects.into_iter().filter(|o| o != m));
+                report.unchecked.extend(r.unchecked);
+            }
+            Err(e) => problems.extend(e.problems),
+        }
+    }
+    report.modules = modules;
+    if problems.is_empty() {
+        return Ok(report);
+    }
+    const SHOWN: usize = 20;
+    if problems.len() > SHOWN {
+        let more = problems.len() - SHOWN;
+        problems.truncate(SHOWN);
+        problems.push(format!("… and {more} more"));
+    }
+    Err(LinkError {
+        problems,
+        entrypoint_missing: false,
+        root,
+    })
+}
+
+/// What [`check_python_extensions`] saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PythonReport {
+    /// Image paths of the extension modules found and checked.
+    pub modules: Vec<String>,
+    /// The shared objects they need, directly or not.
+    pub objects: BTreeSet<String>,
+    /// Libraries present that the check could not read.
+    pub unchecked: BTreeSet<String>,
+}
+
+/// [`check`], naming the root `label` in the problems it finds.
+fn check_as(
+    fs: &ImageFs,
+    entrypoint: &str,
+    label: &str,
+    ld_library_path: &str,
+    arch: &str,
+) -> Result<LinkReport, LinkError> {
     let mut report = LinkReport::default();
     let mut problems = Vec::new();
     if !fs.exists("bin/sh") {
@@ -401,7 +538,7 @@ pub fn check(
         return Err(LinkError {
             problems: vec![format!("entrypoint {entrypoint} is not in the image")],
             entrypoint_missing: true,
-            dlopen: None,
+            root: Root::Entrypoint,
         });
     };
     let bytes = match fs.read(&entry_path) {
@@ -410,7 +547,7 @@ pub fn check(
             return Err(LinkError {
                 problems: vec![format!("cannot read entrypoint {entrypoint}: {e}")],
                 entrypoint_missing: false,
-                dlopen: None,
+                root: Root::Entrypoint,
             })
         }
         None => {
@@ -442,7 +579,7 @@ pub fn check(
             Err(LinkError {
                 problems,
                 entrypoint_missing: false,
-                dlopen: None,
+                root: Root::Entrypoint,
             })
         };
     }
@@ -525,8 +662,7 @@ pub fn check(
             };
             match found {
                 None => problems.push(format!(
-                    "{} needs {name}, which is not in the image (needed by {path}; searched {})",
-                    short(entrypoint),
+                    "{label} needs {name}, which is not in the image (needed by {path}; searched {})",
                     dirs.join(":")
                 )),
                 Some((real, _)) => {
@@ -575,7 +711,7 @@ pub fn check(
         Err(LinkError {
             problems,
             entrypoint_missing: false,
-            dlopen: None,
+            root: Root::Entrypoint,
         })
     }
 }

@@ -125,15 +125,29 @@ fn globs(patterns: &[String]) -> Result<Option<GlobSet>, LayerError> {
     })
 }
 
+/// The mode of the directory at image path `path`: 0755, except `/tmp` and `/var/tmp`, which
+/// are 1777 (world-writable, sticky) as in every Linux root file system. A container that runs
+/// as an arbitrary uid (`run --local` runs as the caller, with HOME=/tmp) must be able to write
+/// there, or Python's tempfile, torch's caches and the like fail.
+fn dir_mode(path: &str) -> u32 {
+    if path == "tmp" || path == "var/tmp" {
+        0o1777
+    } else {
+        0o755
+    }
+}
+
 impl Tree {
-    /// Adds `dir` and every missing parent as directories (mode 0755).
+    /// Adds `dir` and every missing parent as directories (mode 0755, see [`dir_mode`]).
     fn add_parents(&mut self, path: &str) {
         let mut end = 0;
         while let Some(i) = path[end..].find('/') {
             end += i;
             self.nodes
                 .entry(path[..end].to_owned())
-                .or_insert(Node::Dir { mode: 0o755 });
+                .or_insert(Node::Dir {
+                    mode: dir_mode(&path[..end]),
+                });
             end += 1;
         }
     }
@@ -172,7 +186,12 @@ impl Tree {
         let exclude = globs(&m.exclude)?;
         if meta.is_dir() {
             if include.is_none() {
-                self.insert(dest.clone(), Node::Dir { mode: 0o755 })?;
+                self.insert(
+                    dest.clone(),
+                    Node::Dir {
+                        mode: dir_mode(&dest),
+                    },
+                )?;
             }
             self.walk(&m.src, &m.src, &dest, m, include.as_ref(), exclude.as_ref())
         } else {
@@ -211,7 +230,12 @@ impl Tree {
             let meta = fs::symlink_metadata(&src).map_err(io_err(&src))?;
             if meta.is_dir() {
                 if include.is_none() {
-                    self.insert(target.clone(), Node::Dir { mode: 0o755 })?;
+                    self.insert(
+                        target.clone(),
+                        Node::Dir {
+                            mode: dir_mode(&target),
+                        },
+                    )?;
                 }
                 self.walk(root, &src, &target, m, include, exclude)?;
             } else if include.is_none_or(|g| g.is_match(rel)) {
@@ -346,6 +370,47 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn tmp_directories_are_world_writable_and_sticky_others_0755() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("rootfs");
+        for dir in ["tmp", "var/tmp", "var/lib", "opt/tmp"] {
+            fs::create_dir_all(root.join(dir)).unwrap();
+            fs::set_permissions(root.join(dir), fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        let mut t = Tree::default();
+        t.add(&Mapping {
+            src: root,
+            dest: "/".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        // A parent made for a deeper destination gets the same rule.
+        let f = d.path().join("f");
+        fs::write(&f, b"f").unwrap();
+        t.add(&Mapping {
+            src: f,
+            dest: "/srv/tmp/x/f".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let (bytes, _) = write_tar(&t, TarSettings { mtime: 0 }, Vec::new()).unwrap();
+        let modes: BTreeMap<String, u32> =
+            entries(&bytes).into_iter().map(|e| (e.0, e.2)).collect();
+        assert_eq!(modes["tmp/"], 0o1777, "{modes:?}");
+        assert_eq!(modes["var/tmp/"], 0o1777, "{modes:?}");
+        for dir in [
+            "var/",
+            "var/lib/",
+            "opt/",
+            "opt/tmp/",
+            "srv/tmp/",
+            "srv/tmp/x/",
+        ] {
+            assert_eq!(modes[dir], 0o755, "{dir}: {modes:?}");
+        }
     }
 
     #[test]

@@ -66,6 +66,8 @@ struct RawEnv {
 struct RawLinkCheck {
     #[serde(default)]
     dlopen: Vec<Spanned<String>>,
+    #[serde(default, rename = "python-extensions")]
+    python_extensions: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -222,6 +224,9 @@ pub struct Environment {
     /// Libraries the program loads at run time (dlopen), absolute image paths: the link check
     /// proves each loads, with all it needs, as it does the entrypoint (`[link-check] dlopen`).
     pub dlopen: Vec<String>,
+    /// Image directories (site-packages, Python's lib-dynload) whose Python extension modules
+    /// the link check proves importable, each with all it needs (`[link-check] python-extensions`).
+    pub python_extensions: Vec<String>,
 }
 
 /// Loads an environment file with the variables of its own location ([`Vars::for_file`]).
@@ -454,18 +459,26 @@ pub fn parse(path: &Path, text: &str, vars: &Vars) -> Result<Environment, SpecEr
         cargo_package: raw.sbom.cargo_package.clone(),
         binary: raw.sbom.binary.clone(),
     };
-    let mut dlopen = Vec::new();
-    for d in &raw.link_check.dlopen {
-        let lib = expand(d, "link-check.dlopen")?;
-        if !lib.starts_with('/') {
-            return Err(err(
-                Some(d.span()),
-                "link-check.dlopen",
-                format!("`{lib}` is not an absolute path in the image"),
-            ));
+    let image_paths = |list: &[Spanned<String>], field: &str| -> Result<Vec<String>, SpecError> {
+        let mut out = Vec::new();
+        for d in list {
+            let p = expand(d, field)?;
+            if !p.starts_with('/') {
+                return Err(err(
+                    Some(d.span()),
+                    field,
+                    format!("`{p}` is not an absolute path in the image"),
+                ));
+            }
+            out.push(p);
         }
-        dlopen.push(lib);
-    }
+        Ok(out)
+    };
+    let dlopen = image_paths(&raw.link_check.dlopen, "link-check.dlopen")?;
+    let python_extensions = image_paths(
+        &raw.link_check.python_extensions,
+        "link-check.python-extensions",
+    )?;
     Ok(Environment {
         file: path.to_path_buf(),
         // The text is the file's bytes (checked to be UTF-8, not changed).
@@ -481,6 +494,7 @@ pub fn parse(path: &Path, text: &str, vars: &Vars) -> Result<Environment, SpecEr
         publish: raw.publish,
         sbom,
         dlopen,
+        python_extensions,
     })
 }
 

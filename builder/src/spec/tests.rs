@@ -162,3 +162,26 @@ fn expansion_rules() {
     assert!(v.expand("$SITE").is_err());
     assert!(v.expand("${SITE").is_err());
 }
+
+#[test]
+fn python_extension_directories_are_absolute_image_paths() {
+    let e = check(&format!(
+        "{GOOD}\n[link-check]\npython-extensions = [\"/usr/lib/python3.11/lib-dynload\", \"${{SITE}}\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        e.python_extensions,
+        ["/usr/lib/python3.11/lib-dynload", "/venv/site"]
+    );
+    assert!(e.dlopen.is_empty());
+    let e = check(&format!(
+        "{GOOD}\n[link-check]\npython-extensions = [\"site-packages\"]\n"
+    ))
+    .unwrap_err();
+    assert_eq!(e.field, "link-check.python-extensions", "{e}");
+    assert!(
+        e.message
+            .contains("`site-packages` is not an absolute path in the image"),
+        "{e}"
+    );
+}
