@@ -12,7 +12,7 @@ PACKAGES=(ca-certificates g++ python3 python3-venv docker-registry skopeo umoci 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
 if ! command -v cargo >/dev/null; then
-  say "cargo not found: install Rust (rustup, 1.85 or newer) first"
+  say "cargo not found: install Rust (rustup, 1.88 or newer) first"
   exit 1
 fi
 

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod azureml;
+pub mod blob;
 pub mod build;
 pub mod cache;
 pub mod digest;
@@ -41,8 +42,11 @@ pub fn hint_of(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         .or_else(|| h::<azureml::AzureError>(e))
         .or_else(|| h::<azureml::ArmFailure>(e))
         .or_else(|| h::<azureml::compute::ComputeError>(e))
+        .or_else(|| h::<azureml::stage::StageError>(e))
+        .or_else(|| h::<azureml::outputs::DownloadError>(e))
         .or_else(|| h::<snapshot::SnapshotError>(e))
         .or_else(|| h::<jobio::JobIoError>(e))
+        .or_else(|| h::<blob::BlobError>(e))
         // Errors that wrap another transparently (its Display, its source): the wrapped
         // error is not in the chain, so they pass its hint on.
         .or_else(|| h::<build::BuildError>(e))

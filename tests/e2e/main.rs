@@ -5,9 +5,11 @@
 mod auth;
 mod azure;
 mod azure_spec;
+mod blob;
 mod build;
 mod cli;
 mod code;
+mod code_azure;
 mod compute;
 mod hostile;
 mod mlflow;

@@ -3,6 +3,7 @@
 
 pub mod acr;
 pub mod azure;
+pub mod blob;
 pub mod entra;
 pub mod hostile;
 pub mod mlflow;

@@ -38,6 +38,23 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Where Entra tokens come from: the credential chain in the CLI, a fixed source in tests. The
+/// ARM client (`azureml`) and the storage client (`blob`) both ask it, each for its own scope.
+pub trait TokenSource: Send + Sync {
+    /// An access token for `scope`, or why none could be had (listing what was tried).
+    fn token(&self, scope: &str) -> Result<Secret, entra::EntraError>;
+}
+
+/// A token source that always answers with one token (tests, and callers that hold a token).
+#[derive(Debug, Clone)]
+pub struct StaticToken(pub Secret);
+
+impl TokenSource for StaticToken {
+    fn token(&self, _scope: &str) -> Result<Secret, entra::EntraError> {
+        Ok(self.0.clone())
+    }
+}
+
 /// Credentials for one registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credentials {

@@ -146,6 +146,41 @@ pub enum AzureError {
     /// A sweep refused before any request (search space, objective, limits, policy).
     #[error(transparent)]
     Sweep(#[from] super::sweep_settings::SweepError),
+
+    /// The workspace names no default datastore (`Datastores_List` with `isDefault=true`).
+    #[error("workspace {workspace} has no default datastore")]
+    NoDefaultDatastore { workspace: String },
+    #[error("datastore {name} does not exist in workspace {workspace}")]
+    NoDatastore { name: String, workspace: String },
+    /// Code and data go to Azure Blob datastores only.
+    #[error("datastore {name} is {kind}, not AzureBlob: envbuild uploads to and downloads from Azure Blob datastores only")]
+    NotBlobDatastore { name: String, kind: String },
+    /// A field of a datastore that is missing, or that no storage account could have.
+    #[error("datastore {name}: its {field} is missing or not valid")]
+    DatastoreField { name: String, field: &'static str },
+    /// The code version exists with other files (another upload under the same version).
+    #[error("code {name} version {version} exists with codeUri {existing}, not {uri}; versions are immutable")]
+    CodeVersionTaken {
+        name: String,
+        version: String,
+        existing: String,
+        uri: String,
+    },
+    /// A literal input the service refuses (LiteralJobInput.value: a letter, digit or `_`).
+    #[error("input {name}: the literal value `{value}` has no letter, digit or _, which Azure ML requires of a literal input")]
+    BadLiteral { name: String, value: String },
+    /// An output whose URI names no datastore path (nothing envbuild can fetch).
+    #[error(
+        "job {job}'s output {output} is at {uri}, not on a datastore (azureml://datastores/…)"
+    )]
+    OutputNotOnDatastore {
+        job: String,
+        output: String,
+        uri: String,
+    },
+    /// A job whose outputs were asked for before it ended.
+    #[error("job {job} is {status}: its outputs are complete only once it has ended")]
+    NotEnded { job: String, status: String },
 }
 
 fn looked_in(config: Option<&Path>) -> String {
@@ -196,6 +231,7 @@ impl fmt::Display for NameRule {
 pub enum AssetKind {
     Environment,
     Model,
+    Code,
 }
 
 impl fmt::Display for AssetKind {
@@ -203,6 +239,7 @@ impl fmt::Display for AssetKind {
         f.write_str(match self {
             AssetKind::Environment => "environment",
             AssetKind::Model => "model",
+            AssetKind::Code => "code",
         })
     }
 }
@@ -226,6 +263,9 @@ impl Hint for AzureError {
             AzureError::VersionTaken { .. } => "register under another name (--name)",
             AzureError::Conflict { kind: AssetKind::Environment, .. } => "Azure ML versions are immutable — only description and tags can change. envbuild derives the version from the image digest, so a new image gets a new version; this version was made by something else with other settings",
             AzureError::Conflict { kind: AssetKind::Model, .. } => "versions are immutable; leave out --version to take the next one",
+            AzureError::Conflict { kind: AssetKind::Code, .. } | AzureError::CodeVersionTaken { .. } => "the version is the code's content hash; this one was registered by something else with other files: rename the code folder (the code asset's name) and run again",
+            AzureError::NoDefaultDatastore { .. } => "every Azure ML workspace has one (workspaceblobstore); check the workspace, or set one with `az ml datastore update --set is_default=true`",
+            AzureError::NotEnded { job, .. } => return Some(Cow::Owned(format!("wait for it: `envbuild job show {job} --follow`"))),
             _ => return None,
         }))
     }

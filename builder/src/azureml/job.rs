@@ -1,5 +1,6 @@
-//! Jobs: the command job's body (the trainer with `${{inputs.*}}`/`${{outputs.*}}`); submit of any
-//! [`JobBody`], follow with backoff until a terminal status, cancel, and the log's tail if served.
+//! Jobs: the command job's body (the trainer, or the user's command in a code asset, with
+//! `${{inputs.*}}`/`${{outputs.*}}` left for the service; folder, file and literal inputs); submit
+//! of any [`JobBody`], follow with backoff until a terminal status, cancel, the log's tail if served.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,8 +32,11 @@ pub struct CommandJob {
     pub display_name: Option<String>,
     pub experiment_name: String,
     pub environment_variables: BTreeMap<String, String>,
-    /// Input name → `azureml://…` or `https://…` URI of a folder.
-    pub inputs: BTreeMap<String, String>,
+    /// Full ARM id of the code version the command runs in (its working directory); None: the
+    /// image's own files only.
+    pub code_id: Option<String>,
+    /// Input name → a folder or file URI, or a literal value.
+    pub inputs: BTreeMap<String, Input>,
     /// Output names (uri_folder, read-write mount).
     pub outputs: Vec<String>,
     pub instance_type: Option<String>,
@@ -48,8 +52,34 @@ pub struct CommandJob {
     pub options: JobOptions,
 }
 
+/// One input of a job, as the service takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// `uri_folder`: a folder (`azureml://datastores/…/paths/…/`, `https://…`), mounted read-only.
+    Folder(String),
+    /// `uri_file`: one file, mounted read-only; `${{inputs.NAME}}` is its path.
+    File(String),
+    /// `literal`: the value itself, put into the command in place of `${{inputs.NAME}}`.
+    Literal(String),
+}
+
+impl Input {
+    /// The JobInput body: UriFolderJobInput, UriFileJobInput or LiteralJobInput.
+    pub fn body(&self) -> Value {
+        match self {
+            Input::Folder(uri) => {
+                json!({"jobInputType": "uri_folder", "uri": uri, "mode": "ReadOnlyMount"})
+            }
+            Input::File(uri) => {
+                json!({"jobInputType": "uri_file", "uri": uri, "mode": "ReadOnlyMount"})
+            }
+            Input::Literal(v) => json!({"jobInputType": "literal", "value": v}),
+        }
+    }
+}
+
 /// A job's `inputs` (read-only `uri_folder` mounts of the URIs) and `outputs` (read-write
-/// `uri_folder` mounts), as command and sweep jobs send them.
+/// `uri_folder` mounts), as sweep jobs send them.
 pub fn io_bodies(
     inputs: &BTreeMap<String, String>,
     outputs: &[String],
@@ -57,15 +87,22 @@ pub fn io_bodies(
     serde_json::Map<String, Value>,
     serde_json::Map<String, Value>,
 ) {
-    let inputs = inputs
+    let typed: BTreeMap<String, Input> = inputs
         .iter()
-        .map(|(k, uri)| {
-            (
-                k.clone(),
-                json!({"jobInputType": "uri_folder", "uri": uri, "mode": "ReadOnlyMount"}),
-            )
-        })
+        .map(|(k, uri)| (k.clone(), Input::Folder(uri.clone())))
         .collect();
+    typed_io_bodies(&typed, outputs)
+}
+
+/// A job's `inputs` of each kind and its `outputs` (read-write `uri_folder` mounts).
+pub fn typed_io_bodies(
+    inputs: &BTreeMap<String, Input>,
+    outputs: &[String],
+) -> (
+    serde_json::Map<String, Value>,
+    serde_json::Map<String, Value>,
+) {
+    let inputs = inputs.iter().map(|(k, i)| (k.clone(), i.body())).collect();
     let outputs = outputs
         .iter()
         .map(|k| {
@@ -80,10 +117,10 @@ pub fn io_bodies(
 
 /// The names a job's service checks before anything runs: the job's own, and its inputs' and
 /// outputs' (no `-`: they become `${{inputs.NAME}}`).
-pub fn check_names(
+pub fn check_names<'a>(
     id: &str,
-    inputs: &BTreeMap<String, String>,
-    outputs: &[String],
+    inputs: impl IntoIterator<Item = &'a String>,
+    outputs: &'a [String],
 ) -> Result<(), AzureError> {
     if !valid_name(id) {
         return Err(AzureError::BadName {
@@ -92,7 +129,7 @@ pub fn check_names(
             rule: NameRule::Job,
         });
     }
-    for name in inputs.keys().chain(outputs.iter()) {
+    for name in inputs.into_iter().chain(outputs.iter()) {
         if !valid_name(name) || name.contains('-') {
             return Err(AzureError::BadName {
                 what: "input/output name",
@@ -219,12 +256,23 @@ impl JobBody for CommandJob {
                 instances: self.instance_count,
             });
         }
-        check_names(&self.id, &self.inputs, &self.outputs)?;
+        check_names(&self.id, self.inputs.keys(), &self.outputs)?;
+        for (name, i) in &self.inputs {
+            // LiteralJobInput.value: minLength 1, pattern [a-zA-Z0-9_].
+            if let Input::Literal(v) = i {
+                if !v.chars().any(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(AzureError::BadLiteral {
+                        name: name.clone(),
+                        value: v.clone(),
+                    });
+                }
+            }
+        }
         Ok(())
     }
 
     fn body(&self) -> Value {
-        let (inputs, outputs) = io_bodies(&self.inputs, &self.outputs);
+        let (inputs, outputs) = typed_io_bodies(&self.inputs, &self.outputs);
         let mut resources = json!({"instanceCount": self.instance_count});
         if let Some(t) = &self.instance_type {
             resources["instanceType"] = json!(t);
@@ -243,6 +291,9 @@ impl JobBody for CommandJob {
         });
         if let Some(c) = &self.compute_id {
             p["computeId"] = json!(c);
+        }
+        if let Some(c) = &self.code_id {
+            p["codeId"] = json!(c);
         }
         if let Some(d) = &self.display_name {
             p["displayName"] = json!(d);
@@ -388,7 +439,8 @@ mod tests {
             display_name: Some("mnist".into()),
             experiment_name: "Default".into(),
             environment_variables: [("A".to_owned(), "1".to_owned())].into(),
-            inputs: [("data".to_owned(), "azureml://datastores/workspaceblobstore/paths/mnist/".to_owned())].into(),
+            code_id: None,
+            inputs: [("data".to_owned(), Input::Folder("azureml://datastores/workspaceblobstore/paths/mnist/".to_owned()))].into(),
             outputs: vec!["model".into()],
             instance_type: None,
             instance_count: 1,
@@ -435,7 +487,8 @@ mod tests {
             "one process: no distribution"
         );
         let mut bad = j.clone();
-        bad.inputs.insert("my-data".into(), "x".into());
+        bad.inputs
+            .insert("my-data".into(), Input::Literal("x".into()));
         assert!(bad.check().unwrap_err().to_string().contains("`my-data`"));
         // Two nodes of two processes: the PyTorch distribution, as the REST definition spells it.
         let mut ddp = j.clone();
@@ -489,6 +542,44 @@ mod tests {
         let p = &bare.body()["properties"];
         assert_eq!(p["inputs"], json!({}));
         assert!(p.get("computeId").is_none() && p.get("displayName").is_none());
+    }
+
+    #[test]
+    fn code_and_every_input_kind_have_the_recorded_shape() {
+        let mut j = job();
+        j.code_id = Some("/subscriptions/s/resourceGroups/r/providers/Microsoft.MachineLearningServices/workspaces/w/codes/src/versions/0123".into());
+        j.command = crate::jobio::command_line(&[
+            "python".into(),
+            "train.py".into(),
+            "--lr".into(),
+            "${{inputs.lr}}".into(),
+        ]);
+        j.inputs.insert("lr".into(), Input::Literal("0.01".into()));
+        j.inputs.insert(
+            "labels".into(),
+            Input::File(
+                "azureml://datastores/workspaceblobstore/paths/LocalUpload/ab/labels.csv".into(),
+            ),
+        );
+        j.check().unwrap();
+        let p = j.body()["properties"].clone();
+        assert_eq!(p["codeId"], j.code_id.as_deref().unwrap());
+        assert_eq!(
+            p["inputs"]["lr"],
+            json!({"jobInputType": "literal", "value": "0.01"})
+        );
+        assert_eq!(
+            p["inputs"]["labels"],
+            json!({"jobInputType": "uri_file", "uri": "azureml://datastores/workspaceblobstore/paths/LocalUpload/ab/labels.csv", "mode": "ReadOnlyMount"})
+        );
+        assert_eq!(p["command"], "python train.py --lr ${{inputs.lr}}");
+        // A literal the service would refuse (LiteralJobInput.value's pattern) is refused here.
+        for bad in ["", "-", "..."] {
+            let mut b = j.clone();
+            b.inputs.insert("x".into(), Input::Literal(bad.into()));
+            let e = b.check().unwrap_err().to_string();
+            assert!(e.contains("input x"), "{e}");
+        }
     }
 
     #[test]

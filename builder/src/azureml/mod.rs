@@ -2,17 +2,21 @@
 //! retries and typed errors (`error`), and the three things envbuild does there — environment
 //! versions, command jobs, model versions (one submodule each); computes and what they cost.
 
+pub mod code;
 pub mod compute;
+pub mod datastore;
 pub mod environment;
 pub mod error;
 pub mod job;
 pub mod lro;
 pub mod model;
 pub mod options;
+pub mod outputs;
 pub mod power;
 pub mod search_space;
 #[cfg(test)]
 pub mod spec_check;
+pub mod stage;
 pub mod status;
 pub mod sweep;
 pub mod sweep_settings;
@@ -23,6 +27,7 @@ pub mod workspace;
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::blocking::Client as Http;
@@ -30,7 +35,7 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::auth::entra::{EntraError, ARM_SCOPE};
+use crate::auth::entra::ARM_SCOPE;
 use crate::auth::Secret;
 use crate::http::{self, RetryPolicy};
 pub use error::{ArmFailure, AssetKind, AzureError, NameRule};
@@ -45,21 +50,8 @@ pub const STORAGE_SCOPE: &str = "https://storage.azure.com/.default";
 /// The Blob service version sent with storage-scoped tokens (bearer tokens need 2017-11-09 or later).
 pub const STORAGE_API_VERSION: &str = "2021-08-06";
 
-/// Where tokens come from: the credential chain in the CLI, a fixed source in tests.
-pub trait TokenSource: Send + Sync {
-    /// An access token for `scope`, or why none could be had (listing what was tried).
-    fn token(&self, scope: &str) -> Result<Secret, EntraError>;
-}
-
-/// A token source that always answers with one token (tests, and callers that hold a token).
-#[derive(Debug, Clone)]
-pub struct StaticToken(pub Secret);
-
-impl TokenSource for StaticToken {
-    fn token(&self, _scope: &str) -> Result<Secret, EntraError> {
-        Ok(self.0.clone())
-    }
-}
+/// Where tokens come from (in `auth`, so that the storage client shares it).
+pub use crate::auth::{StaticToken, TokenSource};
 
 /// How to reach ARM.
 #[derive(Debug, Clone)]
@@ -102,7 +94,7 @@ pub struct Response {
 pub struct Client {
     http: Http,
     settings: Settings,
-    tokens: Box<dyn TokenSource>,
+    tokens: Arc<dyn TokenSource>,
     pub workspace: Workspace,
 }
 
@@ -152,13 +144,19 @@ impl Client {
         Ok(Client {
             http,
             settings,
-            tokens,
+            tokens: Arc::from(tokens),
             workspace,
         })
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Where this client's tokens come from (the storage client asks the same source, for its
+    /// own scope).
+    pub fn tokens(&self) -> Arc<dyn TokenSource> {
+        self.tokens.clone()
     }
 
     /// The access token for ARM.

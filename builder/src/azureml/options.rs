@@ -200,7 +200,7 @@ pub struct JobOptions {
 /// A size in bytes as the shortest exact `shmSize`: `2147483648` → `2g`, `1536m`, `4096k`, `1000b`.
 pub fn shm_size(bytes: u64) -> String {
     for (unit, shift) in [('g', 30), ('m', 20), ('k', 10)] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{}{unit}", bytes >> shift);
         }
     }

@@ -112,7 +112,7 @@ mod tests {
     #[test]
     fn every_body_envbuild_sends_is_valid() {
         use crate::azureml::environment::EnvironmentVersion;
-        use crate::azureml::job::{trainer_command, CommandJob, JobBody};
+        use crate::azureml::job::{trainer_command, CommandJob, Input, JobBody};
         use crate::azureml::model::ModelVersion;
         use crate::azureml::options::{Identity, JobOptions, NotifyOn, Tier};
 
@@ -143,6 +143,7 @@ mod tests {
             display_name: None,
             experiment_name: "Default".into(),
             environment_variables: Default::default(),
+            code_id: None,
             inputs: Default::default(),
             outputs: vec!["model".into()],
             instance_type: None,
@@ -178,8 +179,20 @@ mod tests {
                         j.display_name = Some("mnist".into());
                         j.inputs.insert(
                             "data".into(),
-                            "azureml://datastores/workspaceblobstore/paths/mnist/".into(),
+                            Input::Folder(
+                                "azureml://datastores/workspaceblobstore/paths/mnist/".into(),
+                            ),
                         );
+                        // A code asset, a file and a literal input (run --code).
+                        j.code_id = Some(format!("{ws}/codes/src/versions/0123456789abcdef"));
+                        j.inputs.insert(
+                            "labels".into(),
+                            Input::File(
+                                "azureml://datastores/workspaceblobstore/paths/LocalUpload/ab/labels.csv"
+                                    .into(),
+                            ),
+                        );
+                        j.inputs.insert("lr".into(), Input::Literal("0.01".into()));
                         j.environment_variables.insert("SEED".into(), "1".into());
                         j.tags.insert("envbuild.environment".into(), "mnist".into());
                     }

@@ -246,7 +246,7 @@ impl JobBody for SweepJob {
     }
 
     fn check(&self) -> Result<(), AzureError> {
-        check_names(&self.id, &self.inputs, &self.outputs)?;
+        check_names(&self.id, self.inputs.keys(), &self.outputs)?;
         self.validate().map_err(AzureError::from)
     }
 

@@ -12,7 +12,9 @@ use envbuild::azureml::{self, environment, job, model, Client};
 use envbuild::error::Hinted;
 use envbuild::registry::Reference;
 
-use super::args::azure::{client, detach_on_ctrl_c, env_name, environment_for_run, source, Source};
+use super::args::azure::{
+    blob_settings, client, detach_on_ctrl_c, env_name, environment_for_run, source, Source,
+};
 use super::args::{print_json, FollowArgs, FormatArgs, PublishArgs, RunArgs, WorkspaceArgs};
 use super::ui::ui;
 use super::Stderr;
@@ -74,6 +76,26 @@ pub enum JobCommand {
     Show(JobArgs),
     /// Cancel a job
     Cancel(JobArgs),
+    /// Fetch a job's outputs from its datastore, verified, as `az ml job download` lays them
+    /// out: DIR/named-outputs/NAME/ for a named output, DIR/artifacts/ for the default one
+    Download(JobDownloadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JobDownloadArgs {
+    /// Job name
+    pub id: String,
+    /// Only this output (`default` is the job's artifacts) [default: every output]
+    #[arg(long, value_name = "NAME")]
+    pub output: Option<String>,
+    /// The folder the outputs go into; each output's folder must not exist yet or be empty
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub to: PathBuf,
+    // With --json: {id, outputs: [{name, path, files, bytes}]}
+    #[command(flatten)]
+    pub format: FormatArgs,
+    #[command(flatten)]
+    pub ws: WorkspaceArgs,
 }
 
 #[derive(Debug, Args)]
@@ -416,36 +438,64 @@ fn job_options(
     Ok(o)
 }
 
-/// `envbuild run --azure`: PUT the command job, then follow it unless detached.
+/// `envbuild run --azure`: with `--code` or local inputs, the snapshot and the files uploaded to
+/// the default datastore (what is there already is not sent again), verified, the code version
+/// registered; then PUT the command job and follow it unless detached. Every local check (code,
+/// inputs, the command's references) comes before any request.
 pub fn run(r: RunArgs) -> anyhow::Result<ExitCode> {
     let mut a = r.azure_args.clone();
     for kv in &r.env {
         a.env_vars.push(super::args::env_pair(kv)?);
     }
-    let (env_or_image, trainer_args, ws) = (&r.source, &r.args, &r.ws);
-    anyhow::ensure!(
-        r.code.is_none(),
-        "--code runs with --local for now; --azure runs the image's trainer"
-    );
-    let outputs = r.outputs();
-    anyhow::ensure!(
-        outputs.len() == 1,
-        "without --code, --azure takes one --output: the trainer's --output (given: {})",
-        outputs.join(", ")
-    );
-    let mut inputs = BTreeMap::new();
-    for (name, value) in r.inputs()? {
-        let envbuild::jobio::InputValue::Uri(uri) = value else {
-            anyhow::bail!(
-                "--input {name}: --azure takes a URI (azureml://…, https://…) for an input of the trainer"
+    let (env_or_image, ws) = (&r.source, &r.ws);
+    let outputs = envbuild::jobio::outputs_checked(&r.outputs())?;
+    let inputs = envbuild::jobio::inputs_by_name(&r.inputs()?)?;
+    let code = match &r.code {
+        Some(dir) => {
+            anyhow::ensure!(
+                !r.args.is_empty(),
+                "--code {}: give the command to run after `--` (e.g. -- python train.py --data ${{{{inputs.data}}}})",
+                dir.display()
             );
+            let snap = envbuild::snapshot::Snapshot::of(dir)?;
+            for w in snap.warnings() {
+                ui().message(&format!("warning: {w}"));
+            }
+            let name = snap
+                .root
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "code".into());
+            Some((snap, name))
+        }
+        None => {
+            anyhow::ensure!(
+                outputs.len() == 1,
+                "without --code, --azure takes one --output: the trainer's --output (given: {})",
+                outputs.join(", ")
+            );
+            None
+        }
+    };
+    let command = if code.is_some() {
+        // The user's words; the service replaces the references, which must name what is given.
+        let line = envbuild::jobio::command_line(&r.args);
+        let names = |it: Vec<&String>| -> BTreeMap<String, String> {
+            it.into_iter().map(|n| (n.clone(), n.clone())).collect()
         };
-        inputs.insert(name, uri);
-    }
+        envbuild::jobio::expand(
+            &line,
+            &names(inputs.keys().collect()),
+            &names(outputs.iter().collect()),
+        )?;
+        line
+    } else {
+        job::trainer_command(inputs.contains_key("data"), &outputs[0], &r.args)
+    };
     let timeout = job::parse_timeout(&a.timeout)?;
     let options = job_options(&a, r.shm_size)?;
     let client = client(ws)?;
-    // An unknown compute stops here, before anything is built or submitted.
+    // An unknown compute stops here, before anything is built, uploaded or submitted.
     if let Some(c) = &a.compute {
         for w in azureml::compute::cost_warnings(&client, c)? {
             ui().message(&format!("warning: {w}"));
@@ -458,12 +508,41 @@ pub fn run(r: RunArgs) -> anyhow::Result<ExitCode> {
         &r.cache,
         &r.transport,
     )?;
+    let local = azureml::stage::Local {
+        code: code.as_ref().map(|(s, n)| (s, n.clone())),
+        inputs: &inputs,
+    };
+    let staged = azureml::stage::stage(&client, &local, &blob_settings(ws), ui())?;
+    for u in &staged.uploads {
+        let ds = staged.datastore.as_ref().map_or("", |d| d.name.as_str());
+        ui().message(&format!(
+            "{}: {} files, {} bytes in {ds}/{}: {} bytes sent, {} files uploaded, {} already there",
+            u.what,
+            u.files,
+            u.bytes,
+            u.prefix,
+            u.report.bytes_sent,
+            u.report.blobs_uploaded,
+            u.report.blobs_skipped
+        ));
+    }
+    if let Some((c, outcome)) = &staged.code {
+        ui().message(&format!(
+            "code {}:{} {}",
+            c.name,
+            c.version,
+            match outcome {
+                azureml::code::Outcome::Created => "registered",
+                azureml::code::Outcome::Unchanged => "already registered with these files",
+            }
+        ));
+    }
     let id = a
         .job_name
         .clone()
         .unwrap_or_else(|| job::new_job_id(&env_name));
     let spec = job::CommandJob {
-        command: job::trainer_command(inputs.contains_key("data"), &outputs[0], trainer_args),
+        command,
         environment_id,
         compute_id: a
             .compute
@@ -472,7 +551,11 @@ pub fn run(r: RunArgs) -> anyhow::Result<ExitCode> {
         display_name: a.display_name.clone(),
         experiment_name: a.experiment.clone().unwrap_or_else(|| env_name.clone()),
         environment_variables: a.env_vars.iter().cloned().collect(),
-        inputs,
+        code_id: staged
+            .code
+            .as_ref()
+            .map(|(c, _)| c.arm_id(&client.workspace)),
+        inputs: staged.inputs,
         outputs,
         instance_type: a.instance_type.clone(),
         instance_count: a.instance_count,
@@ -517,6 +600,7 @@ pub fn job(c: JobCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        JobCommand::Download(a) => download(a),
         JobCommand::Cancel(a) => {
             let client = client(&a.ws)?;
             let (min, max) = a.pacing.poll.bounds();
@@ -536,6 +620,47 @@ pub fn job(c: JobCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `envbuild job download`: each output into its folder, complete or not at all.
+fn download(a: JobDownloadArgs) -> anyhow::Result<ExitCode> {
+    let client = client(&a.ws)?;
+    let fetched = azureml::outputs::download(
+        &client,
+        &a.id,
+        a.output.as_deref(),
+        &a.to,
+        &blob_settings(&a.ws),
+        ui(),
+    )?;
+    let mut docs = Vec::new();
+    for f in &fetched {
+        let path = a.to.join(&f.fetch.local);
+        match &f.report {
+            Some(r) => {
+                ui().message(&format!(
+                    "output {}: {} files, {} bytes into {} ({} checked against their sha256, the others by size)",
+                    f.fetch.name,
+                    r.files,
+                    r.bytes,
+                    path.display(),
+                    r.verified
+                ));
+                docs.push(serde_json::json!({
+                    "name": f.fetch.name, "path": path.display().to_string(),
+                    "files": r.files, "bytes": r.bytes,
+                }));
+                if !a.format.json() {
+                    println!("{}", path.display());
+                }
+            }
+            None => ui().message(&format!("output {}: nothing there", f.fetch.name)),
+        }
+    }
+    if a.format.json() {
+        print_json(&serde_json::json!({ "id": a.id, "outputs": docs }))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn model(c: ModelCommand) -> anyhow::Result<ExitCode> {

@@ -356,6 +356,14 @@ fn dispatch_inner(
             Ok(b) => env_put(sh, &ws_id, name, v, &b, url),
             Err(r) => r,
         },
+        ("GET", ["datastores"]) => super::data::datastores(sh, &ws_id, None, query),
+        ("GET", ["datastores", name]) => super::data::datastores(sh, &ws_id, Some(name), query),
+        ("GET", ["codes", name]) => container_get(sh, &ws_id, "codes", name),
+        ("GET", ["codes", name, "versions", v]) => version_get(sh, &ws_id, "codes", name, v),
+        ("PUT", ["codes", name, "versions", v]) => match json_body() {
+            Ok(b) => super::data::code_put(sh, &ws_id, name, v, &b, url),
+            Err(r) => r,
+        },
         ("GET", ["models", name]) => container_get(sh, &ws_id, "models", name),
         ("GET", ["models", name, "versions", v]) => version_get(sh, &ws_id, "models", name, v),
         ("PUT", ["models", name, "versions", v]) => match json_body() {
@@ -395,6 +403,7 @@ pub(super) fn not_found(sh: &Shared, kind: &str, name: &str) -> Reply {
     let what = match kind {
         "environments" => "Environment",
         "models" => "Model",
+        "codes" => "Code",
         _ => "Job",
     };
     rp_error(
@@ -416,10 +425,10 @@ fn assets<'a>(
     st: &'a mut super::State,
     kind: &str,
 ) -> &'a mut std::collections::BTreeMap<String, Asset> {
-    if kind == "models" {
-        &mut st.models
-    } else {
-        &mut st.envs
+    match kind {
+        "models" => &mut st.models,
+        "codes" => &mut st.codes,
+        _ => &mut st.envs,
     }
 }
 
@@ -462,10 +471,10 @@ fn version_get(sh: &Shared, ws_id: &str, kind: &str, name: &str, v: &str) -> Rep
         Some(b) => ok(200, b.clone()),
         None => {
             drop(st);
-            let what = if kind == "models" {
-                "Model"
-            } else {
-                "Environment"
+            let what = match kind {
+                "models" => "Model",
+                "codes" => "Code",
+                _ => "Environment",
             };
             rp_error(
                 sh,
@@ -495,7 +504,7 @@ fn has_tag_or_digest(image: &str) -> bool {
 
 /// Stores a new version or updates description/tags of an existing one; anything else is 409.
 #[allow(clippy::too_many_arguments)]
-fn put_version(
+pub(super) fn put_version(
     sh: &Shared,
     ws_id: &str,
     kind: &str,
@@ -552,9 +561,14 @@ fn put_version(
     }
     props["properties"] = json!({"azureml.labels": "latest"});
     props["isArchived"] = json!(false);
-    props["isAnonymous"] = json!(false);
+    if props.get("isAnonymous").is_none() {
+        props["isAnonymous"] = json!(false);
+    }
     props["provisioningState"] = json!("Succeeded");
-    props["stage"] = json!("Development");
+    // CodeVersion has no stage (environments and models do).
+    if kind != "codes" {
+        props["stage"] = json!("Development");
+    }
     let out = json!({
         "id": format!("{key}/versions/{v}"),
         "name": v,
@@ -808,14 +822,29 @@ fn job_put(sh: &Arc<Shared>, ws_id: &str, id: &str, b: &Value, url: String) -> R
     if let Err(m) = check_resources_and_distribution(c) {
         return user(&m);
     }
-    // Inputs must be uri_folder on a known datastore; ${{…}} must name declared inputs/outputs.
+    // The code version must exist (CommandJob.codeId, the ARM id of a code asset).
+    if let Some(code) = c["codeId"].as_str() {
+        if let Err(m) = super::data::code_dir_of(sh, ws_id, code) {
+            return user(&m);
+        }
+    }
+    // Inputs: uri_folder or uri_file on a known datastore, or literal; ${{…}} must name
+    // declared inputs/outputs.
     let inputs = p["inputs"].as_object().cloned().unwrap_or_default();
     for (name, i) in &inputs {
         let uri = i["uri"].as_str().unwrap_or("");
-        if i["jobInputType"] != "uri_folder" || !uri.starts_with("azureml://datastores/") {
-            return user(&format!(
-                "Input {name}: the stand-in takes uri_folder inputs on azureml://datastores/ only."
-            ));
+        match i["jobInputType"].as_str() {
+            Some("literal") => {}
+            Some("uri_folder" | "uri_file") if uri.starts_with("azureml://datastores/") => {
+                if let Err(m) = super::data::azureml_path(sh, uri) {
+                    return user(&format!("Input {name}: {m}."));
+                }
+            }
+            _ => {
+                return user(&format!(
+                    "Input {name}: the stand-in takes literal inputs, and uri_folder or uri_file inputs on azureml://datastores/, only."
+                ))
+            }
         }
     }
     let mut outputs = p["outputs"].as_object().cloned().unwrap_or_default();
@@ -839,8 +868,8 @@ fn job_put(sh: &Arc<Shared>, ws_id: &str, id: &str, b: &Value, url: String) -> R
     }
     let artifacts = format!("azureml://datastores/workspaceartifactstore/ExperimentRun/dcid.{id}");
     for (name, o) in outputs.iter_mut() {
-        if o.get("uri").is_none() {
-            o["uri"] = json!(format!("{artifacts}/outputs/{name}"));
+        if o.get("uri").is_none_or(Value::is_null) {
+            o["uri"] = json!(super::data::default_output_uri(id, name));
         }
     }
     outputs.insert(

@@ -6,6 +6,7 @@
 
 mod arm;
 pub mod compute;
+pub mod data;
 mod job_ops;
 mod listing;
 mod location;
@@ -37,8 +38,15 @@ pub struct State {
     /// Computes (clusters, instances), their nodes and operations, the location's VM sizes;
     /// the same in every workspace.
     pub computes: compute::Computes,
-    /// Datastore name → local directory (azureml://datastores/NAME/paths/P → DIR/P).
+    /// Datastore name → local directory (azureml://datastores/NAME/paths/P → DIR/P), for
+    /// data the test has on disk already; these win over the Blob datastores below.
     pub datastores: BTreeMap<String, PathBuf>,
+    /// The workspace's Azure Blob datastores (`workspaceblobstore`, the default, and
+    /// `workspaceartifactstore` from the start), by name.
+    pub blob_datastores: BTreeMap<String, data::BlobDatastore>,
+    /// Where the Blob Storage stand-in keeps committed blobs (`{root}/{account}/{container}/…`);
+    /// None: the workspace's storage holds nothing.
+    pub blob_root: Option<PathBuf>,
     /// The next N ARM requests are answered 500.
     pub fail_next: usize,
     /// Every ARM request: (method, path, status).
@@ -47,6 +55,7 @@ pub struct State {
     pub tokens_seen: BTreeSet<String>,
     pub(crate) envs: BTreeMap<String, Asset>,
     pub(crate) models: BTreeMap<String, Asset>,
+    pub(crate) codes: BTreeMap<String, Asset>,
     pub(crate) jobs: BTreeMap<String, Job>,
     /// Pause between status changes of a job (so a client sees them).
     pub step: Duration,
@@ -118,11 +127,14 @@ impl Shared {
                 workspaces: BTreeSet::new(),
                 computes: compute::Computes::default(),
                 datastores: BTreeMap::new(),
+                blob_datastores: data::defaults().into_iter().collect(),
+                blob_root: None,
                 fail_next: 0,
                 log: Vec::new(),
                 tokens_seen: BTreeSet::new(),
                 envs: BTreeMap::new(),
                 models: BTreeMap::new(),
+                codes: BTreeMap::new(),
                 jobs: BTreeMap::new(),
                 step: Duration::from_millis(100),
                 pull_credentials: None,
@@ -275,6 +287,65 @@ impl AzureStandIn {
             .unwrap()
             .datastores
             .insert(name.into(), dir.into());
+    }
+
+    /// The workspace's storage is the Blob Storage stand-in's `root`: its Blob datastores
+    /// (`workspaceblobstore` …) hold what was uploaded there, under `{root}/{account}/{container}`.
+    pub fn use_blob_root(&self, root: &std::path::Path) {
+        self.shared.state.lock().unwrap().blob_root = Some(root.into());
+    }
+
+    /// Adds (or replaces) an Azure Blob datastore; `credentials` is None, AccountKey or Sas;
+    /// a default one takes the default from the others.
+    pub fn blob_datastore(
+        &self,
+        name: &str,
+        account: &str,
+        container: &str,
+        credentials: &str,
+        is_default: bool,
+    ) {
+        let mut st = self.shared.state.lock().unwrap();
+        if is_default {
+            for d in st.blob_datastores.values_mut() {
+                d.is_default = false;
+            }
+        }
+        st.blob_datastores.insert(
+            name.into(),
+            data::BlobDatastore {
+                account: account.into(),
+                container: container.into(),
+                credentials: credentials.into(),
+                is_default,
+            },
+        );
+    }
+
+    /// A Blob datastore of the workspace: (account, container).
+    pub fn blob_location(&self, name: &str) -> Option<(String, String)> {
+        self.shared
+            .state
+            .lock()
+            .unwrap()
+            .blob_datastores
+            .get(name)
+            .map(|d| (d.account.clone(), d.container.clone()))
+    }
+
+    /// The code versions registered: `name:version`, sorted.
+    pub fn code_versions(&self) -> Vec<String> {
+        let st = self.shared.state.lock().unwrap();
+        let mut out: Vec<String> = st
+            .codes
+            .iter()
+            .flat_map(|(k, a)| {
+                let name = k.rsplit('/').next().unwrap_or_default().to_owned();
+                a.versions.keys().map(move |v| format!("{name}:{v}"))
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// Gives the compute's identity pull access to the image registry (AcrPull): the runner

@@ -1,7 +1,13 @@
 //! Runs a command job for real: pulls the environment's image from its registry into the Docker
-//! engine, runs `command` with `/bin/sh -c` (inputs mounted read-only, outputs read-write),
-//! writes the container's output to `user_logs/std_log.txt`, and moves the status through
-//! Starting → Preparing → Queued → Running → Finalizing → Completed/Failed (or Canceled).
+//! engine, runs `command` with `/bin/sh -c` (the code version's files read-only as the working
+//! directory `/mnt/azureml/code`, folder and file inputs read-only under
+//! `/mnt/azureml/inputs/NAME`, literal inputs put into the command, outputs read-write under
+//! `/mnt/azureml/outputs/NAME`), writes the container's output to `user_logs/std_log.txt`, and
+//! moves the status through Starting → Preparing → Queued → Running → Finalizing →
+//! Completed/Failed (or Canceled). Code and inputs are what was really uploaded to the
+//! workspace's Blob datastores; when the job ends, its named outputs are put into the datastore
+//! their `uri` names (`azureml/{job}/{output}/` of the default one) and its log into the artifact
+//! store (`ExperimentRun/dcid.{job}/user_logs/`), where `job download` finds them.
 //!
 //! A job with `resources.instanceCount` N and a PyTorch `distribution` of K processes per
 //! instance runs as N×K containers on a network of its own, each with the variables Azure ML
@@ -82,31 +88,73 @@ fn log_line(dir: &std::path::Path, line: &str) {
     }
 }
 
-/// azureml://datastores/<ds>/paths/<p> → the test's directory for <ds>, joined with <p>.
-fn datastore_path(sh: &Shared, uri: &str) -> Result<PathBuf, String> {
-    let rest = uri
-        .strip_prefix("azureml://datastores/")
-        .ok_or_else(|| format!("unsupported input URI {uri}"))?;
-    let (ds, p) = rest
-        .split_once("/paths/")
-        .ok_or_else(|| format!("input URI {uri} has no /paths/"))?;
-    let root = sh
-        .state
-        .lock()
-        .unwrap()
-        .datastores
-        .get(ds)
-        .cloned()
-        .ok_or_else(|| format!("datastore {ds} not found"))?;
-    let p = p.trim_matches('/');
-    if p.split('/').any(|s| s == "..") {
-        return Err(format!("input URI {uri} escapes the datastore"));
+/// An input's mount: (host path, container path, what `${{inputs.NAME}}` becomes). A folder
+/// is mounted at `/mnt/azureml/inputs/NAME`; a file as `/mnt/azureml/inputs/NAME/<file name>`,
+/// which the reference names.
+fn input_mount(
+    sh: &Shared,
+    name: &str,
+    i: &serde_json::Value,
+) -> Result<(PathBuf, String, String), String> {
+    let uri = i["uri"].as_str().unwrap_or("");
+    let host = super::data::azureml_path(sh, uri)?;
+    let at = format!("/mnt/azureml/inputs/{name}");
+    if i["jobInputType"] == "uri_file" {
+        if !host.is_file() {
+            return Err(format!("{uri}: no such file in the datastore"));
+        }
+        let file = host
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let c = format!("{at}/{file}");
+        return Ok((host, c.clone(), c));
     }
-    let full = root.join(p);
-    if !full.is_dir() {
-        return Err(format!("{uri}: no such folder in datastore {ds}"));
+    if !host.is_dir() {
+        return Err(format!("{uri}: no such folder in the datastore"));
     }
-    Ok(full)
+    Ok((host, at.clone(), at))
+}
+
+/// Copies the files under `from` to `to` (made as needed), as the service's output mount
+/// leaves them in the datastore.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let t = e.file_type()?;
+        if t.is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()))?;
+        } else if t.is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts a finished job's named outputs into the Blob datastores their `uri` names, and its
+/// log into the artifact store, where a client downloads them (only for datastores the Blob
+/// stand-in holds).
+fn publish_outputs(sh: &Shared, id: &str, p: &serde_json::Value, dir: &std::path::Path) {
+    for (name, o) in p["outputs"].as_object().cloned().unwrap_or_default() {
+        if name == "default" {
+            continue;
+        }
+        if let Some(to) = o["uri"]
+            .as_str()
+            .and_then(|u| super::data::blob_path(sh, u))
+        {
+            let from = dir.join("outputs").join(&name);
+            if let Err(e) = copy_tree(&from, &to) {
+                log_line(dir, &format!("warning: output {name} not uploaded: {e}"));
+            }
+        }
+    }
+    let store =
+        format!("azureml://datastores/workspaceartifactstore/paths/ExperimentRun/dcid.{id}");
+    if let Some(to) = super::data::blob_path(sh, &store) {
+        let _ = copy_tree(&dir.join("user_logs"), &to.join("user_logs"));
+    }
 }
 
 async fn run(sh: Arc<Shared>, key: String, image: String) {
@@ -162,12 +210,44 @@ async fn run(sh: Arc<Shared>, key: String, image: String) {
     let p = &body["properties"];
     let mut command = p["command"].as_str().unwrap_or("").to_owned();
     let mut binds = Vec::new();
-    for (name, i) in p["inputs"].as_object().cloned().unwrap_or_default() {
-        match datastore_path(&sh, i["uri"].as_str().unwrap_or("")) {
+    let mut working_dir = "/".to_owned();
+    if let Some(code) = p["codeId"].as_str() {
+        let ws_id = key.split("/jobs/").next().unwrap_or_default();
+        match super::data::code_dir_of(&sh, ws_id, code) {
+            Ok(host) if host.is_dir() => {
+                binds.push(format!("{}:/mnt/azureml/code:ro", host.display()));
+                working_dir = "/mnt/azureml/code".into();
+            }
             Ok(host) => {
-                let c = format!("/mnt/azureml/inputs/{name}");
+                log_line(
+                    &dir,
+                    &format!(
+                        "AzureMLCompute job failed.\nDataAccessError: code folder {} is gone",
+                        host.display()
+                    ),
+                );
+                return end("Failed");
+            }
+            Err(e) => {
+                log_line(
+                    &dir,
+                    &format!("AzureMLCompute job failed.\nDataAccessError: {e}"),
+                );
+                return end("Failed");
+            }
+        }
+    }
+    for (name, i) in p["inputs"].as_object().cloned().unwrap_or_default() {
+        if i["jobInputType"] == "literal" {
+            // The service puts the value itself in place of the reference.
+            let v = i["value"].as_str().unwrap_or_default();
+            command = replace_ref(&command, &format!("inputs.{name}"), v);
+            continue;
+        }
+        match input_mount(&sh, &name, &i) {
+            Ok((host, c, reference)) => {
                 binds.push(format!("{}:{c}:ro", host.display()));
-                command = replace_ref(&command, &format!("inputs.{name}"), &c);
+                command = replace_ref(&command, &format!("inputs.{name}"), &reference);
             }
             Err(e) => {
                 log_line(
@@ -250,7 +330,7 @@ async fn run(sh: Arc<Shared>, key: String, image: String) {
             entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
             cmd: Some(vec![command.clone()]),
             env: Some(env),
-            working_dir: Some("/".into()),
+            working_dir: Some(working_dir.clone()),
             hostname: network
                 .as_ref()
                 .map(|_| node_host(rank / per_node, rank % per_node)),
@@ -347,6 +427,7 @@ async fn run(sh: Arc<Shared>, key: String, image: String) {
         return end("Canceled");
     }
     set_status(&sh, &key, "Finalizing");
+    publish_outputs(&sh, &id, p, &dir);
     tokio::time::sleep(step).await;
     end(if code == Some(0) {
         "Completed"

@@ -72,6 +72,7 @@ pub(crate) fn request_definition(rest: &[&str]) -> Option<&'static str> {
     match rest {
         ["environments", _, "versions", _] => Some("EnvironmentVersionResource"),
         ["models", _, "versions", _] => Some("ModelVersionResource"),
+        ["codes", _, "versions", _] => Some("CodeVersionResource"),
         ["jobs", _] => Some("JobBaseResource"),
         ["computes", _, "updateIdleShutdownSetting"] => Some("IdleShutdownSetting"),
         _ => None,
@@ -86,11 +87,14 @@ pub(crate) fn answer_definition(method: &str, rest: &[&str]) -> Option<&'static 
         ("GET", []) => Some("Workspace"),
         ("GET", ["environments", _]) => Some("EnvironmentContainerResource"),
         ("GET", ["models", _]) => Some("ModelContainerResource"),
+        ("GET", ["codes", _]) => Some("CodeContainerResource"),
+        ("GET", ["datastores"]) => Some("DatastoreResourceArmPaginatedResult"),
+        ("GET", ["datastores", _]) => Some("DatastoreResource"),
         ("GET", ["jobs"]) => Some("JobBaseResourceArmPaginatedResult"),
         ("GET", ["computes"]) => Some("PaginatedComputeResourcesList"),
         ("GET", ["computes", _]) => Some("ComputeResource"),
         ("POST", ["computes", _, "listNodes"]) => Some("AmlComputeNodesInformation"),
-        ("GET", r @ (["environments" | "models", _, "versions", _] | ["jobs", _])) => {
+        ("GET", r @ (["environments" | "models" | "codes", _, "versions", _] | ["jobs", _])) => {
             request_definition(r)
         }
         ("PUT", r) => request_definition(r),

@@ -96,6 +96,15 @@ pub fn environment_for_run(
     Ok((format!("{ws}/{path}"), name))
 }
 
+/// How the workspace's storage is reached: the CA bundle of ARM's (`ENVBUILD_CA_FILE`), the
+/// Blob client's defaults otherwise.
+pub fn blob_settings(ws: &WorkspaceArgs) -> envbuild::blob::BlobSettings {
+    envbuild::blob::BlobSettings {
+        ca_file: ws.azure_ca_file.clone(),
+        ..Default::default()
+    }
+}
+
 /// Sets the flag on the first Ctrl-C (the job keeps running; we only stop following).
 pub fn detach_on_ctrl_c() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
