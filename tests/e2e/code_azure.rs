@@ -2,7 +2,8 @@
 //! datastores and code versions answering as the REST definitions say, `run --azure --code DIR
 //! --input …` uploading through the Blob Storage stand-in (nothing twice), the job running in the
 //! uploaded code with the uploaded data, `job download` bringing its outputs back, and every bad
-//! input refused with nothing registered.
+//! input refused with nothing registered; examples/mnist.py gives the same model bytes locally
+//! and on Azure.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -220,10 +221,21 @@ struct World {
     _registry: Registry,
     t: tempfile::TempDir,
     env_id: String,
+    /// The environment deployed and run, and the build cache both use.
+    env_file: PathBuf,
+    cache: PathBuf,
+    /// ENVBUILD_PYTHON_BASE for the Python environments.
+    python_base: Option<PathBuf>,
 }
 
 impl World {
     fn start() -> World {
+        World::deploying(root().join("environments/mnist-cpu.toml"), None, None)
+    }
+
+    /// The stand-ins with `env_file` deployed (built with `cache`, or a fresh one, and
+    /// `python_base` as ENVBUILD_PYTHON_BASE) to the registry as envbuild/NAME:latest.
+    fn deploying(env_file: PathBuf, cache: Option<PathBuf>, python_base: Option<PathBuf>) -> World {
         let entra = Entra::start();
         let arm = AzureStandIn::with_entra(&entra);
         let t = tempfile::tempdir().unwrap();
@@ -234,6 +246,7 @@ impl World {
             blob.create_container(&account, &container);
         }
         let registry = Registry::start(None);
+        let cache = cache.unwrap_or_else(|| t.path().join("cache"));
         let mut w = World {
             entra,
             arm,
@@ -241,13 +254,16 @@ impl World {
             _registry: registry,
             t,
             env_id: String::new(),
+            env_file,
+            cache,
+            python_base,
         };
-        let dest = format!("{}/envbuild/mnist-cpu:latest", w._registry.addr);
-        let env_file = root().join("environments/mnist-cpu.toml");
+        let name = w.env_file.file_stem().unwrap().to_string_lossy();
+        let dest = format!("{}/envbuild/{name}:latest", w._registry.addr);
         let cache = w.cache();
         let (code, out, err) = w.cmd(&[
             "deploy",
-            env_file.to_str().unwrap(),
+            w.env_file.to_str().unwrap(),
             "--dest",
             &dest,
             "--cache",
@@ -259,7 +275,7 @@ impl World {
     }
 
     fn cache(&self) -> String {
-        self.t.path().join("cache").display().to_string()
+        self.cache.display().to_string()
     }
 
     /// `envbuild ARGS` with a client secret, the Blob stand-in as the storage endpoint.
@@ -267,17 +283,19 @@ impl World {
         let secret = self.entra.client_secret.clone();
         let mut c = az_cmd(&self.entra, &self.arm, Cred::Secret(&secret), args);
         c.env("ENVBUILD_STORAGE_ENDPOINT", self.blob.endpoint_template());
+        if let Some(base) = &self.python_base {
+            c.env("ENVBUILD_PYTHON_BASE", base);
+        }
         go(&self.entra, &self.arm, c)
     }
 
     /// `run --azure` of the deployed environment with `args` before `--` and `command` after.
     fn run(&self, job: &str, args: &[&str], command: &[&str]) -> (i32, String, String) {
-        let env_file = root().join("environments/mnist-cpu.toml");
         let cache = self.cache();
         let mut a = vec![
             "run",
             "--azure",
-            env_file.to_str().unwrap(),
+            self.env_file.to_str().unwrap(),
             "--cache",
             &cache,
             "--compute",
@@ -480,18 +498,7 @@ fn run_azure_uploads_code_and_data_once_and_job_download_brings_the_outputs_back
 
     // job download: the output as the job wrote it, in az ml's layout.
     let to = here.join("download");
-    let (c, out, err) = w.cmd(&[
-        "job",
-        "download",
-        "code-1",
-        "--output",
-        "model",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
-    assert_eq!(c, 0, "{err}");
-    let got = to.join("named-outputs/model");
-    assert_eq!(last_line(&out), got.display().to_string());
+    let got = download_model(&w, "code-1", &to);
     let written = w.arm.shared.job_dir("code-1").join("outputs/model");
     assert_eq!(
         files(&got),
@@ -631,12 +638,11 @@ fn bad_code_inputs_and_storage_refusals_register_nothing() {
         .blob_datastore("keystore", "stkeyonly01", "data", "AccountKey", true);
     refusing.create_container("stkeyonly01", "data");
     let secret = w.entra.client_secret.clone();
-    let env_file = root().join("environments/mnist-cpu.toml");
     let cache = w.cache();
     let mut args = vec![
         "run".to_string(),
         "--azure".into(),
-        env_file.display().to_string(),
+        w.env_file.display().to_string(),
         "--cache".into(),
         cache,
         "--compute".into(),
@@ -666,5 +672,134 @@ fn bad_code_inputs_and_storage_refusals_register_nothing() {
         "one message: {err}"
     );
     nothing_registered("key-only storage");
+    assert!(w.arm.spec_violations().is_empty());
+}
+
+/// `job download JOB --output model --to TO`: where the model came back.
+fn download_model(w: &World, job: &str, to: &Path) -> PathBuf {
+    let (c, out, err) = w.cmd(&[
+        "job",
+        "download",
+        job,
+        "--output",
+        "model",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(c, 0, "{err}");
+    let got = to.join("named-outputs/model");
+    assert_eq!(last_line(&out), got.display().to_string());
+    got
+}
+
+#[test]
+fn the_example_script_gives_the_same_model_locally_and_on_azure() {
+    use super::python::{cache, image, model_of, python_cpu};
+    let _engine = envbuild_e2e::engine_lock();
+    let (layout, digest, _) = image();
+    // Deployed from the cache the layout was built with: the same image, pushed (1.8 GB).
+    let w = World::deploying(
+        python_cpu(),
+        Some(cache()),
+        Some(envbuild_e2e::python_base_layout().to_path_buf()),
+    );
+    let version = format!("/versions/{}", &digest["sha256:".len()..][..12]);
+    assert!(w.env_id.ends_with(&version), "{} is not {digest}", w.env_id);
+    let here = w.t.path();
+    let data = data_dir(here);
+    let examples = root().join("examples");
+    let data_arg = format!("data={}", data.display());
+    let args = [
+        "--code",
+        examples.to_str().unwrap(),
+        "--input",
+        &data_arg,
+        "--output",
+        "model",
+    ];
+    let command = [
+        "python3",
+        "mnist.py",
+        "--data",
+        "${{inputs.data}}",
+        "--output",
+        "${{outputs.model}}",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "5000",
+        "--limit-test",
+        "1000",
+        "--seed",
+        "3",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+    ];
+
+    // Locally: the layout on the engine.
+    let local = here.join("local");
+    let source = format!("oci:{}", layout.display());
+    let o = envbuild_e2e::run(&mut super::run::run_local(&source, &local, &args, &command));
+    assert!(
+        o.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let (summary, model) = model_of(&local);
+    let accuracy = summary["test_accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.5, "test accuracy {accuracy} after 5000 images");
+
+    // On Azure: the code and data uploaded, the job run by the stand-in from the registry.
+    let (c, out, err) = w.run("example-1", &args, &command);
+    assert_eq!(c, 0, "{err}");
+    assert_eq!(last_line(&out), "example-1");
+    let job = w.arm.shared.job("example-1").unwrap();
+    assert_eq!(job["properties"]["environmentId"], w.env_id.as_str());
+    let written = w.arm.shared.job_dir("example-1").join("outputs");
+    let (on_azure, azure_model) = model_of(&written);
+    assert_eq!(summary["test_accuracy"], on_azure["test_accuracy"]);
+    assert_eq!(on_azure["train_images"], 5000);
+    assert!(
+        azure_model == model,
+        "the seeded example wrote different model.pt bytes locally and on Azure"
+    );
+
+    // Again: nothing uploaded.
+    let (_, before) = w.blob.counters();
+    let (c, _, err) = w.run("example-2", &args, &command);
+    assert_eq!(c, 0, "{err}");
+    assert_eq!(
+        w.blob.counters().1,
+        before,
+        "a second run uploads 0 bytes:\n{err}"
+    );
+    assert!(err.contains("0 bytes sent"), "{err}");
+
+    // job download: the model comes back, loads in torch, and is the local one.
+    let got = download_model(&w, "example-1", &here.join("download"));
+    let pt = got.join("model.pt");
+    assert!(
+        std::fs::read(&pt).unwrap() == model,
+        "the downloaded model.pt"
+    );
+    let o = envbuild_e2e::run(
+        std::process::Command::new(root().join(".venv/bin/python"))
+            .arg("-c")
+            .arg(
+                "import sys, torch\n\
+                 sd = torch.load(sys.argv[1], weights_only=True)\n\
+                 print(len(sd), sum(t.numel() for t in sd.values()))",
+            )
+            .arg(&pt),
+    );
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && said.split_whitespace().count() == 2,
+        "torch.load of the downloaded model:\n{said}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(w.arm.spec_violations().is_empty());
 }

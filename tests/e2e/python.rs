@@ -15,12 +15,12 @@ use serde_json::Value;
 use super::build::{envbuild, manifest};
 use super::run::{run_local, DATA};
 
-fn python_cpu() -> PathBuf {
+pub(crate) fn python_cpu() -> PathBuf {
     root().join("environments/python-cpu.toml")
 }
 
 /// The cache `run.rs` uses too: python-cpu's cuda-runtime and libtorch layers are mnist-cpu's.
-fn cache() -> PathBuf {
+pub(crate) fn cache() -> PathBuf {
     root().join("target/e2e/run-cache")
 }
 
@@ -52,7 +52,7 @@ fn build(env: &Path, out: &Path) -> (String, String) {
 
 /// python-cpu, built once for these tests (cold, it compresses 2.9 GB: the CUDA libraries that
 /// `import torch` loads; about 90 s on two busy cores): its layout, digest and build messages.
-fn image() -> &'static (PathBuf, String, String) {
+pub(crate) fn image() -> &'static (PathBuf, String, String) {
     static IMAGE: OnceLock<(PathBuf, String, String)> = OnceLock::new();
     IMAGE.get_or_init(|| {
         let out = root().join("target/e2e/python-cpu");
@@ -91,7 +91,7 @@ fn python_cpu_is_the_same_image_twice_and_its_link_check_covers_python() {
 }
 
 /// `summary.json` and the `model.pt` bytes of one run's `model` output.
-fn model_of(outputs: &Path) -> (Value, Vec<u8>) {
+pub(crate) fn model_of(outputs: &Path) -> (Value, Vec<u8>) {
     let dir = outputs.join("model");
     let summary = fs::read(dir.join("summary.json"))
         .unwrap_or_else(|e| panic!("{}: {e}", dir.join("summary.json").display()));
