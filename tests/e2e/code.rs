@@ -5,9 +5,8 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
 
-use envbuild_e2e::{base_layout, bins, engine_lock, run};
+use envbuild_e2e::{base_layout, engine_lock, envbuild_as_uid_4321, run};
 
 use super::build::envbuild;
 use super::run::{cpu_env, note_env};
@@ -53,38 +52,31 @@ fn a_command_runs_in_the_code_snapshot_with_azure_mls_inputs_and_outputs_as_the_
     let env = note_env(t.path(), "codejob", "", r#"["/note.txt"]"#);
     let outputs = t.path().join("outputs");
     let cache = t.path().join("cache");
-    let docker_gid = fs::metadata("/var/run/docker.sock").unwrap().gid();
-    let mut c = Command::new("setpriv");
-    c.args([
-        "--reuid=4321",
-        "--regid=4321",
-        &format!("--groups={docker_gid}"),
-    ])
-    .arg(&bins().envbuild)
-    .args(["run", "--local"])
-    .arg(&env)
-    .arg("--cache")
-    .arg(&cache)
-    .arg("--outputs")
-    .arg(&outputs)
-    .arg("--code")
-    .arg(&code)
-    .arg("--input")
-    .arg(format!("data={}", data.display()))
-    .arg("--input")
-    .arg(format!("conf={}", conf.display()))
-    .args(["--input", "greeting=hello world", "--output", "result"])
-    .args([
-        "--",
-        "/bin/sh",
-        "run.sh",
-        "${{inputs.data}}",
-        "${{ inputs.greeting }}",
-        "${{outputs.result}}",
-        "${{inputs.conf}}",
-    ])
-    .env("HOME", t.path())
-    .env("ENVBUILD_BASE", base_layout());
+    let mut c = envbuild_as_uid_4321();
+    c.args(["run", "--local"])
+        .arg(&env)
+        .arg("--cache")
+        .arg(&cache)
+        .arg("--outputs")
+        .arg(&outputs)
+        .arg("--code")
+        .arg(&code)
+        .arg("--input")
+        .arg(format!("data={}", data.display()))
+        .arg("--input")
+        .arg(format!("conf={}", conf.display()))
+        .args(["--input", "greeting=hello world", "--output", "result"])
+        .args([
+            "--",
+            "/bin/sh",
+            "run.sh",
+            "${{inputs.data}}",
+            "${{ inputs.greeting }}",
+            "${{outputs.result}}",
+            "${{inputs.conf}}",
+        ])
+        .env("HOME", t.path())
+        .env("ENVBUILD_BASE", base_layout());
     let o = run(&mut c);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&o.stdout),

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use envbuild_e2e::{bins, engine_lock, last_line, python_base_layout, root, run, site_packages};
+use envbuild_e2e::{
+    engine_lock, envbuild_as_uid_4321, last_line, python_base_layout, root, run, site_packages,
+};
 use serde_json::Value;
 
 use super::build::{envbuild, manifest};
@@ -152,22 +154,15 @@ fn the_example_script_trains_in_python_cpu_the_same_as_root_and_as_an_unnamed_ui
     // As a caller with no name in the image's /etc/passwd (uid 4321, in the docker group for
     // the socket): the outputs are theirs, and the model is the same bytes.
     let as_user = t.path().join("as-user");
-    let docker_gid = fs::metadata("/var/run/docker.sock").unwrap().gid();
-    let mut c = Command::new("setpriv");
-    c.args([
-        "--reuid=4321",
-        "--regid=4321",
-        &format!("--groups={docker_gid}"),
-    ])
-    .arg(&bins().envbuild)
-    .args(["run", "--local", &source, "--cache"])
-    .arg(t.path().join("cache"))
-    .arg("--outputs")
-    .arg(&as_user)
-    .args(code)
-    .arg("--")
-    .args(command)
-    .env("HOME", t.path());
+    let mut c = envbuild_as_uid_4321();
+    c.args(["run", "--local", &source, "--cache"])
+        .arg(t.path().join("cache"))
+        .arg("--outputs")
+        .arg(&as_user)
+        .args(code)
+        .arg("--")
+        .args(command)
+        .env("HOME", t.path());
     let o = run(&mut c);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&o.stdout),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use envbuild_e2e::{base_layout, bins, engine_lock, ok, root, run, Registry};
+use envbuild_e2e::{base_layout, engine_lock, envbuild_as_uid_4321, ok, root, run, Registry};
 use serde_json::Value;
 
 use super::build::envbuild;
@@ -87,24 +87,17 @@ fn trains_in_the_engine_as_the_caller_and_returns_the_trainers_exit_code() {
     // A caller who is not root: uid 4321, in the docker group for the socket.
     fs::set_permissions(t.path(), fs::Permissions::from_mode(0o777)).unwrap();
     let outputs = t.path().join("outputs");
-    let docker_gid = fs::metadata("/var/run/docker.sock").unwrap().gid();
-    let mut c = Command::new("setpriv");
-    c.args([
-        "--reuid=4321",
-        "--regid=4321",
-        &format!("--groups={docker_gid}"),
-    ])
-    .arg(&bins().envbuild)
-    .args(["run", "--local"])
-    .arg(cpu_env())
-    .arg("--cache")
-    .arg(t.path().join("cache"))
-    .arg("--outputs")
-    .arg(&outputs)
-    .args(["--data", DATA, "--", "--epochs", "1"])
-    .args(SHORT)
-    .env("HOME", t.path())
-    .env("ENVBUILD_BASE", base_layout());
+    let mut c = envbuild_as_uid_4321();
+    c.args(["run", "--local"])
+        .arg(cpu_env())
+        .arg("--cache")
+        .arg(t.path().join("cache"))
+        .arg("--outputs")
+        .arg(&outputs)
+        .args(["--data", DATA, "--", "--epochs", "1"])
+        .args(SHORT)
+        .env("HOME", t.path())
+        .env("ENVBUILD_BASE", base_layout());
     let o = run(&mut c);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&o.stdout),

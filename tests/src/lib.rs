@@ -120,46 +120,53 @@ pub fn envbuild_debug() -> &'static Path {
     })
 }
 
+/// `docker/base/make-base.sh DIR [VARIANT]` into `target/e2e/DIR`, with the release envbuild and
+/// a cache shared by both bases.
+fn make_base(dir: &str, variant: Option<&str>) -> PathBuf {
+    let dir = root().join("target/e2e").join(dir);
+    let out = Command::new(root().join("docker/base/make-base.sh"))
+        .arg(&dir)
+        .args(variant)
+        .env("ENVBUILD", &bins().envbuild)
+        .env("ENVBUILD_CACHE", root().join("target/e2e/base-cache"))
+        .output()
+        .expect("make-base runs");
+    assert!(
+        out.status.success(),
+        "make-base {} failed:\n{}",
+        variant.unwrap_or(""),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
 /// The locally made Debian runtime base image (docker/base/make-base.sh), made once.
 pub fn base_layout() -> &'static Path {
     static BASE: OnceLock<PathBuf> = OnceLock::new();
-    BASE.get_or_init(|| {
-        let dir = root().join("target/e2e/base");
-        let out = Command::new(root().join("docker/base/make-base.sh"))
-            .arg(&dir)
-            .env("ENVBUILD", &bins().envbuild)
-            .env("ENVBUILD_CACHE", root().join("target/e2e/base-cache"))
-            .output()
-            .expect("make-base runs");
-        assert!(
-            out.status.success(),
-            "make-base failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    })
+    BASE.get_or_init(|| make_base("base", None))
 }
 
 /// The locally made Python base image (docker/base/make-base.sh DIR debian-python): the
 /// runtime base's packages plus Debian's python3.11, made once.
 pub fn python_base_layout() -> &'static Path {
     static BASE: OnceLock<PathBuf> = OnceLock::new();
-    BASE.get_or_init(|| {
-        let dir = root().join("target/e2e/base-python");
-        let out = Command::new(root().join("docker/base/make-base.sh"))
-            .arg(&dir)
-            .arg("debian-python")
-            .env("ENVBUILD", &bins().envbuild)
-            .env("ENVBUILD_CACHE", root().join("target/e2e/base-cache"))
-            .output()
-            .expect("make-base runs");
-        assert!(
-            out.status.success(),
-            "make-base debian-python failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    })
+    BASE.get_or_init(|| make_base("base-python", Some("debian-python")))
+}
+
+/// The release envbuild run as uid:gid 4321:4321, a caller who is not root and has no name in
+/// any image, in the docker socket's group so it reaches the engine.
+pub fn envbuild_as_uid_4321() -> Command {
+    let docker_gid = std::os::unix::fs::MetadataExt::gid(
+        &std::fs::metadata("/var/run/docker.sock").expect("the Docker socket"),
+    );
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid=4321",
+        "--regid=4321",
+        &format!("--groups={docker_gid}"),
+    ])
+    .arg(&bins().envbuild);
+    c
 }
 
 /// Tests that load the CPU image into the engine and remove it again hold this, one at a time.

@@ -33,22 +33,11 @@ pub enum Outcome {
 /// The code asset's name for a folder called `dir`: its letters, digits, `-` and `_` (others
 /// become `-`), starting with a letter or digit; `code` when nothing is left.
 pub fn name_for(dir: &str) -> String {
-    let s: String = dir
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(200)
-        .collect();
-    let s = s.trim_start_matches(['-', '_']);
+    let s = super::job::name_part(dir);
     if s.is_empty() {
         "code".into()
     } else {
-        s.to_owned()
+        s
     }
 }
 

@@ -213,7 +213,13 @@ pub fn new_job_id(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let salt = (now.subsec_nanos() ^ std::process::id().rotate_left(16)) & 0xffff;
-    let p: String = prefix
+    format!("{}-{}-{salt:04x}", name_part(prefix), now.as_secs())
+}
+
+/// `s` as the start of an asset or job name: letters, digits, `-` and `_` (others become `-`),
+/// at most 200, without leading `-` or `_` (the name must start with a letter or digit).
+pub(crate) fn name_part(s: &str) -> String {
+    let p: String = s
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
@@ -224,11 +230,7 @@ pub fn new_job_id(prefix: &str) -> String {
         })
         .take(200)
         .collect();
-    format!(
-        "{}-{}-{salt:04x}",
-        p.trim_start_matches(['-', '_']),
-        now.as_secs()
-    )
+    p.trim_start_matches(['-', '_']).to_owned()
 }
 
 /// A job envbuild can submit: a command job now, a sweep job next. [`submit`] PUTs any kind;
