@@ -801,5 +801,12 @@ fn the_example_script_gives_the_same_model_locally_and_on_azure() {
         "torch.load of the downloaded model:\n{said}\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // And it becomes a model version, from the job's output, as the tutorials end.
+    let (c, out, err) = w.cmd(&["model", "register", "mnist-example", "--job", "example-1"]);
+    assert_eq!(c, 0, "{err}");
+    assert!(
+        format!("{out}{err}").contains("mnist-example"),
+        "{out}\n{err}"
+    );
     assert!(w.arm.spec_violations().is_empty());
 }
