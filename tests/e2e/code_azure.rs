@@ -718,25 +718,10 @@ fn the_example_script_gives_the_same_model_locally_and_on_azure() {
         "model",
     ];
     let command = [
-        "python3",
-        "mnist.py",
-        "--data",
-        "${{inputs.data}}",
-        "--output",
-        "${{outputs.model}}",
-        "--epochs",
-        "1",
-        "--limit-train",
-        "5000",
-        "--limit-test",
-        "1000",
-        "--seed",
-        "3",
-        "--threads",
-        "1",
-        "--device",
-        "cpu",
-    ];
+        &super::python::EXAMPLE[..],
+        &["--seed", "3", "--threads", "1", "--device", "cpu"],
+    ]
+    .concat();
 
     // Locally: the layout on the engine.
     let local = here.join("local");

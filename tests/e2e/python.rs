@@ -103,24 +103,28 @@ pub(crate) fn model_of(outputs: &Path) -> (Value, Vec<u8>) {
     )
 }
 
+/// examples/mnist.py on its data and output, one epoch on 5000 of the training images: the
+/// command both the local and the Azure tests run.
+pub(crate) const EXAMPLE: [&str; 12] = [
+    "python3",
+    "mnist.py",
+    "--data",
+    "${{inputs.data}}",
+    "--output",
+    "${{outputs.model}}",
+    "--epochs",
+    "1",
+    "--limit-train",
+    "5000",
+    "--limit-test",
+    "1000",
+];
+
 #[test]
 fn the_example_script_trains_in_python_cpu_the_same_as_root_and_as_an_unnamed_uid() {
     let (layout, _, _) = image();
     let source = format!("oci:{}", layout.display());
-    let command = [
-        "python3",
-        "mnist.py",
-        "--data",
-        "${{inputs.data}}",
-        "--output",
-        "${{outputs.model}}",
-        "--epochs",
-        "1",
-        "--limit-train",
-        "5000",
-        "--limit-test",
-        "1000",
-    ];
+    let command = EXAMPLE;
     let examples = root().join("examples");
     let code = [
         "--code",
