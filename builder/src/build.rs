@@ -563,15 +563,7 @@ fn link_check(
         rep.message(&format!(
             "link check: {what} resolves with {} shared objects{}",
             report.objects.len().saturating_sub(1),
-            if report.unchecked.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " ({} present but not inspected: {})",
-                    report.unchecked.len(),
-                    report.unchecked.join(", ")
-                )
-            }
+            unchecked_note(report.unchecked.iter())
         ))
     };
     if let Some(entrypoint) = entrypoint {
@@ -608,20 +600,7 @@ fn link_check(
             "link check: {} Python extension modules under {dir} resolve with {} shared objects{}",
             report.modules.len(),
             report.objects.len(),
-            if report.unchecked.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " ({} present but not inspected: {})",
-                    report.unchecked.len(),
-                    report
-                        .unchecked
-                        .iter()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            }
+            unchecked_note(report.unchecked.iter())
         ));
     }
     Ok(())
@@ -634,4 +613,14 @@ fn desc(b: &layer::LayerBlob) -> LayerDesc {
         size: b.size,
         diff_id: b.diff_id,
     }
+}
+
+/// ` (N present but not inspected: a, b)` after a link check's line, or nothing.
+fn unchecked_note<'a>(unchecked: impl ExactSizeIterator<Item = &'a String>) -> String {
+    if unchecked.len() == 0 {
+        return String::new();
+    }
+    let n = unchecked.len();
+    let names: Vec<&str> = unchecked.map(String::as_str).collect();
+    format!(" ({n} present but not inspected: {})", names.join(", "))
 }
