@@ -188,7 +188,7 @@ fn nothing_configured_lists_every_credential_tried() {
 // --- ACR: Entra token exchange against a token-auth docker-registry -------------------------
 
 use envbuild_e2e::acr::{Acr, TOKEN_USER};
-use envbuild_e2e::{envbuild_debug, last_line, skopeo_inspect};
+use envbuild_e2e::{bins, last_line, skopeo_inspect};
 use std::path::PathBuf;
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -241,7 +241,7 @@ fn tiny_layout(dir: &Path, layers: usize) -> PathBuf {
 
 /// envbuild (debug build) with a clean environment: PATH, HOME and DOCKER_CONFIG in `t`.
 fn envbuild_in(t: &Path, vars: &[(&str, String)]) -> Command {
-    let mut c = Command::new(envbuild_debug());
+    let mut c = Command::new(&bins().envbuild);
     c.env_clear()
         .env("PATH", "/usr/bin:/bin")
         .env("HOME", t)

@@ -4,7 +4,7 @@
 use std::fs;
 use std::process::Command;
 
-use envbuild_e2e::{envbuild_debug, json_shape, ok, run, Registry};
+use envbuild_e2e::{bins, json_shape, ok, run, Registry};
 
 #[test]
 fn completions_parse_man_pages_render_and_help_documents_exit_statuses() {
@@ -12,7 +12,7 @@ fn completions_parse_man_pages_render_and_help_documents_exit_statuses() {
     let bash = t.path().join("envbuild.bash");
     fs::write(
         &bash,
-        ok(Command::new(envbuild_debug()).args(["completions", "bash"])),
+        ok(Command::new(&bins().envbuild).args(["completions", "bash"])),
     )
     .unwrap();
     ok(Command::new("bash").arg("-n").arg(&bash));
@@ -21,19 +21,19 @@ fn completions_parse_man_pages_render_and_help_documents_exit_statuses() {
         script.contains("complete") && script.contains("push") && script.contains("--idle-timeout")
     );
     for shell in ["zsh", "fish", "powershell", "elvish"] {
-        let s = ok(Command::new(envbuild_debug()).args(["completions", shell]));
+        let s = ok(Command::new(&bins().envbuild).args(["completions", shell]));
         assert!(s.contains("push") && s.contains("inspect"), "{shell}: {s}");
     }
-    let o = run(Command::new(envbuild_debug()).args(["completions", "tcsh"]));
+    let o = run(Command::new(&bins().envbuild).args(["completions", "tcsh"]));
     assert_eq!(o.status.code(), Some(2), "a usage error");
 
-    let page = ok(Command::new(envbuild_debug()).arg("man"));
+    let page = ok(Command::new(&bins().envbuild).arg("man"));
     assert!(
         page.contains(".TH envbuild 1") && page.contains("push"),
         "{page}"
     );
     let dir = t.path().join("man1");
-    let listed = ok(Command::new(envbuild_debug())
+    let listed = ok(Command::new(&bins().envbuild)
         .args(["man", "--dir"])
         .arg(&dir));
     let mut names: Vec<String> = fs::read_dir(&dir)
@@ -58,12 +58,12 @@ fn completions_parse_man_pages_render_and_help_documents_exit_statuses() {
         "{push}"
     );
 
-    let help = ok(Command::new(envbuild_debug()).arg("--help"));
+    let help = ok(Command::new(&bins().envbuild).arg("--help"));
     assert!(
         help.contains("Exit status: 0 success; 1 failure") && help.contains("130"),
         "{help}"
     );
-    let o = run(Command::new(envbuild_debug()).args(["push"]));
+    let o = run(Command::new(&bins().envbuild).args(["push"]));
     assert_eq!(
         o.status.code(),
         Some(2),
@@ -78,7 +78,7 @@ fn errors_about_broken_files_print_no_raw_bytes() {
     // Bytes a tar reader quotes back in its errors (a header of binary garbage).
     let bytes: Vec<u8> = (0..4096u32).map(|i| (i * 131 % 256) as u8).collect();
     fs::write(&junk, &bytes).unwrap();
-    let o = run(Command::new(envbuild_debug())
+    let o = run(Command::new(&bins().envbuild)
         .arg("inspect")
         .arg(format!("docker-archive:{}", junk.display())));
     let e = String::from_utf8_lossy(&o.stderr);
@@ -104,7 +104,7 @@ fn doctor_reports_this_machine_and_names_the_fix_without_an_engine() {
     )
     .unwrap();
     let doctor = |docker_host: Option<&str>, json: bool| {
-        let mut c = Command::new(envbuild_debug());
+        let mut c = Command::new(&bins().envbuild);
         c.arg("doctor")
             .args(["--cache"])
             .arg(t.path().join("cache"))
@@ -184,7 +184,7 @@ fn build_inspect_and_diff_give_one_json_document_each() {
     .unwrap();
     let layout = t.path().join("out");
     let build = || {
-        let o = run(Command::new(envbuild_debug())
+        let o = run(Command::new(&bins().envbuild)
             .arg("build")
             .arg(&env)
             .arg("--cache")
@@ -213,7 +213,7 @@ fn build_inspect_and_diff_give_one_json_document_each() {
     assert_eq!(second["digest"], first["digest"]);
 
     let spec = format!("oci:{}", layout.display());
-    let o = run(Command::new(envbuild_debug()).args(["inspect", "--json", &spec]));
+    let o = run(Command::new(&bins().envbuild).args(["inspect", "--json", &spec]));
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     insta::assert_snapshot!("inspect_json", json_shape(&doc));
     assert_eq!(doc["digest"], first["digest"]);
@@ -222,7 +222,7 @@ fn build_inspect_and_diff_give_one_json_document_each() {
     assert_eq!(doc["layers"][0]["digest"], first["layers"][0]["digest"]);
 
     // `-o json`, as az users type it, is --json.
-    let o = run(Command::new(envbuild_debug()).args(["diff", "-o", "json", &spec, &spec]));
+    let o = run(Command::new(&bins().envbuild).args(["diff", "-o", "json", &spec, &spec]));
     assert!(o.status.success());
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     insta::assert_snapshot!("diff_json", json_shape(&doc));
@@ -275,7 +275,7 @@ fn bars_and_colour_on_a_terminal_plain_lines_in_a_pipe_nothing_with_quiet() {
     let t = tempfile::tempdir().unwrap();
     let env = sized_env(t.path(), 24);
     let reg = Registry::start(None);
-    let bin = envbuild_debug().display().to_string();
+    let bin = bins().envbuild.display().to_string();
     let line = |cache: &str, more: &str| {
         format!(
             "{bin} build {} --cache {c} --skip-link-check -o oci:{}/out-{cache} && {bin} push oci:{}/out-{cache} {}/p/{cache}:v1 --cache {c} {more}",
@@ -364,7 +364,7 @@ fn cache_prune_removes_by_age_and_size_and_the_next_build_rebuilds() {
     let env = sized_env(t.path(), 1);
     let cache = t.path().join("cache");
     let build = || {
-        let o = run(Command::new(envbuild_debug())
+        let o = run(Command::new(&bins().envbuild)
             .args(["build", "--json", "--skip-link-check", "--cache"])
             .arg(&cache)
             .arg(&env));
@@ -372,7 +372,7 @@ fn cache_prune_removes_by_age_and_size_and_the_next_build_rebuilds() {
         serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
     };
     let prune = |args: &[&str]| {
-        let o = run(Command::new(envbuild_debug())
+        let o = run(Command::new(&bins().envbuild)
             .args(["cache", "prune", "--json", "--cache"])
             .arg(&cache)
             .args(args));
@@ -401,7 +401,7 @@ fn cache_prune_removes_by_age_and_size_and_the_next_build_rebuilds() {
         "rebuilt after the prune"
     );
     assert_eq!(again["digest"], first["digest"], "the same image");
-    let o = run(Command::new(envbuild_debug())
+    let o = run(Command::new(&bins().envbuild)
         .args(["cache", "prune", "--older-than", "3w", "--cache"])
         .arg(&cache));
     assert_eq!(o.status.code(), Some(2));
@@ -415,7 +415,7 @@ fn an_sbom_says_what_it_cannot_know_a_base_without_dpkg_and_a_corrupt_metadata()
     // A base with files but no dpkg status database.
     let base_env = sized_env(t.path(), 1);
     let base = t.path().join("base");
-    let o = run(Command::new(envbuild_debug())
+    let o = run(Command::new(&bins().envbuild)
         .args(["build", "--skip-link-check", "--cache"])
         .arg(&cache)
         .arg(&base_env)
@@ -442,7 +442,7 @@ fn an_sbom_says_what_it_cannot_know_a_base_without_dpkg_and_a_corrupt_metadata()
     )
     .unwrap();
     let out = t.path().join("out");
-    let o = run(Command::new(envbuild_debug())
+    let o = run(Command::new(&bins().envbuild)
         .args(["build", "--skip-link-check", "--cache"])
         .arg(&cache)
         .arg(&env)
@@ -460,7 +460,7 @@ fn an_sbom_says_what_it_cannot_know_a_base_without_dpkg_and_a_corrupt_metadata()
         "{err}"
     );
     let doc: serde_json::Value = serde_json::from_str(&ok(
-        Command::new(envbuild_debug()).args(["sbom", &format!("oci:{}", out.display())])
+        Command::new(&bins().envbuild).args(["sbom", &format!("oci:{}", out.display())])
     ))
     .unwrap();
     assert!(
@@ -484,7 +484,7 @@ fn an_sbom_says_what_it_cannot_know_a_base_without_dpkg_and_a_corrupt_metadata()
     // its purl and the layer that holds it, the same bytes from a second build.
     let cdx = |name: &str| {
         let p = t.path().join(name);
-        let o = run(Command::new(envbuild_debug())
+        let o = run(Command::new(&bins().envbuild)
             .args([
                 "build",
                 "-q",
@@ -520,7 +520,7 @@ fn an_sbom_says_what_it_cannot_know_a_base_without_dpkg_and_a_corrupt_metadata()
         .expect("the distribution as a component");
     assert_eq!(odd["properties"][0]["value"], "py");
     // A layout that is not there: one clear error, exit 1.
-    let o = run(Command::new(envbuild_debug())
+    let o = run(Command::new(&bins().envbuild)
         .args(["sbom", &format!("oci:{}", t.path().join("nope").display())]));
     assert_eq!(o.status.code(), Some(1));
 }

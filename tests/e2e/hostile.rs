@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use envbuild::digest::Digest;
 use envbuild_e2e::hostile::{registry_answer, Answer, Hostile, Seen};
-use envbuild_e2e::{envbuild_debug, run};
+use envbuild_e2e::{bins, run};
 
 /// A one-layer OCI layout of `layer_size` bytes; returns its directory (in `dir`) and the
 /// layer's blob path.
@@ -47,7 +47,7 @@ fn layout(dir: &Path, layer_size: usize) -> (PathBuf, PathBuf) {
 /// how long it took.
 fn push(layout: &Path, addr: &str, args: &[&str], stdin: Option<&str>) -> (Output, Duration) {
     let home = tempfile::tempdir().unwrap();
-    let mut c = Command::new(envbuild_debug());
+    let mut c = Command::new(&bins().envbuild);
     c.env_clear()
         .env("PATH", "/usr/bin:/bin")
         .env("HOME", home.path())
@@ -384,7 +384,7 @@ fn a_short_corrupt_or_oversized_blob_in_a_layout_is_refused_before_its_upload() 
     flipped[3] ^= 0x20;
     fs::write(&config, &flipped).unwrap();
     let o =
-        run(Command::new(envbuild_debug()).args(["inspect", &format!("oci:{}", dir.display())]));
+        run(Command::new(&bins().envbuild).args(["inspect", &format!("oci:{}", dir.display())]));
     let e = stderr(&o);
     let config_digest = format!("sha256:{}", config.file_name().unwrap().to_string_lossy());
     assert!(
@@ -453,7 +453,7 @@ fn an_empty_password_on_stdin_is_refused() {
     assert!(registry.seen().is_empty());
 
     let config = tempfile::tempdir().unwrap();
-    let mut c = Command::new(envbuild_debug());
+    let mut c = Command::new(&bins().envbuild);
     c.env("DOCKER_CONFIG", config.path())
         .args([
             "login",
@@ -483,7 +483,7 @@ fn a_build_with_nothing_to_run_and_odd_environment_files_are_refused() {
     let t = tempfile::tempdir().unwrap();
     let cache = t.path().join("cache");
     let build = |file: &Path| {
-        run(Command::new(envbuild_debug())
+        run(Command::new(&bins().envbuild)
             .arg("build")
             .arg(file)
             .arg("--cache")

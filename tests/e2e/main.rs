@@ -18,3 +18,4 @@ mod ranks;
 mod registry;
 mod run;
 mod sweep;
+mod trainer;

@@ -43,81 +43,95 @@ pub fn site_packages() -> PathBuf {
     found.pop().expect("torch in .venv; run scripts/setup.sh")
 }
 
-/// Paths of the release binaries, built once per test process (a no-op when scripts/test.sh
-/// has built them already). Release, because that is what goes into images.
+/// Paths of the release binaries, built once per test process (no-ops after scripts/test.sh,
+/// which built both before the tests ran).
 #[derive(Debug)]
 pub struct Bins {
+    /// The envbuild of the test build itself: `cargo build --release` with the targets and the
+    /// environment `cargo test --release --workspace` has (its features, and scripts/test.sh's
+    /// clippy wrapper when it is set), so that nothing is compiled a second time.
     pub envbuild: PathBuf,
+    /// The trainer as images carry it: `-p trainer` alone, without the clippy wrapper.
     pub trainer: PathBuf,
 }
+
+/// The variables that make scripts/test.sh's build lint as it compiles (see there). The test
+/// build's crates carry them; the trainer that goes into images must not.
+pub const CLIPPY_WRAPPER_VARS: [&str; 2] = ["RUSTC_WORKSPACE_WRAPPER", "CLIPPY_ARGS"];
 
 pub fn bins() -> &'static Bins {
     static BINS: OnceLock<Bins> = OnceLock::new();
     BINS.get_or_init(|| {
-        // Separately: built together, Cargo would unify dependency features and change the trainer.
-        for package in ["trainer", "envbuild"] {
-            let out = release_build(&root(), &["-p", package], None);
-            assert!(
-                out.status.success(),
-                "release build of {package} failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root().join("target"));
+        // The trainer first and on its own: built together, Cargo would unify dependency
+        // features and change its bytes.
+        let out = release_build(&root(), &["-p", "trainer"], None);
+        assert!(
+            out.status.success(),
+            "release build of the trainer failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // `--bin envbuild`, not `--bins`: that would build the trainer's binary with the
+        // workspace's features over target/release/trainer.
+        let out = cargo(
+            &root(),
+            "build --release --locked --workspace --lib --tests --examples --bin envbuild",
+        )
+        .output()
+        .expect("bash runs cargo");
+        assert!(
+            out.status.success(),
+            "release build of envbuild failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let release = target_dir().join("release");
         Bins {
-            envbuild: target.join("release/envbuild"),
-            trainer: target.join("release/trainer"),
+            envbuild: release.join("envbuild"),
+            trainer: release.join("trainer"),
         }
     })
 }
 
-/// `cargo build --release --locked ARGS` in the checkout at `dir`, with that checkout's
-/// scripts/env.sh (the same flags scripts/test.sh uses, so this is a no-op after it).
-pub fn release_build(dir: &Path, args: &[&str], target_dir: Option<&Path>) -> Output {
+/// `CARGO_TARGET_DIR`, else the workspace's `target`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// `cargo ARGS` in the checkout at `dir`, after that checkout's scripts/env.sh.
+fn cargo(dir: &Path, args: &str) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut c = Command::new("bash");
     c.arg("-c")
-        .arg(format!(
-            ". scripts/env.sh && exec \"{cargo}\" build --release --locked {}",
-            args.join(" ")
-        ))
+        .arg(format!(". scripts/env.sh && exec \"{cargo}\" {args}"))
         .current_dir(dir);
+    c
+}
+
+/// `cargo build --release --locked ARGS` in the checkout at `dir`, with that checkout's
+/// scripts/env.sh and without the clippy wrapper: how scripts/build-release.sh builds what goes
+/// into images (a no-op for the trainer after scripts/test.sh).
+pub fn release_build(dir: &Path, args: &[&str], target_dir: Option<&Path>) -> Output {
+    let mut c = cargo(dir, &format!("build --release --locked {}", args.join(" ")));
+    for v in CLIPPY_WRAPPER_VARS {
+        c.env_remove(v);
+    }
     if let Some(t) = target_dir {
         c.env("CARGO_TARGET_DIR", t);
     }
     c.output().expect("bash runs cargo")
 }
 
-/// The debug `envbuild` binary, built once per test process: for tests of the registry and
-/// authentication paths, which need no release image contents.
-pub fn envbuild_debug() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        // With the targets `cargo test --workspace` builds (its tests bring the dev-dependencies'
-        // features), so that the dependencies and the library are the test build's and only the
-        // binary is new; `-p envbuild` alone resolved other features and compiled some 55 crates
-        // and the library again inside the test run (about a minute of CI's two cores).
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                ". scripts/env.sh && exec \"{cargo}\" build --locked --workspace --bins --tests --examples"
-            ))
-            .current_dir(root())
-            .output()
-            .expect("bash runs cargo");
-        assert!(
-            out.status.success(),
-            "debug build of envbuild failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root().join("target"))
-            .join("debug/envbuild")
-    })
+/// An IDX file (the MNIST format): magic for unsigned bytes, the dimensions, the payload.
+/// Written here, not with the trainer's own encoder, so the trainer's reader is checked against
+/// the format rather than against itself.
+pub fn idx_file(dims: &[u32], payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0, 0, 0x08, dims.len() as u8];
+    for d in dims {
+        out.extend_from_slice(&d.to_be_bytes());
+    }
+    out.extend_from_slice(payload);
+    out
 }
 
 /// `docker/base/make-base.sh DIR [VARIANT]` into `target/e2e/DIR`, with the release envbuild and

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-mod common;
-use common::*;
+use super::common::*;
 
 /// A port nobody listens on now (the kernel's pick, released at once).
 fn free_port() -> u16 {

@@ -1,16 +1,13 @@
 //! Helpers shared by the trainer's integration tests: synthetic MNIST-format data, the binary,
 //! and readers of what a run writes.
-#![allow(dead_code)] // each test crate uses its own subset
 
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use envbuild_e2e::{bins, idx_file as encode};
 use serde_json::Value;
-use trainer::idx::encode;
-
-pub const TRAINER: &str = env!("CARGO_BIN_EXE_trainer");
 
 /// A learnable data set: class k is a bright 4x4 patch at one of ten positions, plus noise.
 pub fn synthetic(dir: &Path, train: u32, test: u32, side: u32) {
@@ -50,7 +47,7 @@ pub fn synthetic(dir: &Path, train: u32, test: u32, side: u32) {
 }
 
 pub fn trainer(args: &[&str]) -> Command {
-    let mut c = Command::new(TRAINER);
+    let mut c = Command::new(&bins().trainer);
     c.args(args)
         .env_remove("TRAINER_DATA")
         .env_remove("TRAINER_OUTPUT");

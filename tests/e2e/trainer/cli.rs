@@ -6,11 +6,10 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use envbuild_e2e::idx_file as encode;
 use serde_json::Value;
-use trainer::idx::encode;
 
-mod common;
-use common::*;
+use super::common::*;
 
 #[test]
 fn learns_and_writes_every_output() {
