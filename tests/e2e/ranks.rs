@@ -1,7 +1,7 @@
 //! Data-parallel runs on the real engine: `run --local --ranks 2` starts two containers on a
 //! network of their own with the variables Azure ML sets; they train the weights two processes
 //! on this host train (bit for bit: the same binary, libtorch and reduction order) and, within
-//! the bound `trainer/tests/distributed.rs` justifies (one Adam step), what one process trains;
+//! the bound `tests/e2e/trainer/distributed.rs` justifies (one Adam step), what one process trains;
 //! a rank killed mid-run ends the run, and `--resume` finishes it. (`run --azure
 //! --instances 2` is in azure.rs, beside the deployment it needs.)
 

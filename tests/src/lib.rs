@@ -98,13 +98,33 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| root().join("target"))
 }
 
-/// `cargo ARGS` in the checkout at `dir`, after that checkout's scripts/env.sh.
+/// `cargo ARGS` in the checkout at `dir`, after that checkout's scripts/env.sh, without the
+/// variables cargo sets for a test process (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, …): build
+/// scripts that watch one (ring's does, `rerun-if-env-changed`) would otherwise run again and
+/// recompile everything above them, here several minutes of what scripts/test.sh built.
 fn cargo(dir: &Path, args: &str) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut c = Command::new("bash");
     c.arg("-c")
         .arg(format!(". scripts/env.sh && exec \"{cargo}\" {args}"))
         .current_dir(dir);
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_EXE_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .contains(&k.as_ref())
+        {
+            c.env_remove(k.as_ref());
+        }
+    }
     c
 }
 
