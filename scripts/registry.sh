@@ -3,7 +3,7 @@
 # With WAN=RTT_MS[:MB_PER_S] in the environment (e.g. WAN=40:50), $reg is a shaping proxy in front
 # of the registry (tests/src/bin/wan-proxy.rs): every round trip pays RTT_MS, every connection
 # is capped at MB_PER_S each way. The registry's own address stays in $reg_direct.
-pid="" wan_pid="" wan_proxy="${CARGO_TARGET_DIR:-$PWD/target}/debug/wan-proxy"
+pid="" wan_pid="" wan_proxy="$PWD/target/release/wan-proxy"
 stop_registry() {
   local p
   for p in $wan_pid $pid; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
@@ -13,7 +13,9 @@ if [ -n "${WAN:-}" ]; then
   case $WAN in
     *[!0-9:.]* | "" | :* ) echo "WAN=$WAN: want RTT_MS[:MB_PER_S], e.g. 40:50" >&2; exit 2 ;;
   esac
-  cargo build --locked -q -p envbuild-e2e --bin wan-proxy >&2
+  # With the whole workspace's features, as the test build has them: its dependencies are
+  # compiled already. In ./target whatever CARGO_TARGET_DIR the caller set for its builds.
+  CARGO_TARGET_DIR="$PWD/target" cargo build --release --locked -q --workspace --bin wan-proxy >&2
 fi
 start_registry() { # dir → starts it (access log in dir/access.log), sets $reg to host:port
   local dir=$1 port

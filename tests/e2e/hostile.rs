@@ -13,7 +13,7 @@ use envbuild_e2e::{bins, run};
 
 /// A one-layer OCI layout of `layer_size` bytes; returns its directory (in `dir`) and the
 /// layer's blob path.
-fn layout(dir: &Path, layer_size: usize) -> (PathBuf, PathBuf) {
+pub fn layout(dir: &Path, layer_size: usize) -> (PathBuf, PathBuf) {
     let root = dir.join("layout");
     let blobs = root.join("blobs/sha256");
     fs::create_dir_all(&blobs).unwrap();
@@ -178,9 +178,11 @@ fn a_registry_that_never_answers_fails_within_the_timeouts() {
     let silent = Hostile::start(|_, _| Answer::Never);
     let (o, took) = push(&dir, &silent.addr, &["--idle-timeout", "2"], None);
     refused(&o, &["GET /v2/", "no answer within 2 s", "hint:"], &silent);
-    // Two attempts of 2 s and a backoff, not the policy's five or a hang.
+    // Two attempts of 2 s and a backoff, not the policy's five or a hang. Beside the ping's
+    // first attempt, one GET /v2/ on each connection the checks of the layout's two blobs
+    // would use, never repeated.
     assert!(took < Duration::from_secs(20), "took {took:?}");
-    assert!(silent.seen().len() <= 2, "{:?}", silent.seen());
+    assert!(silent.seen().len() <= 2 + 2, "{:?}", silent.seen());
 }
 
 #[test]

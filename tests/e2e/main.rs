@@ -19,3 +19,4 @@ mod registry;
 mod run;
 mod sweep;
 mod trainer;
+mod transfer;

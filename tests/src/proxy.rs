@@ -8,6 +8,8 @@
 pub struct FaultProxy {
     pub addr: String,
     pub faults: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Every request that reached the proxy: `METHOD PATH`, and ` Range: …` where it had one.
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl FaultProxy {
@@ -29,6 +31,31 @@ impl FaultProxy {
         Self::spawn(upstream, Mode::HangAt(n))
     }
 
+    /// A proxy that passes everything through, recording the requests.
+    pub fn observing(upstream: &str) -> FaultProxy {
+        Self::spawn(upstream, Mode::Observe)
+    }
+
+    /// A proxy that removes every request's `Range` header, as a server that ignores ranges
+    /// would: range requests get the whole blob (200). `faults` counts the headers removed.
+    pub fn ignoring_ranges(upstream: &str) -> FaultProxy {
+        Self::spawn(upstream, Mode::NoRanges)
+    }
+
+    /// A proxy that flips the last byte of every partial answer (206) on its way back.
+    pub fn corrupting_ranges(upstream: &str) -> FaultProxy {
+        Self::spawn(upstream, Mode::CorruptRanges)
+    }
+
+    /// The recorded requests that start with `prefix` (e.g. `"DELETE "`).
+    pub fn requests_starting(&self, prefix: &str) -> Vec<String> {
+        let all = self.requests.lock().unwrap();
+        all.iter()
+            .filter(|r| r.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
     fn spawn(upstream: &str, mode: Mode) -> FaultProxy {
         use std::io::{Read, Write};
         use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,11 +67,14 @@ impl FaultProxy {
         let authenticated = std::sync::Arc::new(AtomicUsize::new(0));
         let with_body = std::sync::Arc::new(AtomicUsize::new(0));
         let f2 = faults.clone();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let r2 = requests.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut client) = conn else { continue };
                 let (upstream, counter, faults) = (upstream.clone(), counter.clone(), f2.clone());
                 let (authenticated, with_body) = (authenticated.clone(), with_body.clone());
+                let requests = r2.clone();
                 std::thread::spawn(move || {
                     // Read the head, then the body by Content-Length.
                     let mut buf = Vec::new();
@@ -66,6 +96,23 @@ impl FaultProxy {
                         .unwrap_or(0);
                     let n = counter.fetch_add(1, Ordering::SeqCst);
                     let mut head = head;
+                    let range = head
+                        .split_inclusive("\r\n")
+                        .find(|l| l.to_ascii_lowercase().starts_with("range:"))
+                        .map(str::to_owned);
+                    let line: Vec<&str> = head.split(' ').take(2).collect();
+                    requests.lock().unwrap().push(format!(
+                        "{}{}",
+                        line.join(" "),
+                        range.as_deref().map_or(String::new(), |r| format!(
+                            " Range: {}",
+                            r.split_once(':').map_or("", |(_, v)| v.trim())
+                        ))
+                    ));
+                    if let (Mode::NoRanges, Some(r)) = (mode, &range) {
+                        faults.fetch_add(1, Ordering::SeqCst);
+                        head = head.replacen(r.as_str(), "", 1);
+                    }
                     if let Mode::Revoke(from, count) = mode {
                         let auth = head
                             .split_inclusive("\r\n")
@@ -88,7 +135,7 @@ impl FaultProxy {
                             return;
                         }
                     }
-                    let fault = if matches!(mode, Mode::Revoke(..) | Mode::HangAt(_)) {
+                    let fault = if !matches!(mode, Mode::Cycle | Mode::Always) {
                         None
                     } else if mode == Mode::Always {
                         Some(n % 3)
@@ -160,12 +207,22 @@ impl FaultProxy {
                         let _ = client.shutdown(std::net::Shutdown::Both);
                         return;
                     }
+                    if mode == Mode::CorruptRanges && response.starts_with(b"HTTP/1.1 206") {
+                        if let Some(last) = response.last_mut() {
+                            *last ^= 0xff;
+                            faults.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
                     let _ = client.write_all(&response);
                     let _ = client.shutdown(std::net::Shutdown::Both);
                 });
             }
         });
-        FaultProxy { addr, faults }
+        FaultProxy {
+            addr,
+            faults,
+            requests,
+        }
     }
 }
 
@@ -175,6 +232,9 @@ enum Mode {
     Always,
     Revoke(usize, usize),
     HangAt(usize),
+    Observe,
+    NoRanges,
+    CorruptRanges,
 }
 
 /// Reads one HTTP response (head and Content-Length body; none for HEAD) from `up`.

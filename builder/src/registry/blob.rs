@@ -63,27 +63,86 @@ impl Client {
     /// An upload session that fails for good (the registry lost it, or a lost answer left it
     /// closed) is followed by a HEAD: the blob may be there after all; else a new session starts.
     pub fn push_blob(&self, d: &Digest, size: u64, path: &Path) -> Result<bool, RegistryError> {
-        Ok(self.push_blob_from(d, size, path, &[], false, &Task::hidden())? == Sent::Uploaded)
+        let sent = match self.check_blob(d, size, false)? {
+            Check::Present => Sent::Skipped,
+            Check::Missing(session) => {
+                self.send_blob(d, size, path, &[], false, session, &Task::hidden())?
+            }
+        };
+        Ok(sent == Sent::Uploaded)
     }
 
-    /// [`Self::push_blob`], first trying a cross-repository mount from each of `sources`
-    /// (other repositories of this registry known to hold the blob). A refused mount (202)
-    /// becomes the upload session of the fallback. With `verify`, the file is hashed against `d`
-    /// before its upload (never when the registry has the blob). `task` hears the bytes sent.
-    pub fn push_blob_from(
+    /// The first round trip of a blob's push: whether the registry has it. With `likely_new`
+    /// (the caller expects it missing), the upload session is opened in the same round trip,
+    /// beside the HEAD, and cancelled if the blob turns out to be there; a session that could
+    /// not be opened is left to [`Self::send_blob`], which opens its own and reports why not.
+    pub fn check_blob(
+        &self,
+        d: &Digest,
+        size: u64,
+        likely_new: bool,
+    ) -> Result<Check, RegistryError> {
+        if !likely_new {
+            return Ok(if self.has_blob(d, size)? {
+                Check::Present
+            } else {
+                Check::Missing(None)
+            });
+        }
+        let (present, session) = std::thread::scope(|s| {
+            let opened = s.spawn(|| self.start_upload(&format!("upload of {d}")).ok());
+            let present = self.has_blob(d, size);
+            (present, opened.join().expect("upload session thread"))
+        });
+        match (present?, session) {
+            (true, Some(location)) => {
+                self.cancel_upload(&location);
+                Ok(Check::Present)
+            }
+            (true, None) => Ok(Check::Present),
+            (false, session) => Ok(Check::Missing(session)),
+        }
+    }
+
+    /// Opens an upload session (`POST …/blobs/uploads/`); returns its location.
+    fn start_upload(&self, what: &str) -> Result<String, RegistryError> {
+        let resp = self.send(what, &|| {
+            Ok(self
+                .http
+                .post(self.url("blobs/uploads/"))
+                .header(CONTENT_LENGTH, 0))
+        })?;
+        let resp = self.expect(what, resp, &[StatusCode::ACCEPTED])?;
+        self.location(what, &resp)
+    }
+
+    /// Cancels an upload session that is not needed (the distribution spec's `DELETE` of an
+    /// upload); best effort: a registry also expires sessions left open.
+    fn cancel_upload(&self, location: &str) {
+        let _ = self.send("cancel of an upload session", &|| {
+            Ok(self.http.delete(location))
+        });
+    }
+
+    /// [`Self::push_blob`] from a [`Check`] that found the blob missing: first trying a
+    /// cross-repository mount from each of `sources` (other repositories of this registry
+    /// known to hold the blob), unless `session` is an upload session opened already. A refused
+    /// mount (202) becomes the upload session of the fallback. With `verify`, the file is
+    /// hashed against `d` before its upload. `task` hears the bytes sent.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_blob(
         &self,
         d: &Digest,
         size: u64,
         path: &Path,
         sources: &[String],
         verify: bool,
+        session: Option<String>,
         task: &Task,
     ) -> Result<Sent, RegistryError> {
-        if self.has_blob(d, size)? {
-            return Ok(Sent::Skipped);
-        }
-        let mut started = None;
-        for from in sources.iter().filter(|s| **s != self.reference.repository) {
+        let mut started = session;
+        let mounts = if started.is_none() { sources } else { &[] };
+        for from in mounts.iter().filter(|s| **s != self.reference.repository) {
             let what = format!("mount of {d} from {from}");
             let url = format!("{}?mount={d}&from={}", self.url("blobs/uploads/"), from);
             let resp = self.send(&what, &|| {
@@ -145,17 +204,24 @@ impl Client {
         };
         let mut location = match started {
             Some(l) => l,
-            None => {
-                let resp = self.send(&what, &|| {
-                    Ok(self
-                        .http
-                        .post(self.url("blobs/uploads/"))
-                        .header(CONTENT_LENGTH, 0))
-                })?;
-                let resp = self.expect(&what, resp, &[StatusCode::ACCEPTED])?;
-                self.location(&what, &resp)?
-            }
+            None => self.start_upload(&what)?,
         };
+        // A small blob goes whole, read into memory, on the connections the HEAD and the POST
+        // used: the streaming uploader's own pool would cost a new connection's round trip.
+        if size <= SMALL_BLOB.min(self.settings.chunk) {
+            let body = read_range(path, 0, size).map_err(io_err)?;
+            let url = with_digest(&location, d);
+            let resp = self.send(&what, &|| {
+                Ok(self
+                    .http
+                    .put(&url)
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .body(body.clone()))
+            })?;
+            let resp = self.expect(&what, resp, &[StatusCode::CREATED])?;
+            task.set(size);
+            return self.committed(&what, &resp, d);
+        }
         let up = self.uploader()?;
         let idle = self.settings.timeouts.idle;
         if size <= self.settings.chunk {
@@ -268,6 +334,23 @@ impl Client {
         Ok(bytes)
     }
 
+    /// Asks for bytes `start..=end` of a blob (an HTTP range request); the caller judges the
+    /// answer: `206` with its `Content-Range`, or `200` from a registry that ignores ranges.
+    pub(super) fn get_blob_range(
+        &self,
+        d: &Digest,
+        start: u64,
+        end: u64,
+    ) -> Result<reqwest::blocking::Response, RegistryError> {
+        let url = self.url(&format!("blobs/{d}"));
+        self.send(&format!("GET blob {d} (bytes {start}-{end})"), &|| {
+            Ok(self
+                .http
+                .get(&url)
+                .header(RANGE, format!("bytes={start}-{end}")))
+        })
+    }
+
     /// Streams a blob into the cache, verifying digest and size; never fetches what the cache
     /// has. `task` hears the bytes received.
     pub fn pull_blob(
@@ -325,9 +408,38 @@ impl Client {
     }
 }
 
+/// Blobs up to this size (and the chunk size) are uploaded from memory in one PUT on the
+/// blocking client.
+const SMALL_BLOB: u64 = 4 << 20;
+
+/// `len` bytes of the file at `path` from `offset`; an error if it is shorter.
+fn read_range(path: &Path, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+    use std::io::{Seek as _, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::with_capacity(len as usize);
+    f.take(len).read_to_end(&mut buf)?;
+    if buf.len() as u64 != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{} bytes where {len} were expected", buf.len()),
+        ));
+    }
+    Ok(buf)
+}
+
 fn with_digest(location: &str, d: &Digest) -> String {
     let sep = if location.contains('?') { '&' } else { '?' };
     format!("{location}{sep}digest={d}")
+}
+
+/// What [`Client::check_blob`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// The registry has the blob.
+    Present,
+    /// It does not; with the location of an upload session opened beside the HEAD.
+    Missing(Option<String>),
 }
 
 /// What happened to one blob of a push.

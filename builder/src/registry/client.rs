@@ -513,6 +513,27 @@ impl Client {
         self.expect(what, resp, &[StatusCode::OK]).map(drop)
     }
 
+    /// [`Self::ping`], while `connections - 1` more connections open beside it for the
+    /// parallel requests that follow: each sends one unauthenticated `GET /v2/` whose answer
+    /// (200, or the 401 that starts authentication) is read and dropped, leaving the connection
+    /// in the pool. Over a distant link, a request on a new connection costs two round trips;
+    /// this way the requests after the ping pay one.
+    pub fn ping_warm(&self, what: &str, connections: usize) -> Result<(), RegistryError> {
+        let url = format!("{}/v2/", self.base);
+        std::thread::scope(|s| {
+            for _ in 1..connections {
+                s.spawn(|| {
+                    if let Ok(req) = self.http.get(&url).build() {
+                        if let Ok(resp) = http::execute_logged(&self.http, req) {
+                            let _ = http::read_capped(resp, http::MAX_ERROR_BODY);
+                        }
+                    }
+                });
+            }
+            self.ping(what)
+        })
+    }
+
     /// This client's [`Uploader`], made on first use.
     pub(super) fn uploader(&self) -> Result<Arc<Uploader>, RegistryError> {
         let mut slot = self.uploader.lock().expect("lock");

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod blob;
 pub mod client;
+pub mod fetch;
 pub mod manifest;
 pub mod pull;
 pub mod push;
@@ -28,7 +29,7 @@ use crate::error::Hint;
 use crate::http::{HttpError, RetryPolicy, Timeouts};
 
 pub use crate::image::Pushable;
-pub use blob::Sent;
+pub use blob::{Check, Sent};
 pub use client::Client;
 pub use pull::pull;
 pub use push::{push, PushReport};

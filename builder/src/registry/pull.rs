@@ -1,12 +1,13 @@
 //! Pulling an image pinned by digest into the cache: the index resolved to the platform's
-//! manifest, then config and layers (in parallel), each verified by digest and size.
+//! manifest, then config and layers (in parallel, large ones in ranges: [`super::fetch`]),
+//! each verified by digest and size.
 
 use std::fs;
-use std::sync::Mutex;
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use serde_json::Value;
 
+use super::fetch::Wanted;
 use super::{Client, RegistryError};
 use crate::cache::Cache;
 use crate::digest::Digest;
@@ -85,10 +86,9 @@ pub fn pull(
         .iter()
         .map(desc)
         .collect::<Result<_, _>>()?;
-    let errors = Mutex::new(Vec::new());
     // Every missing layer's task is made here, in order, so the display lists them as the
     // manifest does.
-    let mut queue: Vec<(Digest, u64, Task)> = layers
+    let wanted: Vec<Wanted> = layers
         .into_iter()
         .filter(|(d, _)| {
             let there = cache.has_blob(d);
@@ -97,35 +97,14 @@ pub fn pull(
             }
             !there
         })
-        .map(|(d, size)| {
-            let t = progress.task(Kind::Download, &d.to_string(), Some(size));
-            (d, size, t)
+        .map(|(digest, size)| Wanted {
+            digest,
+            size,
+            task: progress.task(Kind::Download, &digest.to_string(), Some(size)),
         })
         .collect();
-    let downloaded: u64 = queue.iter().map(|(_, size, _)| size).sum();
-    // The threads pop the largest first: over capped connections the largest layer is the
-    // longest stream, and starting it last would leave the others idle while it finishes.
-    queue.sort_by_key(|(_, size, _)| *size);
-    let queue = Mutex::new(queue);
-    std::thread::scope(|s| {
-        for _ in 0..client.settings.parallel {
-            s.spawn(|| loop {
-                let Some((d, size, task)) = queue.lock().expect("lock").pop() else {
-                    return;
-                };
-                match client.pull_blob(&d, size, cache, &task) {
-                    Ok(_) => task.finish("pulled"),
-                    Err(e) => {
-                        errors.lock().expect("lock").push(e);
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = errors.into_inner().expect("lock").into_iter().next() {
-        return Err(e);
-    }
+    let downloaded: u64 = wanted.iter().map(|w| w.size).sum();
+    super::fetch::fetch(client, wanted, cache)?;
     Ok(Pulled {
         digest: chosen,
         manifest,

@@ -1,15 +1,18 @@
-//! Pushing a whole image: every blob, the referrers' with them (in parallel, largest first,
-//! mounted where the push ledger knows another repository of the registry holds it), then —
-//! only after every blob is confirmed — the manifest under the tag (or its digest), then the
-//! referrers' manifests side by side and one update of the referrers tag where it is needed.
+//! Pushing a whole image in waves of parallel requests, since over a distant link a push is
+//! counted in round trips: every blob checked at once (the referrers' with the image's), what
+//! is missing uploaded largest first (mounted where the push ledger knows another repository
+//! of the registry holds it), then — only after every blob is confirmed — the manifest under
+//! the tag (or its digest) with the referrers' manifests beside it, and one update of the
+//! referrers tag where it is needed.
 
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use super::{Client, RegistryError, Sent};
+use super::{Check, Client, RegistryError, Sent};
 use crate::digest::Digest;
 use crate::image::Pushable;
-use crate::progress::{Kind, Progress};
+use crate::progress::{Kind, Progress, Task};
 
 /// What a push did.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -37,8 +40,40 @@ pub struct Referrer {
     pub listed: super::referrers::Listed,
 }
 
+/// One blob of a push: the image's own have a task of the display; the referrers' do not.
+struct Blob {
+    digest: Digest,
+    size: u64,
+    path: PathBuf,
+    verify: bool,
+    task: Option<Task>,
+}
+
+impl Blob {
+    fn new(digest: Digest, size: u64, path: &Path, verify: bool, image: bool) -> Blob {
+        Blob {
+            digest,
+            size,
+            path: path.to_path_buf(),
+            verify,
+            // A placeholder until the tasks are made in display order.
+            task: image.then(Task::hidden),
+        }
+    }
+}
+
+/// At most this many existence checks (HEADs) at once, and connections opened for them.
+const CHECKS: usize = 16;
+
 /// Pushes every blob (in parallel, bounded), then the manifest under the tag (or its digest).
 /// Each blob is an upload task of `progress`, finished `pushed`, `exists` or `mounted`.
+///
+/// Over a distant link a push is counted in round trips, so the requests go in waves: the ping
+/// (while the connections the checks need open beside it); every blob's HEAD at once, with the
+/// upload session of each blob the push ledger expects to be new opened beside it, and the
+/// referrers tag's index fetched in the same wave; the uploads of what is missing; the
+/// image's manifest and its referrers' side by side; last, the referrers tag where the
+/// registry did not list them itself.
 pub fn push(
     client: &Client,
     image: &Pushable,
@@ -46,8 +81,28 @@ pub fn push(
 ) -> Result<PushReport, RegistryError> {
     let start = Instant::now();
     let r = &client.reference;
+    // Every blob, the image's then the referrers' (small, and one empty config they share),
+    // each once.
+    let mut blobs: Vec<Blob> = image
+        .blobs
+        .iter()
+        .map(|(d, size, path)| Blob::new(*d, *size, path, image.verify, true))
+        .collect();
+    for a in &image.referrers {
+        for (d, size, path) in &a.blobs {
+            if !blobs.iter().any(|b| b.digest == *d) {
+                blobs.push(Blob::new(*d, *size, path, a.verify, false));
+            }
+        }
+    }
+    // Largest first; the image's get their tasks in that order, so the display lists them in
+    // a stable one.
+    blobs.sort_by_key(|b| std::cmp::Reverse((b.size, b.digest)));
+    for b in blobs.iter_mut().filter(|b| b.task.is_some()) {
+        b.task = Some(progress.task(Kind::Upload, &b.digest.to_string(), Some(b.size)));
+    }
     // The registry must answer as one (and authentication is settled) before any blob moves.
-    client.ping("GET /v2/")?;
+    client.ping_warm("GET /v2/", blobs.len().min(CHECKS) + 1)?;
     // Blobs known in other repositories of this registry: mount candidates, whose pull scope
     // the token must include.
     let known = client
@@ -55,76 +110,116 @@ pub fn push(
         .as_ref()
         .map(|l| l.sources(&r.registry))
         .unwrap_or_default();
+    let holders = |d: &Digest| known.get(&d.to_string()).cloned().unwrap_or_default();
     let sources = |d: &Digest| -> Vec<String> {
-        known
-            .get(&d.to_string())
-            .map(|v| v.iter().filter(|s| **s != r.repository).cloned().collect())
-            .unwrap_or_default()
+        holders(d)
+            .into_iter()
+            .filter(|s| *s != r.repository)
+            .collect()
     };
+    // Where this repository is known to hold some of the image's blobs (a push after a
+    // change), a blob it is not known to hold is most likely new.
+    let here = |d: &Digest| holders(d).contains(&r.repository);
+    let pushed_here_before = image.blobs.iter().any(|(d, _, _)| here(d));
+    let likely_new = |d: &Digest| pushed_here_before && !here(d) && sources(d).is_empty();
     {
         let mut m = client.mount_sources.lock().expect("lock");
-        for (d, _, _) in &image.blobs {
-            for s in sources(d) {
+        for b in &blobs {
+            for s in sources(&b.digest) {
                 if !m.contains(&s) {
                     m.push(s);
                 }
             }
         }
     }
-    // Largest first (taken from the end): the big layers' streams start at once and the small
-    // ones fill in beside them, instead of one big layer going up alone at the end.
-    let mut queue = image.blobs.clone();
-    queue.sort_by_key(|(d, size, _)| (*size, *d));
-    // The tasks are made here, largest first, so the display lists blobs in a stable order.
-    let mut queue: Vec<_> = queue
-        .into_iter()
-        .rev()
-        .map(|(d, size, path)| {
-            let t = progress.task(Kind::Upload, &d.to_string(), Some(size));
-            (d, size, path, image.verify, Some(t))
-        })
-        .collect();
-    // The referrers' blobs (small, and one empty config they share) go in the same waves, not
-    // in round trips of their own after the manifest; they are not the image's, so no task.
-    for a in &image.referrers {
-        for (d, size, path) in &a.blobs {
-            if !queue.iter().any(|q| q.0 == *d) {
-                queue.push((*d, *size, path.clone(), a.verify, None));
+    let digest = Digest::of(&image.manifest);
+    // Wave 1: the checks, and the referrers tag's index.
+    let next = Mutex::new(0usize);
+    let checks: Mutex<Vec<Option<Check>>> = Mutex::new(vec![None; blobs.len()]);
+    let first_error: Mutex<Option<RegistryError>> = Mutex::new(None);
+    let fail = |e| {
+        first_error.lock().expect("lock").get_or_insert(e);
+    };
+    let tag_index = std::thread::scope(|s| {
+        let index = (!image.referrers.is_empty())
+            .then(|| s.spawn(|| super::referrers::tag_index(client, &digest)));
+        for _ in 0..blobs.len().min(CHECKS) {
+            s.spawn(|| loop {
+                if first_error.lock().expect("lock").is_some() {
+                    return;
+                }
+                let i = {
+                    let mut n = next.lock().expect("lock");
+                    *n += 1;
+                    *n - 1
+                };
+                let Some(b) = blobs.get(i) else {
+                    return;
+                };
+                match client.check_blob(&b.digest, b.size, likely_new(&b.digest)) {
+                    Ok(c) => checks.lock().expect("lock")[i] = Some(c),
+                    Err(e) => return fail(e),
+                }
+            });
+        }
+        index.map(|h| h.join().expect("referrers tag thread"))
+    });
+    if let Some(e) = first_error.lock().expect("lock").take() {
+        return Err(e);
+    }
+    // Wave 2: what is missing goes up, largest first (taken from the end): the big layers'
+    // streams start at once and the small ones fill in beside them.
+    let checks = checks.into_inner().expect("lock");
+    let results: Mutex<Vec<(u64, Sent)>> = Mutex::new(Vec::new());
+    let mut queue = Vec::new();
+    for (i, (b, check)) in blobs.iter().zip(checks).enumerate() {
+        match check {
+            Some(Check::Missing(session)) => queue.push((i, session)),
+            _ => {
+                // Counted for the image's blobs only, as the report describes them.
+                if let Some(t) = &b.task {
+                    t.finish("exists");
+                    results.lock().expect("lock").push((b.size, Sent::Skipped));
+                }
             }
         }
     }
     queue.reverse();
     let queue = Mutex::new(queue);
-    let results: Mutex<Vec<(u64, Sent)>> = Mutex::new(Vec::new());
-    let first_error: Mutex<Option<RegistryError>> = Mutex::new(None);
     std::thread::scope(|s| {
         let n = queue.lock().expect("lock").len();
-        for _ in 0..client.settings.parallel.min(n.max(1)) {
+        for _ in 0..client.settings.parallel.min(n) {
             s.spawn(|| loop {
                 if first_error.lock().expect("lock").is_some() {
                     return;
                 }
-                let Some((d, size, path, verify, task)) = queue.lock().expect("lock").pop() else {
+                let Some((i, session)) = queue.lock().expect("lock").pop() else {
                     return;
                 };
-                let hidden = crate::progress::Task::hidden();
-                let t = task.as_ref().unwrap_or(&hidden);
-                match client.push_blob_from(&d, size, &path, &sources(&d), verify, t) {
+                let b = &blobs[i];
+                let hidden = Task::hidden();
+                let t = b.task.as_ref().unwrap_or(&hidden);
+                let sent = client.send_blob(
+                    &b.digest,
+                    b.size,
+                    &b.path,
+                    &sources(&b.digest),
+                    b.verify,
+                    session,
+                    t,
+                );
+                match sent {
                     Ok(sent) => {
-                        // Counted for the image's blobs only, as the report describes them.
-                        if task.is_some() {
+                        if b.task.is_some() {
                             t.finish(match sent {
                                 Sent::Uploaded => "pushed",
                                 Sent::Skipped => "exists",
                                 Sent::Mounted => "mounted",
                             });
-                            results.lock().expect("lock").push((size, sent));
+                            results.lock().expect("lock").push((b.size, sent));
                         }
                     }
-                    Err(e) => {
-                        first_error.lock().expect("lock").get_or_insert(e);
-                        return;
-                    }
+                    Err(e) => return fail(e),
                 }
             });
         }
@@ -132,29 +227,31 @@ pub fn push(
     if let Some(e) = first_error.into_inner().expect("lock") {
         return Err(e);
     }
-    // Only after every blob is confirmed present does the manifest go up.
+    // Wave 3: only after every blob is confirmed present does the manifest go up; its
+    // referrers' (SBOM, provenance) go beside it: the distribution spec does not ask that a
+    // subject exist before what refers to it.
     let results = results.into_inner().expect("lock");
-    let digest = Digest::of(&image.manifest);
     let tag = client
         .reference
         .tag
         .clone()
         .unwrap_or_else(|| digest.to_string());
-    client.push_manifest(&tag, &image.media_type, &image.manifest)?;
-    // Then what refers to it (SBOM, provenance), once their subject is there: their manifests
-    // side by side, then one update of the referrers tag for those the registry did not list.
-    let processed: Vec<Result<bool, RegistryError>> = std::thread::scope(|s| {
+    let (pushed, processed) = std::thread::scope(|s| {
         let handles: Vec<_> = image
             .referrers
             .iter()
             .map(|a| s.spawn(|| super::referrers::put_referrer(client, a)))
             .collect();
-        handles
+        let pushed = client.push_manifest(&tag, &image.media_type, &image.manifest);
+        let processed: Vec<Result<bool, RegistryError>> = handles
             .into_iter()
             .map(|h| h.join().expect("referrer thread"))
-            .collect()
+            .collect();
+        (pushed, processed)
     });
+    pushed?;
     let processed: Vec<bool> = processed.into_iter().collect::<Result<_, _>>()?;
+    // Wave 4: one update of the referrers tag for those the registry did not list.
     let unlisted: Vec<&Pushable> = image
         .referrers
         .iter()
@@ -162,7 +259,10 @@ pub fn push(
         .filter(|(_, p)| !**p)
         .map(|(a, _)| a)
         .collect();
-    super::referrers::list_in_tag_schema(client, &digest, &unlisted)?;
+    if !unlisted.is_empty() {
+        let index = tag_index.expect("fetched when there are referrers")?;
+        super::referrers::add_to_tag_index(client, &digest, index, &unlisted)?;
+    }
     let mut referrers = Vec::new();
     for (artifact, processed) in image.referrers.iter().zip(&processed) {
         let how = if *processed {
@@ -182,7 +282,7 @@ pub fn push(
         });
     }
     if let Some(ledger) = &client.ledger {
-        let digests: Vec<Digest> = image.blobs.iter().map(|(d, _, _)| *d).collect();
+        let digests: Vec<Digest> = blobs.iter().map(|b| b.digest).collect();
         ledger.record(&r.registry, &r.repository, &digests);
     }
     let count = |k: Sent| results.iter().filter(|(_, s)| *s == k).count();

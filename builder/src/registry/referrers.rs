@@ -57,23 +57,31 @@ pub fn put_referrer(client: &Client, artifact: &Pushable) -> Result<bool, Regist
     Ok(processed)
 }
 
-/// Adds `artifacts` to the index at `subject`'s referrers tag, for a registry that did not
-/// process their subject: one GET and at most one PUT, however many there are.
-pub fn list_in_tag_schema(
-    client: &Client,
-    subject: &Digest,
-    artifacts: &[&Pushable],
-) -> Result<(), RegistryError> {
-    if artifacts.is_empty() {
-        return Ok(());
-    }
+/// The index at `subject`'s referrers tag as it is now, or an empty one where there is none
+/// (404); an error for anything else there.
+pub fn tag_index(client: &Client, subject: &Digest) -> Result<Value, RegistryError> {
     let tag = tag_of(subject);
-    let mut index = match client.get_manifest_opt(&tag)? {
+    let index = match client.get_manifest_opt(&tag)? {
         Some(bytes) => serde_json::from_slice::<Value>(&bytes).map_err(|e| {
             client.protocol(&format!("GET manifest {tag}"), format!("not an index: {e}"))
         })?,
         None => json!({ "schemaVersion": 2, "mediaType": media::INDEX, "manifests": [] }),
     };
+    if !index["manifests"].is_array() {
+        return Err(client.protocol(&format!("GET manifest {tag}"), "an index without manifests"));
+    }
+    Ok(index)
+}
+
+/// Puts `index` (from [`tag_index`]) back at `subject`'s referrers tag with `artifacts`
+/// added, unless it lists them all already: at most one PUT.
+pub fn add_to_tag_index(
+    client: &Client,
+    subject: &Digest,
+    mut index: Value,
+    artifacts: &[&Pushable],
+) -> Result<(), RegistryError> {
+    let tag = tag_of(subject);
     let manifests = index["manifests"].as_array_mut().ok_or_else(|| {
         client.protocol(&format!("GET manifest {tag}"), "an index without manifests")
     })?;
