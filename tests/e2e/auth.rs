@@ -494,10 +494,12 @@ fn a_token_refused_mid_push_is_renewed_once() {
     let o = push(&always, "team/refused");
     let (_, stderr) = outputs(&o);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
-    // In order: the push's `GET /v2/` (401 without a token, token 1, then 200); the blob's
-    // HEAD, refused with token 1, renewed once (token 2) and refused again: the push ends
-    // there. Each request renews at most once.
-    assert_eq!(tokens() - before, 2, "{:?}", acr.log());
+    // The push's `GET /v2/` and the four blobs' HEADs go out together, without a token: one
+    // of them answers the challenge (token 1), the others retry with it. From then on each is
+    // refused, and each renews at most once before the push ends with the error: at least one
+    // renewal, at most one per request, never a loop.
+    let renewed = tokens() - before - 1;
+    assert!((1..=5).contains(&renewed), "{renewed}: {:?}", acr.log());
     assert!(
         stderr.contains(&format!("{}/team/refused", always.addr))
             && stderr.contains("HTTP 401")

@@ -28,7 +28,7 @@ pub(super) struct TokenCache {
     /// The Bearer token for this repository's scope, and when to stop trusting it.
     pub(super) bearer: Option<(Secret, Instant)>,
     /// The registry asked for Basic authentication.
-    basic: bool,
+    pub(super) basic: bool,
     /// The ACR refresh token from `/oauth2/exchange` (Entra credentials), reused until refused.
     refresh: Option<Secret>,
     /// The Entra credential chain, made on first use.

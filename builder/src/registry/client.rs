@@ -352,21 +352,34 @@ impl Client {
         what: &str,
         attempt_once: &Attempt<'_, R>,
     ) -> Result<R, RegistryError> {
-        let mut answered = false;
+        let (mut answered, mut authenticated) = (false, false);
         let mut attempt = 0;
         let mut timeouts = 0;
         loop {
             attempt += 1;
             let used = self.current_token();
+            let basic_used = self.tokens.lock().expect("lock").basic;
             let result = attempt_once(used.as_ref())?;
             match result {
+                // A user name and password sent and refused: nothing to renew.
+                Ok(resp)
+                    if resp.status() == StatusCode::UNAUTHORIZED
+                        && basic_used
+                        && used.is_none() =>
+                {
+                    return Ok(resp)
+                }
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !answered => {
-                    answered = true;
                     let headers = resp.headers().clone();
-                    // One thread answers; the others find its new token and just retry.
+                    // One thread answers; the others (requests sent beside it) find its new
+                    // token and just retry.
                     let _one = self.answering.lock().expect("lock");
                     let now = self.current_token();
                     if now.is_none() || now == used {
+                        // A refused token is renewed once per request; a request sent before
+                        // there was any token may first authenticate.
+                        answered = used.is_some() || authenticated;
+                        authenticated = true;
                         self.tokens.lock().expect("lock").bearer = None;
                         self.answer(&headers, what)?;
                     }
@@ -511,27 +524,6 @@ impl Client {
         let url = format!("{}/v2/", self.base);
         let resp = self.send(what, &|| Ok(self.http.get(&url)))?;
         self.expect(what, resp, &[StatusCode::OK]).map(drop)
-    }
-
-    /// [`Self::ping`], while `connections - 1` more connections open beside it for the
-    /// parallel requests that follow: each sends one unauthenticated `GET /v2/` whose answer
-    /// (200, or the 401 that starts authentication) is read and dropped, leaving the connection
-    /// in the pool. Over a distant link, a request on a new connection costs two round trips;
-    /// this way the requests after the ping pay one.
-    pub fn ping_warm(&self, what: &str, connections: usize) -> Result<(), RegistryError> {
-        let url = format!("{}/v2/", self.base);
-        std::thread::scope(|s| {
-            for _ in 1..connections {
-                s.spawn(|| {
-                    if let Ok(req) = self.http.get(&url).build() {
-                        if let Ok(resp) = http::execute_logged(&self.http, req) {
-                            let _ = http::read_capped(resp, http::MAX_ERROR_BODY);
-                        }
-                    }
-                });
-            }
-            self.ping(what)
-        })
     }
 
     /// This client's [`Uploader`], made on first use.

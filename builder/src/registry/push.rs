@@ -69,11 +69,10 @@ const CHECKS: usize = 16;
 /// Each blob is an upload task of `progress`, finished `pushed`, `exists` or `mounted`.
 ///
 /// Over a distant link a push is counted in round trips, so the requests go in waves: the ping
-/// (while the connections the checks need open beside it); every blob's HEAD at once, with the
-/// upload session of each blob the push ledger expects to be new opened beside it, and the
-/// referrers tag's index fetched in the same wave; the uploads of what is missing; the
-/// image's manifest and its referrers' side by side; last, the referrers tag where the
-/// registry did not list them itself.
+/// and every blob's HEAD at once, with the upload session of each blob the push ledger expects
+/// to be new opened beside its HEAD, and the referrers tag's index fetched in the same wave;
+/// the uploads of what is missing; the image's manifest and its referrers' side by side; last,
+/// the referrers tag where the registry did not list them itself.
 pub fn push(
     client: &Client,
     image: &Pushable,
@@ -101,8 +100,6 @@ pub fn push(
     for b in blobs.iter_mut().filter(|b| b.task.is_some()) {
         b.task = Some(progress.task(Kind::Upload, &b.digest.to_string(), Some(b.size)));
     }
-    // The registry must answer as one (and authentication is settled) before any blob moves.
-    client.ping_warm("GET /v2/", blobs.len().min(CHECKS) + 1)?;
     // Blobs known in other repositories of this registry: mount candidates, whose pull scope
     // the token must include.
     let known = client
@@ -133,14 +130,18 @@ pub fn push(
         }
     }
     let digest = Digest::of(&image.manifest);
-    // Wave 1: the checks, and the referrers tag's index.
+    // Wave 1: the ping, the checks, and the referrers tag's index.
     let next = Mutex::new(0usize);
     let checks: Mutex<Vec<Option<Check>>> = Mutex::new(vec![None; blobs.len()]);
     let first_error: Mutex<Option<RegistryError>> = Mutex::new(None);
     let fail = |e| {
         first_error.lock().expect("lock").get_or_insert(e);
     };
-    let tag_index = std::thread::scope(|s| {
+    let (pinged, tag_index) = std::thread::scope(|s| {
+        // The registry must answer as one before any blob moves: the ping goes with the checks
+        // (whose requests move nothing), and what they found is used only if it passes. The
+        // first to meet a challenge answers it; the others retry with its token.
+        let ping = s.spawn(|| client.ping("GET /v2/"));
         let index = (!image.referrers.is_empty())
             .then(|| s.spawn(|| super::referrers::tag_index(client, &digest)));
         for _ in 0..blobs.len().min(CHECKS) {
@@ -162,8 +163,12 @@ pub fn push(
                 }
             });
         }
-        index.map(|h| h.join().expect("referrers tag thread"))
+        (
+            ping.join().expect("ping thread"),
+            index.map(|h| h.join().expect("referrers tag thread")),
+        )
     });
+    pinged?;
     if let Some(e) = first_error.lock().expect("lock").take() {
         return Err(e);
     }
