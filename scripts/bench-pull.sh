@@ -5,7 +5,8 @@
 # `sync` and with fresh destinations. Prints each time, the medians and their ratio.
 # With WAN=RTT_MS[:MB_PER_S] (e.g. WAN=40:50), the pulls go through a shaping proxy (see
 # scripts/registry.sh).
-# Usage: [WAN=40:50] scripts/bench-pull.sh [ROUNDS] [ENV_FILE]   (default: 3, environments/mnist-cuda.toml)
+# Usage: [WAN=40:50] [PULL_ARGS="--parallel 8"] scripts/bench-pull.sh [ROUNDS] [ENV_FILE]
+#   (default: 3 rounds, environments/mnist-cuda.toml; PULL_ARGS: more arguments of envbuild pull)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -30,7 +31,8 @@ t() { # name, command... → prints "name seconds"
   echo "$name $(python3 -c "print(f'{$e - $s:.2f}')")"
 }
 for r in $(seq "$rounds"); do
-  t envbuild-pull target/release/envbuild pull "$ref" --output "oci:$work/e$r" --cache "$work/cache$r" -q
+  # shellcheck disable=SC2086 # PULL_ARGS: extra words, e.g. "--parallel 8"
+  t envbuild-pull target/release/envbuild pull "$ref" --output "oci:$work/e$r" --cache "$work/cache$r" -q ${PULL_ARGS:-}
   t skopeo-copy skopeo copy --quiet --src-tls-verify=false "docker://$ref" "oci:$work/s$r:v1"
   rm -rf "$work/e$r" "$work/s$r" "$work/cache$r"
 done | tee "$work/times"

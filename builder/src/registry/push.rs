@@ -1,12 +1,12 @@
-//! Pushing a whole image in waves of parallel requests, since over a distant link a push is
-//! counted in round trips: every blob checked at once (the referrers' with the image's), what
-//! is missing uploaded largest first (mounted where the push ledger knows another repository
-//! of the registry holds it), then — only after every blob is confirmed — the manifest under
-//! the tag (or its digest) with the referrers' manifests beside it, and one update of the
-//! referrers tag where it is needed.
+//! Pushing a whole image with as few round trips one after another as the protocol allows:
+//! every blob checked at once (the referrers' with the image's), what is missing uploaded
+//! largest first (mounted where the push ledger knows another repository of the registry holds
+//! it), and each manifest as soon as what it needs is there — the image's only after every
+//! blob is confirmed, under the tag (or its digest) — with one update of the referrers tag
+//! where it is needed.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use super::{Check, Client, RegistryError, Sent};
@@ -62,17 +62,26 @@ impl Blob {
     }
 }
 
-/// At most this many existence checks (HEADs) at once, and connections opened for them.
+/// What the requests after the checks wait on: which blobs the registry has, whether it listed
+/// each referrer itself (answered `OCI-Subject`), and the first failure.
+struct Tail {
+    present: Vec<bool>,
+    processed: Vec<Option<bool>>,
+    error: Option<RegistryError>,
+}
+
+/// At most this many existence checks (HEADs) at once.
 const CHECKS: usize = 16;
 
 /// Pushes every blob (in parallel, bounded), then the manifest under the tag (or its digest).
 /// Each blob is an upload task of `progress`, finished `pushed`, `exists` or `mounted`.
 ///
-/// Over a distant link a push is counted in round trips, so the requests go in waves: the ping
-/// and every blob's HEAD at once, with the upload session of each blob the push ledger expects
-/// to be new opened beside its HEAD, and the referrers tag's index fetched in the same wave;
-/// the uploads of what is missing; the image's manifest and its referrers' side by side; last,
-/// the referrers tag where the registry did not list them itself.
+/// Over a distant link a push is counted in round trips, so no request waits for more than it
+/// needs: the ping and every blob's HEAD at once, with the upload session of each blob the push
+/// ledger expects to be new opened beside its HEAD, and the referrers tag's index fetched in
+/// the same round trip; then the uploads of what is missing, each referrer's manifest as soon as
+/// its blobs are in, and the image's manifest and (where the registry did not list the
+/// referrers itself) the referrers tag once every blob is.
 pub fn push(
     client: &Client,
     image: &Pushable,
@@ -172,15 +181,22 @@ pub fn push(
     if let Some(e) = first_error.lock().expect("lock").take() {
         return Err(e);
     }
-    // Wave 2: what is missing goes up, largest first (taken from the end): the big layers'
-    // streams start at once and the small ones fill in beside them.
+    // Then each request goes as soon as what it needs is there: what is missing goes up,
+    // largest first (taken from the end), so the big layers' streams start at once and the
+    // small ones fill in beside them; the image's manifest once every blob is confirmed; each
+    // referrer's manifest once its own blobs are (the distribution spec does not ask that a
+    // subject exist first; a push that fails later leaves it untagged, as it leaves blobs);
+    // the referrers tag beside the image's manifest, once the registry has answered for every
+    // referrer whether it lists them itself.
     let checks = checks.into_inner().expect("lock");
     let results: Mutex<Vec<(u64, Sent)>> = Mutex::new(Vec::new());
     let mut queue = Vec::new();
+    let mut present = vec![false; blobs.len()];
     for (i, (b, check)) in blobs.iter().zip(checks).enumerate() {
         match check {
             Some(Check::Missing(session)) => queue.push((i, session)),
             _ => {
+                present[i] = true;
                 // Counted for the image's blobs only, as the report describes them.
                 if let Some(t) = &b.task {
                     t.finish("exists");
@@ -191,11 +207,50 @@ pub fn push(
     }
     queue.reverse();
     let queue = Mutex::new(queue);
+    let index_of = |d: &Digest| blobs.iter().position(|b| b.digest == *d).expect("listed");
+    let referrer_needs: Vec<Vec<usize>> = image
+        .referrers
+        .iter()
+        .map(|a| a.blobs.iter().map(|(d, ..)| index_of(d)).collect())
+        .collect();
+    let state = Mutex::new(Tail {
+        present,
+        processed: vec![None; image.referrers.len()],
+        error: None,
+    });
+    let changed = Condvar::new();
+    // Marks an outcome in the state and wakes the waiting.
+    let record = |f: &dyn Fn(&mut Tail)| {
+        f(&mut state.lock().expect("lock"));
+        changed.notify_all();
+    };
+    let fail = |e: RegistryError| {
+        state.lock().expect("lock").error.get_or_insert(e);
+        changed.notify_all();
+    };
+    // Waits until `ready`; false when the push failed meanwhile.
+    let wait_for = |ready: &dyn Fn(&Tail) -> bool| -> bool {
+        let mut t = state.lock().expect("lock");
+        loop {
+            if t.error.is_some() {
+                return false;
+            }
+            if ready(&t) {
+                return true;
+            }
+            t = changed.wait(t).expect("lock");
+        }
+    };
+    let tag = client
+        .reference
+        .tag
+        .clone()
+        .unwrap_or_else(|| digest.to_string());
     std::thread::scope(|s| {
         let n = queue.lock().expect("lock").len();
         for _ in 0..client.settings.parallel.min(n) {
             s.spawn(|| loop {
-                if first_error.lock().expect("lock").is_some() {
+                if state.lock().expect("lock").error.is_some() {
                     return;
                 }
                 let Some((i, session)) = queue.lock().expect("lock").pop() else {
@@ -223,51 +278,68 @@ pub fn push(
                             });
                             results.lock().expect("lock").push((b.size, sent));
                         }
+                        record(&|tail: &mut Tail| tail.present[i] = true);
                     }
                     Err(e) => return fail(e),
                 }
             });
         }
+        s.spawn(|| {
+            if wait_for(&|t: &Tail| t.present.iter().all(|&p| p)) {
+                if let Err(e) = client.push_manifest(&tag, &image.media_type, &image.manifest) {
+                    fail(e);
+                }
+            }
+        });
+        for (j, a) in image.referrers.iter().enumerate() {
+            let needs = &referrer_needs[j];
+            s.spawn(move || {
+                if wait_for(&|t: &Tail| needs.iter().all(|&i| t.present[i])) {
+                    match super::referrers::put_referrer(client, a) {
+                        Ok(p) => record(&|t: &mut Tail| t.processed[j] = Some(p)),
+                        Err(e) => fail(e),
+                    }
+                }
+            });
+        }
+        if let Some(index) = tag_index {
+            s.spawn(|| {
+                let done = |t: &Tail| {
+                    t.present.iter().all(|&p| p) && t.processed.iter().all(Option::is_some)
+                };
+                if !wait_for(&done) {
+                    return;
+                }
+                let processed = state.lock().expect("lock").processed.clone();
+                let unlisted: Vec<&Pushable> = image
+                    .referrers
+                    .iter()
+                    .zip(&processed)
+                    .filter(|(_, p)| **p == Some(false))
+                    .map(|(a, _)| a)
+                    .collect();
+                if unlisted.is_empty() {
+                    return;
+                }
+                let added = index.and_then(|index| {
+                    super::referrers::add_to_tag_index(client, &digest, index, &unlisted)
+                });
+                if let Err(e) = added {
+                    fail(e);
+                }
+            });
+        }
     });
-    if let Some(e) = first_error.into_inner().expect("lock") {
+    let tail = state.into_inner().expect("lock");
+    if let Some(e) = tail.error {
         return Err(e);
     }
-    // Wave 3: only after every blob is confirmed present does the manifest go up; its
-    // referrers' (SBOM, provenance) go beside it: the distribution spec does not ask that a
-    // subject exist before what refers to it.
     let results = results.into_inner().expect("lock");
-    let tag = client
-        .reference
-        .tag
-        .clone()
-        .unwrap_or_else(|| digest.to_string());
-    let (pushed, processed) = std::thread::scope(|s| {
-        let handles: Vec<_> = image
-            .referrers
-            .iter()
-            .map(|a| s.spawn(|| super::referrers::put_referrer(client, a)))
-            .collect();
-        let pushed = client.push_manifest(&tag, &image.media_type, &image.manifest);
-        let processed: Vec<Result<bool, RegistryError>> = handles
-            .into_iter()
-            .map(|h| h.join().expect("referrer thread"))
-            .collect();
-        (pushed, processed)
-    });
-    pushed?;
-    let processed: Vec<bool> = processed.into_iter().collect::<Result<_, _>>()?;
-    // Wave 4: one update of the referrers tag for those the registry did not list.
-    let unlisted: Vec<&Pushable> = image
-        .referrers
-        .iter()
-        .zip(&processed)
-        .filter(|(_, p)| !**p)
-        .map(|(a, _)| a)
+    let processed: Vec<bool> = tail
+        .processed
+        .into_iter()
+        .map(|p| p == Some(true))
         .collect();
-    if !unlisted.is_empty() {
-        let index = tag_index.expect("fetched when there are referrers")?;
-        super::referrers::add_to_tag_index(client, &digest, index, &unlisted)?;
-    }
     let mut referrers = Vec::new();
     for (artifact, processed) in image.referrers.iter().zip(&processed) {
         let how = if *processed {
