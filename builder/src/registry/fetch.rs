@@ -1,8 +1,8 @@
-//! Fetching an image's missing blobs into the cache over `parallel` connections, the largest
-//! first, and each blob over [`PART`] bytes in parts of that size fetched side by side as HTTP
-//! range requests, where the registry answers them (distribution's blob GET does, and the
-//! storage ACR redirects to). Over a link that caps each connection, one large layer on one
-//! stream would bound the whole pull.
+//! Fetching an image's missing blobs into the cache over three connections per `--parallel`
+//! transfer, the largest first, and each blob over [`PART`] bytes in parts of that size fetched
+//! side by side as HTTP range requests, where the registry answers them (distribution's blob
+//! GET does, and the storage ACR redirects to). Over a link that caps each connection, one
+//! large layer on one stream would bound the whole pull.
 //!
 //! A blob's parts land at their offsets in one temporary file and are hashed in order as they
 //! land, so it is verified when its last part arrives, and committed to the cache only then. A
@@ -26,6 +26,11 @@ use crate::progress::Task;
 
 /// Blobs larger than this are fetched in parts of this size.
 pub const PART: u64 = 32 << 20;
+
+/// Connections per parallel transfer (`--parallel`): a large layer's parts share them, since a
+/// link that caps each connection caps each part (measured through the shaping proxy, 40 ms and
+/// 50 MB/s: the CUDA image in 17.3 s over 4 connections, 8.5 s over 8, 6.8 s over 12).
+const CONNECTIONS_PER_TRANSFER: usize = 3;
 
 /// One blob to fetch.
 #[derive(Debug)]
@@ -87,7 +92,7 @@ pub fn fetch(client: &Client, wanted: Vec<Wanted>, cache: &Cache) -> Result<(), 
         ready: &ready,
     };
     std::thread::scope(|s| {
-        for _ in 0..client.settings.parallel.max(1) {
+        for _ in 0..client.settings.parallel.max(1) * CONNECTIONS_PER_TRANSFER {
             s.spawn(|| loop {
                 let work = {
                     let mut q = queue.lock().expect("lock");
