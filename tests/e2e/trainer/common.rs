@@ -135,21 +135,34 @@ pub fn common<'a>(data: &'a Path, out: &'a Path, epochs: &'a str) -> Vec<&'a str
     ]
 }
 
-pub fn metrics_seconds(out: &Path) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(10);
+/// Lets a live trainer run on until it has used two fifths more CPU time than it had at the
+/// call, which a test makes right after epoch 1's checkpoint appears: start-up and epoch 1 took
+/// that much, so the trainer is then well into epoch 2 and far from the end of a 3-epoch run.
+/// CPU time, not the clock: in a loaded suite an epoch's wall time varies several-fold from one
+/// epoch to the next as neighbouring tests come and go, and a wait of 0.4 of epoch 1's seconds
+/// once ended after the whole run had finished. Panics if the trainer exits first.
+pub fn run_on_for_two_fifths_more_cpu(child: &mut std::process::Child) {
+    let start = cpu_ticks(child.id());
+    let until = start + (start * 2).div_ceil(5);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if let Ok(text) = fs::read_to_string(out.join("metrics.jsonl")) {
-            if let Some(l) = text.lines().next() {
-                let v: Value = serde_json::from_str(l).unwrap();
-                return v["train_seconds"].as_f64().unwrap();
-            }
+        let exited = child.try_wait().unwrap();
+        assert!(exited.is_none(), "the run finished before it was killed");
+        if cpu_ticks(child.id()) >= until {
+            return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "metrics.jsonl did not follow the checkpoint"
-        );
+        assert!(Instant::now() < deadline, "the trainer stopped using CPU");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The CPU time a live process has used so far (user + system), in clock ticks: fields 14 and
+/// 15 of /proc/PID/stat, counted after the command name's closing parenthesis.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    // The state (field 3) is fields[0] here, so utime (14) and stime (15) are 11 and 12.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
 /// `args` with `flag`'s value replaced (or the flag appended).

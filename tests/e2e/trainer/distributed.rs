@@ -208,8 +208,8 @@ fn a_killed_rank_is_named_by_the_others_and_all_resume() {
         assert!(Instant::now() < deadline, "no checkpoint after epoch 1");
         std::thread::sleep(Duration::from_millis(10));
     }
-    std::thread::sleep(Duration::from_secs_f64(metrics_seconds(&outs[0]) * 0.4));
     let mut rank1 = ranks.remove(1);
+    run_on_for_two_fifths_more_cpu(&mut rank1);
     rank1.kill().unwrap(); // SIGKILL
     rank1.wait().unwrap();
     let killed = Instant::now();
