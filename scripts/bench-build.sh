@@ -5,7 +5,7 @@
 #   3. `docker build` of docker/Dockerfile (same base loaded into the engine, same files)
 #   4. warm rebuild after a one-byte trainer change: envbuild and docker build
 #   5. the compressor alone, one core each, on the same 512 MiB of those inputs: envbuild's
-#      gzip at its default level 4 and at 6 (builder/examples/compress.rs, both SHA-256s
+#      gzip at its default level 6 and at 4 (builder/examples/compress.rs, both SHA-256s
 #      included), pigz -6 -p 1, zstd -3 -T1
 # Prints seconds, ratios, MB/s per core, compressed sizes against pigz -6, envbuild's peak RSS.
 set -euo pipefail
@@ -25,6 +25,8 @@ export CARGO_TARGET_DIR="$work/target"
 
 measure() { # name, command... → prints "name seconds peak_rss_kb"
   local name=$1; shift
+  # Each step starts with the previous steps' writes on disk, not still being written back.
+  sync
   python3 - "$name" "$@" <<'PY'
 import resource, subprocess, sys, time
 t = time.perf_counter()
@@ -62,7 +64,7 @@ done
 rv1=$(measure envbuild-cold-gzip1 target/release/envbuild build "$work/environments/cuda-gzip:1.toml" --cache "$work/cache-g1")
 rv2=$(measure envbuild-cold-zstd3 target/release/envbuild build "$work/environments/cuda-zstd:3.toml" --cache "$work/cache-z3")
 size() { du -sb "$1/blobs" | cut -f1; }
-echo "# compressed blob bytes: gzip (level 4) $(size "$work/cache") gzip-1 $(size "$work/cache-g1") zstd-3 $(size "$work/cache-z3")" >&2
+echo "# compressed blob bytes: gzip (level 6) $(size "$work/cache") gzip-1 $(size "$work/cache-g1") zstd-3 $(size "$work/cache-z3")" >&2
 r4=$(measure envbuild-warm target/release/envbuild build environments/mnist-cuda.toml --cache "$work/cache" --output "oci:$work/oci")
 r5=$(measure docker-build-warm docker build -q -t envbuild/bench:warm "$ctx")
 # The compressor alone, one core each, on the same bytes.
@@ -104,7 +106,7 @@ print(f"  with gzip:1: {t['docker-build-cold'] / t['envbuild-cold-gzip1']:.2f}x,
 print(f"envbuild cold vs pigz floor:   {t['envbuild-cold'] / t['pigz-floor']:.2f}x the floor")
 print(f"warm rebuild: envbuild {t['envbuild-warm']:.2f}s, docker build {t['docker-build-warm']:.2f}s")
 print(f"envbuild peak RSS (cold build): {int(rows[0][2]) / 1024:.0f} MiB")
-print(f"compressed size of the image's own layers: envbuild gzip (level 4) {layers} B, pigz -6 of the same tars {pigz_layers} B: {layers / pigz_layers:.4f}x")
+print(f"compressed size of the image's own layers: envbuild gzip (level 6) {layers} B, pigz -6 of the same tars {pigz_layers} B: {layers / pigz_layers:.4f}x")
 mb = sample / 1e6
 print(f"one core, {mb:.0f} MB sample: envbuild gzip level 4 {mb / t['core-envbuild-gzip4']:.1f} MB/s ({c4gz / pgz:.4f}x pigz's size), "
       f"level 6 {mb / t['core-envbuild-gzip6']:.1f} MB/s ({cgz / pgz:.4f}x), "
