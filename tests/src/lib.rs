@@ -101,7 +101,9 @@ pub fn target_dir() -> PathBuf {
 /// `cargo ARGS` in the checkout at `dir`, after that checkout's scripts/env.sh, without the
 /// variables cargo sets for a test process (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, …): build
 /// scripts that watch one (ring's does, `rerun-if-env-changed`) would otherwise run again and
-/// recompile everything above them, here several minutes of what scripts/test.sh built.
+/// recompile everything above them, here several minutes of what scripts/test.sh built. Nor
+/// `RUSTC_BOOTSTRAP`, which a run of the test binary may set for libtest's per-test times
+/// (`-Z unstable-options --report-time`, see the README) and which cargo hashes into every unit.
 fn cargo(dir: &Path, args: &str) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut c = Command::new("bash");
@@ -119,6 +121,7 @@ fn cargo(dir: &Path, args: &str) -> Command {
                 "CARGO_BIN_NAME",
                 "CARGO_PRIMARY_PACKAGE",
                 "CARGO_TARGET_TMPDIR",
+                "RUSTC_BOOTSTRAP",
             ]
             .contains(&k.as_ref())
         {
