@@ -5,17 +5,22 @@
 # checks and returns.
 #
 #   scripts/setup.sh          everything
-#   scripts/setup.sh build    what compiling needs: the Debian packages and torch
-#   scripts/setup.sh tools    what only the tests run besides: spdx-tools and mlflow (after
-#                             `build`; scripts/test.sh runs it while the compiler works)
+#   scripts/setup.sh build    what compiling needs: a C++ compiler, Python and torch
+#   scripts/setup.sh tools    what only the tests and the main job run besides: the registry,
+#                             skopeo, umoci, pigz, zstd, the data set, hyperfine, spdx-tools and
+#                             mlflow (after `build`; scripts/test.sh runs it while the compiler
+#                             works)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TORCH_VERSION=2.11.0
 SPDX_TOOLS_VERSION=0.8.5
 MLFLOW_VERSION=3.17.2
-PACKAGES=(ca-certificates g++ python3 python3-venv docker-registry skopeo umoci pigz zstd
-  dataset-fashion-mnist hyperfine patchelf binutils)
+# What compiling needs, and what only the tests and the main job run (installed by `tools`,
+# which scripts/test.sh runs beside the compiler).
+BUILD_PACKAGES=(ca-certificates g++ python3 python3-venv)
+TOOL_PACKAGES=(docker-registry skopeo umoci pigz zstd dataset-fashion-mnist hyperfine patchelf
+  binutils)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -27,13 +32,10 @@ pip_pin() {
   .venv/bin/pip install -q --disable-pip-version-check "$name==$version"
 }
 
-build() {
-  if ! command -v cargo >/dev/null; then
-    say "cargo not found: install Rust (rustup, 1.88 or newer) first"
-    exit 1
-  fi
+# `apt-get install` of those of the named Debian packages that are missing.
+apt_install() {
   local missing=() p sudo=""
-  for p in "${PACKAGES[@]}"; do
+  for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
   done
   if ((${#missing[@]})); then
@@ -42,6 +44,14 @@ build() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+}
+
+build() {
+  if ! command -v cargo >/dev/null; then
+    say "cargo not found: install Rust (rustup, 1.88 or newer) first"
+    exit 1
+  fi
+  apt_install "${BUILD_PACKAGES[@]}"
   if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
     say "creating .venv with torch==$TORCH_VERSION (about 4.7 GB with its CUDA wheels)"
     python3 -m venv .venv
@@ -54,6 +64,7 @@ tools() {
     say "no .venv yet: run scripts/setup.sh (or scripts/setup.sh build) first"
     exit 1
   fi
+  apt_install "${TOOL_PACKAGES[@]}"
   # The SPDX project's own validator, which the tests run on every SBOM they check.
   pip_pin spdx-tools "$SPDX_TOOLS_VERSION" "pyspdxtools, the SBOM validator"
   # A real MLflow tracking server (`mlflow server`), which the tests start to receive the
@@ -69,7 +80,7 @@ case ${1:-all} in
     ;;
   build)
     build
-    say "ready to compile: Debian packages, .venv with torch $TORCH_VERSION"
+    say "ready to compile: g++, .venv with torch $TORCH_VERSION"
     ;;
   tools) tools ;;
   *)
