@@ -36,7 +36,7 @@ const ACR_SCOPE: &str = "https://containerregistry.azure.net/.default";
 
 struct Shared {
     service: Mutex<String>,
-    key: jsonwebtoken::EncodingKey,
+    key: ring::signature::EcdsaKeyPair,
     x5c: String,
     entra: Verifier,
     admin: (String, String),
@@ -86,11 +86,20 @@ fn unauthorized(message: &str) -> Response {
 }
 
 impl Shared {
+    /// A JWS compact serialisation (RFC 7515) of `claims`, signed ES256 (RFC 7518 §3.4: the
+    /// signature is r and s, 32 bytes each), with the signing certificate in `x5c`.
     fn sign(&self, claims: serde_json::Value) -> String {
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-        header.typ = Some("JWT".into());
-        header.x5c = Some(vec![self.x5c.clone()]);
-        jsonwebtoken::encode(&header, &claims, &self.key).expect("sign JWT")
+        let b64 = |v: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let header = json!({"alg": "ES256", "typ": "JWT", "x5c": [self.x5c]});
+        let signed = format!("{}.{}", b64(&header), b64(&claims));
+        let signature = self
+            .key
+            .sign(&ring::rand::SystemRandom::new(), signed.as_bytes())
+            .expect("sign JWT");
+        let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature);
+        format!("{signed}.{signature}")
     }
 
     /// An access token for `identity` with the requested scopes cut down to what it may do.
@@ -241,8 +250,12 @@ impl Acr {
     /// exchange are checked with `entra` (see [`crate::entra::Entra::verifier`]).
     pub fn start(entra: Verifier) -> Acr {
         let signer = ca().leaf(&["envbuild-test-acr-token-signer"]);
-        let key =
-            jsonwebtoken::EncodingKey::from_ec_pem(signer.key_pem.as_bytes()).expect("signing key");
+        let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &signer.key_der,
+            &ring::rand::SystemRandom::new(),
+        )
+        .expect("signing key");
         let shared = Arc::new(Shared {
             service: Mutex::new(String::new()),
             key,

@@ -30,6 +30,8 @@ pub struct Leaf {
     pub cert_pem: String,
     pub cert_der: Vec<u8>,
     pub key_pem: String,
+    /// The key as PKCS#8 DER.
+    pub key_der: Vec<u8>,
 }
 
 /// The process's test CA, made on first use.
@@ -90,6 +92,7 @@ impl TestCa {
             cert_pem: cert.pem(),
             cert_der: cert.der().to_vec(),
             key_pem: key.serialize_pem(),
+            key_der: key.serialize_der(),
         }
     }
 
@@ -99,7 +102,7 @@ impl TestCa {
         let params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
             .expect("server params");
         let cert = params.signed_by(&key, &self.issuer).expect("server cert");
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("TLS versions")

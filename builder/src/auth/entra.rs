@@ -221,10 +221,11 @@ impl fmt::Debug for EntraChain {
     }
 }
 
-/// Installs the one rustls crypto provider of this process (aws-lc-rs, which azure_core's
-/// reqwest also uses), so that rustls never has to guess between two compiled-in providers.
+/// Installs the one rustls crypto provider of this process: ring, which the registry client's
+/// reqwest compiles in. azure_core's reqwest is built without a provider of its own (its default,
+/// aws-lc, was a second crypto library: over a minute of every cold build).
 pub fn install_crypto_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn azure_error(e: &azure_core::Error) -> String {

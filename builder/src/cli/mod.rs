@@ -94,7 +94,7 @@ pub use ui::Stderr;
 
 /// Runs one parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    // Two rustls providers are compiled in (reqwest 0.12's ring, azure_core's aws-lc-rs): name one.
+    // azure_core's reqwest has no rustls provider of its own: it takes the process's.
     envbuild::auth::entra::install_crypto_provider();
     ui::init(&cli.global);
     match cli.command {
