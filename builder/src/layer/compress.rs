@@ -409,13 +409,21 @@ mod tests {
     use super::*;
     use std::io::Read;
 
+    /// The states of a 64-bit linear congruential generator (Knuth's MMIX constants) from `seed`.
+    fn lcg(mut x: u64) -> impl Iterator<Item = u64> {
+        std::iter::repeat_with(move || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            x
+        })
+    }
+
     fn sample(n: usize) -> Vec<u8> {
-        let mut x = 12345u64;
-        (0..n)
-            .map(|i| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+        lcg(12345)
+            .take(n)
+            .enumerate()
+            .map(|(i, x)| {
                 if i % 3 == 0 {
                     (x >> 60) as u8
                 } else {
@@ -522,14 +530,9 @@ mod tests {
 
     /// `n` bytes spread evenly over the first `k` byte values (a 64-bit LCG's high bits).
     fn uniform(n: usize, k: u64) -> Vec<u8> {
-        let mut x = 987654321u64;
-        (0..n)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((x >> 32) % k) as u8
-            })
+        lcg(987654321)
+            .take(n)
+            .map(|x| ((x >> 32) % k) as u8)
             .collect()
     }
 
