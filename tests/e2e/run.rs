@@ -215,11 +215,40 @@ fn an_interrupted_run_stops_the_container_and_resume_finishes_it() {
     assert!(outputs.join("model.safetensors").exists());
 }
 
+/// The CPU environment with one more variable in its config, written under `dir`: the same
+/// layers (cached) in an image of its own ID. A test that removes its image from the engine
+/// removes this one: the CPU image itself may be running in another test's container (the Azure
+/// stand-in runs jobs on the engine), and the engine refuses to remove an image in use.
+fn own_cpu_image(dir: &Path) -> PathBuf {
+    let root = root();
+    let text = fs::read_to_string(cpu_env())
+        .unwrap()
+        .replace("${PROJECT_ROOT}", root.to_str().unwrap())
+        .replace(
+            "${CARGO_TARGET_DIR}",
+            envbuild_e2e::target_dir().to_str().unwrap(),
+        )
+        .replacen("name = \"mnist-cpu\"", "name = \"mnist-cpu-own\"", 1)
+        .replacen(
+            "[config.env]\n",
+            "[config.env]\nENVBUILD_TEST_IMAGE = \"its own\"\n",
+            1,
+        );
+    assert!(text.contains("ENVBUILD_TEST_IMAGE"), "{text}");
+    let dir = dir.join("environments");
+    fs::create_dir_all(&dir).unwrap();
+    // ENVBUILD_SITE defaults to the site-packages of PROJECT_ROOT/.venv, here the file's parent.
+    std::os::unix::fs::symlink(root.join(".venv"), dir.parent().unwrap().join(".venv")).unwrap();
+    let path = dir.join("mnist-cpu-own.toml");
+    fs::write(&path, text).unwrap();
+    path
+}
+
 #[test]
 fn the_image_pulled_from_a_registry_by_tag_runs_the_same() {
     let _engine = engine_lock();
     let t = tempfile::tempdir().unwrap();
-    let env = cpu_env();
+    let env = own_cpu_image(t.path());
     let args = ["--epochs", "1", "--seed", "7"];
     let local = t.path().join("local");
     let mut c = run_local(env.to_str().unwrap(), &local, &["--data", DATA], &args);
