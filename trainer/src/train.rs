@@ -151,8 +151,12 @@ pub fn train(
         };
         history.push(m.clone());
         if let Some(out) = out {
-            save_checkpoint(out, cfg, &net, &opt, epoch)?;
+            // Metrics first: a run killed between the two resumes from the previous checkpoint,
+            // repeats this epoch and writes its line again. The other order lost the epoch's
+            // line for good when the kill fell between them (a resumed run then ended with the
+            // previous epoch's summary).
             out.write_metrics(&history)?;
+            save_checkpoint(out, cfg, &net, &opt, epoch)?;
             on_epoch(&m);
         }
     }
