@@ -36,9 +36,5 @@ if ! wait $tools; then
   exit 1
 fi
 step tests
-# Four test threads on any machine: most end-to-end tests wait on the engine, the registry, a
-# server or a child process, and with two (the default here) the e2e binary kept 1.15 of 2
-# cores busy for 520 s; with four it took 427 s. The kill-and-resume tests, which killed after
-# a share of the clock, wait on the trainer's CPU time instead.
-cargo test --release --locked --workspace -- --test-threads 4
+cargo test --release --locked --workspace
 step done
