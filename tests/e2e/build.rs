@@ -704,6 +704,47 @@ fn manifest_config_digest(cache: &Path, digest: &str) -> String {
 /// and the crates above them. A crate taken from the copy could carry a path of this checkout
 /// (an OUT_DIR in a panic location) into both binaries alike, which equal bytes would not show;
 /// so neither binary may hold either checkout's path.
+/// The trainer built alone (scripts/build-release.sh, what images carry) and the workspace's test
+/// build resolve the trainer's dependencies with the same features, so that the test build
+/// compiles none of them a second time: trainer/Cargo.toml names the features the rest of the
+/// workspace turns on. Adding a feature to a shared dependency elsewhere fails this test, with
+/// the line of the dependency tree that changed.
+#[test]
+fn the_trainer_alone_has_the_workspaces_dependency_features() {
+    let tree = |select: &str| {
+        envbuild_e2e::cargo_stdout(
+            &envbuild_e2e::root(),
+            &format!("tree --locked --offline --no-dedupe -f '{{p}} {{f}}' {select}"),
+        )
+    };
+    let alone = tree("-p trainer -e normal,build");
+    // The workspace's tree holds each member's; the trainer's ends at a blank line, and its
+    // dev-dependencies (which the test build adds, and build-release.sh does not) come last.
+    let all = tree("--workspace -e normal,build,dev");
+    let in_workspace: Vec<&str> = all
+        .lines()
+        .skip_while(|l| !l.starts_with("trainer v"))
+        .take_while(|l| !l.is_empty() && *l != "[dev-dependencies]")
+        .collect();
+    let alone: Vec<&str> = alone.lines().take_while(|l| !l.is_empty()).collect();
+    assert!(
+        alone.len() > 100,
+        "the trainer's tree:\n{}",
+        alone.join("\n")
+    );
+    if let Some(i) =
+        (0..alone.len().max(in_workspace.len())).find(|&i| alone.get(i) != in_workspace.get(i))
+    {
+        panic!(
+            "the trainer's dependency features differ between `-p trainer` and the workspace \
+             (align them in trainer/Cargo.toml), line {}:\n  alone:        {:?}\n  in workspace: {:?}",
+            i + 1,
+            alone.get(i),
+            in_workspace.get(i)
+        );
+    }
+}
+
 #[test]
 fn trainer_binary_is_identical_from_two_checkout_paths() {
     let root = envbuild_e2e::root();

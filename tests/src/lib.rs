@@ -131,6 +131,11 @@ fn cargo(dir: &Path, args: &str) -> Command {
     c
 }
 
+/// The standard output of `cargo ARGS` in the checkout at `dir`, which must succeed.
+pub fn cargo_stdout(dir: &Path, args: &str) -> String {
+    ok(&mut cargo(dir, args))
+}
+
 /// `cargo build --release --locked ARGS` in the checkout at `dir`, with that checkout's
 /// scripts/env.sh and without the clippy wrapper: how scripts/build-release.sh builds what goes
 /// into images (a no-op for the trainer after scripts/test.sh).
