@@ -96,7 +96,7 @@ fn sigkill_mid_epoch_then_resume_matches_uninterrupted() {
         assert!(Instant::now() < deadline, "no checkpoint after epoch 1");
         std::thread::sleep(Duration::from_millis(10));
     }
-    run_on_for_two_fifths_more_cpu(&mut child);
+    run_on_for_a_tenth_more_cpu(&mut child);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(

@@ -209,7 +209,7 @@ fn a_killed_rank_is_named_by_the_others_and_all_resume() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let mut rank1 = ranks.remove(1);
-    run_on_for_two_fifths_more_cpu(&mut rank1);
+    run_on_for_a_tenth_more_cpu(&mut rank1);
     rank1.kill().unwrap(); // SIGKILL
     rank1.wait().unwrap();
     let killed = Instant::now();
