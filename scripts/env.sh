@@ -18,8 +18,12 @@ esac
 # compilers embed (panic locations, __FILE__ in libtorch's headers), so the trainer is the same
 # bytes from any checkout path. Rust gets only the cargo-home remap: cargo hashes RUSTFLAGS into
 # every crate's -C metadata, so a checkout-dependent flag would itself change the binary (and
-# workspace crates are compiled with relative paths already). C/C++ flags are not hashed.
+# workspace crates are compiled with relative paths already). C/C++ flags are not hashed, but a
+# change reruns the build scripts that read them: the checkout remap is in CXXFLAGS only, for
+# the C++ that includes libtorch's headers from .venv (torch-sys, the trainer's c10d shim); the
+# C crates (zstd, bzip2, ring, libdeflate) compile from the cargo home and OUT_DIR alone, so
+# another checkout (the reproducibility test's) does not compile them again.
 ENVBUILD_CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
 export RUSTFLAGS="--remap-path-prefix=$ENVBUILD_CARGO_HOME=/cargo"
-export CFLAGS="-ffile-prefix-map=$ENVBUILD_ROOT=/envbuild -ffile-prefix-map=$ENVBUILD_CARGO_HOME=/cargo"
-export CXXFLAGS="$CFLAGS"
+export CFLAGS="-ffile-prefix-map=$ENVBUILD_CARGO_HOME=/cargo"
+export CXXFLAGS="-ffile-prefix-map=$ENVBUILD_ROOT=/envbuild $CFLAGS"
