@@ -5,7 +5,10 @@
 # checks and returns.
 #
 #   scripts/setup.sh          everything
-#   scripts/setup.sh build    what compiling needs: a C++ compiler, Python and torch
+#   scripts/setup.sh build    what compiling needs: `compilers`, then `torch`
+#   scripts/setup.sh compilers  a C++ compiler and Python (Debian packages)
+#   scripts/setup.sh torch    the venv with torch (after `compilers`; scripts/test.sh runs it
+#                             while cargo compiles what does not need it)
 #   scripts/setup.sh tools    what only the tests and the main job run besides: the registry,
 #                             skopeo, umoci, pigz, zstd, the data set, hyperfine, spdx-tools and
 #                             mlflow (after `build`; scripts/test.sh runs it while the compiler
@@ -46,12 +49,15 @@ apt_install() {
   fi
 }
 
-build() {
+compilers() {
   if ! command -v cargo >/dev/null; then
     say "cargo not found: install Rust (rustup, 1.88 or newer) first"
     exit 1
   fi
   apt_install "${BUILD_PACKAGES[@]}"
+}
+
+torch() {
   if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
     say "creating .venv with torch==$TORCH_VERSION (about 4.7 GB with its CUDA wheels)"
     python3 -m venv .venv
@@ -74,17 +80,21 @@ tools() {
 
 case ${1:-all} in
   all)
-    build
+    compilers
+    torch
     tools
     say "ready: Debian packages, .venv with torch $TORCH_VERSION, spdx-tools and mlflow, data in /usr/share/datasets/fashion-mnist"
     ;;
   build)
-    build
+    compilers
+    torch
     say "ready to compile: g++, .venv with torch $TORCH_VERSION"
     ;;
+  compilers) compilers ;;
+  torch) torch ;;
   tools) tools ;;
   *)
-    say "unknown part '$1': all, build or tools"
+    say "unknown part '$1': all, build, compilers, torch or tools"
     exit 2
     ;;
 esac

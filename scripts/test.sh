@@ -11,12 +11,22 @@ cd "$(dirname "$0")/.."
 # Each step's start on stderr, so a slow CI run shows where its minutes went.
 step() { echo "test.sh: $1 at $(date +%T) (${SECONDS}s)" >&2; }
 step setup
-scripts/setup.sh build
-. scripts/env.sh
-# spdx-tools and mlflow install while the compiler works; the tests wait for them below.
+scripts/setup.sh compilers
 mkdir -p target
-scripts/setup.sh tools >target/setup-tools.log 2>&1 &
+# torch (4.7 GB of wheels, about 40 s of one core cold), then the tools (the registry, skopeo, …,
+# spdx-tools and mlflow) install while the compiler works. torch-sys's build script is the
+# first that needs torch: scripts/await-torch/python, first on PATH for the builds below, holds
+# it until torch is there. The tests wait for the tools below.
+rm -f target/setup-torch.rc
+{
+  rc=0
+  scripts/setup.sh torch >target/setup-torch.log 2>&1 || rc=$?
+  echo $rc >target/setup-torch.rc
+  [ $rc = 0 ] && scripts/setup.sh tools
+} >target/setup-tools.log 2>&1 &
 tools=$!
+. scripts/env.sh
+export PATH="$PWD/scripts/await-torch:$PATH"
 step "fmt, module graph"
 cargo fmt --all -- --check
 # The module graph of builder/src: fails on an import circle or a CLI command file importing another.
@@ -32,9 +42,11 @@ export CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
 # The test targets, and the envbuild binary the end-to-end tests run (what their bins() builds).
 cargo build --release --locked --workspace --lib --tests --examples --bin envbuild
 if ! wait $tools; then
-  cat target/setup-tools.log >&2
+  cat target/setup-torch.log target/setup-tools.log >&2
   exit 1
 fi
+# Again, now that the venv is there: its site-packages and libtorch for the tests.
+. scripts/env.sh
 step tests
 cargo test --release --locked --workspace
 step done
