@@ -691,19 +691,6 @@ fn manifest_config_digest(cache: &Path, digest: &str) -> String {
         .to_owned()
 }
 
-/// The whole chain from source to digest is reproducible only if the trainer binary is: built
-/// from a second checkout at another path (own target directory, own `.venv` path), it must be
-/// the same bytes. scripts/env.sh remaps the checkout and cargo home in Rust and C++ paths.
-///
-/// The other target directory starts with a copy of this checkout's release build, so that the
-/// registry crates no checkout path reaches are not compiled a second time (minutes of CI's two
-/// cores; their fingerprints hold no checkout path). All that a checkout path reaches is rebuilt
-/// there, and `-v` shows it: the trainer crate and its build script (the C++ shim, compiled
-/// against the other checkout's `.venv` headers), torch-sys's build script (its C++ against the
-/// same headers, rerun because scripts/env.sh puts the checkout path into CFLAGS and CXXFLAGS),
-/// and the crates above them. A crate taken from the copy could carry a path of this checkout
-/// (an OUT_DIR in a panic location) into both binaries alike, which equal bytes would not show;
-/// so neither binary may hold either checkout's path.
 /// The trainer built alone (scripts/build-release.sh, what images carry) and the workspace's test
 /// build resolve the trainer's dependencies with the same features, so that the test build
 /// compiles none of them a second time: trainer/Cargo.toml names the features the rest of the
@@ -745,6 +732,19 @@ fn the_trainer_alone_has_the_workspaces_dependency_features() {
     }
 }
 
+/// The whole chain from source to digest is reproducible only if the trainer binary is: built
+/// from a second checkout at another path (own target directory, own `.venv` path), it must be
+/// the same bytes. scripts/env.sh remaps the checkout and cargo home in Rust and C++ paths.
+///
+/// The other target directory starts with a copy of this checkout's release build, so that the
+/// registry crates no checkout path reaches are not compiled a second time (minutes of CI's two
+/// cores; their fingerprints hold no checkout path). All that a checkout path reaches is rebuilt
+/// there, and `-v` shows it: the trainer crate and its build script (the C++ shim, compiled
+/// against the other checkout's `.venv` headers), torch-sys's build script (its C++ against the
+/// same headers, rerun because scripts/env.sh puts the checkout path into CXXFLAGS),
+/// and the crates above them. A crate taken from the copy could carry a path of this checkout
+/// (an OUT_DIR in a panic location) into both binaries alike, which equal bytes would not show;
+/// so neither binary may hold either checkout's path.
 #[test]
 fn trainer_binary_is_identical_from_two_checkout_paths() {
     let root = envbuild_e2e::root();
